@@ -1,0 +1,333 @@
+"""``LatentDataset``: torchvision's ``ImageFolder``, but items are cached codec latents.
+
+Discovery, ``classes``, ``class_to_idx``, ``samples``, ``targets`` and errors are ImageFolder's.
+``dataset[i]`` returns ``(latent C×h×w float tensor, target)``. The first access to a sample
+reads and preprocesses the source, encodes it, and writes one immutable cache object; every
+later access (any process, any DataLoader worker) reads that object and never the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torchvision.datasets import DatasetFolder
+from tqdm.auto import tqdm
+
+from . import discovery
+from .cache import Entry, LatentCache, namespace_id, sample_key
+from .codecs import Codec, create_codec
+from .errors import LatentdsError
+from .preprocess import Preprocess
+from .storage import Location
+
+Fit = Literal["pad", "resize"]
+
+
+@dataclass
+class Failure:
+    """A source that could not be encoded: recorded by bulk work, never silently skipped."""
+
+    path: str
+    error_type: str
+    message: str
+
+
+@dataclass
+class FillReport:
+    encoded: int = 0
+    cached: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+
+def fit_image(img: np.ndarray, image_size: tuple[int, int] | None, fit: Fit) -> np.ndarray:
+    """Bring a preprocessed image to a fixed ``(H, W)`` so latents have one shape.
+
+    ``pad`` keeps the aspect ratio: scale to fit inside, then pad bottom/right with 0 (the
+    background is black after MONOCHROME1 inversion). ``resize`` stretches to ``(H, W)``.
+    """
+    if image_size is None:
+        return img
+    th, tw = image_size
+    t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    if fit == "resize":
+        out = torch.nn.functional.interpolate(t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+        return out[0, 0].clamp_(0, 1).numpy()
+    if fit != "pad":
+        raise ValueError(f"fit must be 'pad' or 'resize', not {fit!r}")
+    h, w = img.shape
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    canvas = torch.zeros((th, tw), dtype=torch.float32)
+    canvas[:nh, :nw] = t[0, 0].clamp(0, 1)
+    return canvas.numpy()
+
+
+class LatentDataset(DatasetFolder):
+    """A drop-in for ``torchvision.datasets.ImageFolder`` that yields cached latents.
+
+    Args (ImageFolder's, same order):
+        root: folder or fsspec URL with one sub-folder per class.
+        transform: applied to the latent tensor (``C×h×w``).
+        target_transform: applied to the target.
+        loader: optional ``loader(path) -> 2-D array/PIL image`` replacing latentds' DICOM/PNG
+            preprocessing; its qualified name enters the cache fingerprint.
+        is_valid_file, allow_empty: as in ImageFolder.
+
+    Keyword-only:
+        codec: a registered codec name (``latentds.list_codecs()``), a weights path, or a ``Codec``.
+        cache: local folder or fsspec URL where latents are stored.
+        storage_options: fsspec options for ``root`` and ``cache``.
+        cache_storage_options: fsspec options for ``cache`` when they differ from ``root``'s.
+        crop_roi, size: preprocessing (ROI crop; longest side after resize).
+        image_size, fit: fixed ``(H, W)`` images -> fixed-size latents that default collation batches.
+        device, codec_kwargs: where and how the codec is created (by name) in each process.
+        extensions: accepted file extensions (default: ImageFolder's plus ``.dcm``/``.dicom``).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        loader: Callable[[str], Any] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+        *,
+        codec: str | Codec,
+        cache: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        cache_storage_options: dict[str, Any] | None = None,
+        crop_roi: bool = True,
+        size: int | None = None,
+        image_size: tuple[int, int] | None = None,
+        fit: Fit = "pad",
+        device: str | torch.device = "cpu",
+        codec_kwargs: dict[str, Any] | None = None,
+        extensions: Sequence[str] | None = None,
+    ) -> None:
+        self.storage_options = dict(storage_options or {})
+        self._custom_loader = loader
+        self.preprocess = Preprocess(crop_roi=crop_roi, size=size)
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.fit: Fit = fit
+        if fit not in ("pad", "resize"):
+            raise ValueError(f"fit must be 'pad' or 'resize', not {fit!r}")
+        exts = None if is_valid_file is not None else tuple(extensions or discovery.DEFAULT_EXTENSIONS)
+        super().__init__(
+            os.fspath(root), loader or _never_called, exts, transform=transform,
+            target_transform=target_transform, is_valid_file=is_valid_file, allow_empty=allow_empty,
+        )
+        self.imgs = self.samples
+        self._source = Location(self.root, self.storage_options)
+
+        self._codec_kwargs = dict(codec_kwargs or {})
+        self._device = str(device)
+        self._codec_given = isinstance(codec, Codec)
+        self._codec: Codec | None = codec if isinstance(codec, Codec) else None
+        self._codec_name = codec.name if isinstance(codec, Codec) else str(codec)
+        fingerprint = self.codec.fingerprint
+        preprocessing = self._preprocessing_spec()
+        self._cache = LatentCache(
+            os.fspath(cache), namespace_id(fingerprint, preprocessing),
+            storage_options=cache_storage_options if cache_storage_options is not None else self.storage_options,
+        )
+        self._cache_info = {
+            "codec": self._codec_name, "codec_fingerprint": fingerprint, "f": self.codec.f,
+            "latent_channels": self.codec.latent_channels, "preprocessing": preprocessing,
+        }
+        self._info_written = False
+
+    # -- ImageFolder discovery, also for fsspec URLs -------------------------------------------
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return discovery.find_classes(directory, getattr(self, "storage_options", None))
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions: Any = None,
+                     is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False
+                     ) -> list[tuple[str, int]]:
+        return discovery.make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty,
+                                      getattr(self, "storage_options", None))
+
+    # -- codec, created lazily in each process -------------------------------------------------
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            self._codec = create_codec(self._codec_name, device=self._device, **self._codec_kwargs)
+        return self._codec
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A codec created from its name is rebuilt in each worker process rather than pickled.
+        state = self.__dict__.copy()
+        if not self._codec_given:
+            state["_codec"] = None
+        return state
+
+    @property
+    def cache(self) -> LatentCache:
+        return self._cache
+
+    @property
+    def namespace(self) -> str:
+        return self._cache.namespace
+
+    def _preprocessing_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"preprocess": self.preprocess.to_dict(), "image_size": self.image_size,
+                                "fit": self.fit if self.image_size else None}
+        if self._custom_loader is not None:
+            ld = self._custom_loader
+            spec["loader"] = f"{getattr(ld, '__module__', '?')}.{getattr(ld, '__qualname__', repr(ld))}"
+        return spec
+
+    # -- identity ------------------------------------------------------------------------------
+    def relative_path(self, index: int) -> str:
+        path = self.samples[index][0]
+        root = self.root.rstrip("/")
+        rel = path[len(root):].lstrip("/\\") if path.startswith(root) else path
+        return rel.replace(os.sep, "/")
+
+    def source_identity(self, index: int) -> dict[str, Any]:
+        """What decides a hit: relative path, size, and mtime (local) or ETag (object stores)."""
+        path = self.samples[index][0]
+        rel = self.relative_path(index)
+        if not discovery.is_remote(path):
+            st = os.stat(discovery._local(path))
+            return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        info = self._source.fs.info(path)
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag)}
+
+    def key(self, index: int) -> str:
+        return sample_key(self.source_identity(index))
+
+    # -- encoding ------------------------------------------------------------------------------
+    def load_source(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Read and preprocess one source image; returns the image and source metadata."""
+        path, _ = self.samples[index]
+        rel = self.relative_path(index)
+        if discovery.is_remote(path):
+            with self._source.fs.open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            with open(discovery._local(path), "rb") as fh:
+                data = fh.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if self._custom_loader is not None:
+            img = _to_float_image(self._custom_loader(path), path)
+        else:
+            img = self.preprocess(io.BytesIO(data), name=path)
+        content_shape = list(img.shape)
+        img = fit_image(img, self.image_size, self.fit)
+        return img, {"content_sha256": digest, "content_shape": content_shape, "image_shape": list(img.shape),
+                     "relpath_hash": hashlib.sha256(rel.encode()).hexdigest()[:16]}
+
+    def _store(self, index: int, key: str, mean: torch.Tensor, std: torch.Tensor, src_meta: dict[str, Any]) -> Entry:
+        if not self._info_written:
+            self._cache.write_info(self._cache_info)
+            self._info_written = True
+        m = mean.detach().to("cpu", torch.float32).contiguous().numpy()
+        s = std.detach().to("cpu", torch.float32).contiguous().numpy()
+        meta = {"key": key, "target": int(self.targets[index]), **src_meta}
+        self._cache.put(key, m, s, meta)
+        return Entry(m, s, meta)
+
+    def _encode_one(self, index: int, key: str) -> Entry:
+        img, src_meta = self.load_source(index)
+        x = torch.from_numpy(img)[None, None].to(self.codec.device)
+        mean, std = self.codec.encode_dist(x)
+        return self._store(index, key, mean[0], std[0], src_meta)
+
+    def entry(self, index: int) -> Entry:
+        """The cache entry of sample ``index``, encoding it on a miss."""
+        key = self.key(index)
+        hit = self._cache.get(key)
+        return hit if hit is not None else self._encode_one(index, key)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        target = self.targets[index]
+        latent = torch.from_numpy(self.entry(index).mean)
+        if self.transform is not None:
+            latent = self.transform(latent)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return latent, target
+
+    def decode(self, index: int) -> torch.Tensor:
+        """The codec's reconstruction of sample ``index`` (``1×H×W`` in [0, 1]), for viewing."""
+        e = self.entry(index)
+        z = torch.from_numpy(e.mean)[None].to(self.codec.device)
+        with torch.inference_mode():
+            rec = self.codec.decode(z)[0].float().cpu()
+        h, w = e.meta.get("image_shape", rec.shape[-2:])
+        if self.image_size is not None and self.fit == "pad":
+            ch, cw = e.meta["content_shape"]
+            scale = min(self.image_size[0] / ch, self.image_size[1] / cw)
+            h, w = max(1, round(ch * scale)), max(1, round(cw * scale))
+        return rec[:, :h, :w].clone()
+
+    def fill(self, *, batch_size: int = 8, progress: bool = True, indices: Sequence[int] | None = None) -> FillReport:
+        """Encode every missing sample (batched by image shape); failures are recorded, not raised."""
+        report = FillReport()
+        pending: dict[tuple[int, ...], list[tuple[int, str, np.ndarray, dict[str, Any]]]] = {}
+        todo = range(len(self)) if indices is None else indices
+
+        def flush(shape: tuple[int, ...]) -> None:
+            group = pending.pop(shape, [])
+            if not group:
+                return
+            x = torch.from_numpy(np.stack([g[2] for g in group]))[:, None].to(self.codec.device)
+            mean, std = self.codec.encode_dist(x)
+            for j, (idx, key, _, meta) in enumerate(group):
+                self._store(idx, key, mean[j], std[j], meta)
+            report.encoded += len(group)
+
+        for index in tqdm(todo, desc="encoding", unit="img", disable=not progress):
+            try:
+                key = self.key(index)
+                if self._cache.get(key) is not None:
+                    report.cached += 1
+                    continue
+                img, meta = self.load_source(index)
+            except LatentdsError as exc:
+                report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
+                continue
+            except OSError as exc:
+                report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
+                continue
+            pending.setdefault(img.shape, []).append((index, key, img, meta))
+            if len(pending[img.shape]) >= batch_size:
+                flush(img.shape)
+        for shape in list(pending):
+            flush(shape)
+        return report
+
+    def extra_repr(self) -> str:
+        return f"Codec: {self._codec_name}\nCache: {self._cache.location.url}"
+
+
+def _never_called(path: str) -> Any:  # DatasetFolder requires a loader; ours is the codec pipeline
+    raise AssertionError("LatentDataset does not load images through DatasetFolder.loader")
+
+
+def _to_float_image(obj: Any, name: str) -> np.ndarray:
+    """Accept what a user loader returns (PIL image, array, tensor) as a 2-D float image in [0, 1]."""
+    from PIL import Image
+
+    if isinstance(obj, Image.Image):
+        if obj.mode not in ("L", "I", "I;16", "F"):
+            obj = obj.convert("L")
+        arr = np.asarray(obj)
+        scale = 255.0 if arr.dtype == np.uint8 else (65535.0 if arr.dtype.kind in "iu" else 1.0)
+        arr = arr.astype(np.float32) / scale
+    else:
+        arr = np.asarray(obj.numpy() if isinstance(obj, torch.Tensor) else obj, dtype=np.float32)
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise LatentdsError(f"{name}: custom loader returned shape {arr.shape}, expected a 2-D grayscale image")
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)

@@ -1,0 +1,25 @@
+"""Typed errors. Every error latentds raises derives from :class:`LatentdsError` and its
+message names the file or object at fault and says what is wrong."""
+
+from __future__ import annotations
+
+
+class LatentdsError(Exception):
+    """Base class of every error raised by latentds."""
+
+
+class ImageReadError(LatentdsError):
+    """A source image (PNG / JPEG / TIFF) cannot be read or is not a usable grayscale image."""
+
+
+class DicomError(ImageReadError):
+    """A DICOM file cannot be decoded or preprocessed (no pixel data, multi-frame, colour,
+    truncated pixel data, bad VR, unsupported transfer syntax, ...)."""
+
+
+class CodecError(LatentdsError):
+    """A codec cannot be created or its weights cannot be found or loaded."""
+
+
+class CacheError(LatentdsError):
+    """A cached latent or manifest is missing, corrupt or does not match what was expected."""
