@@ -212,9 +212,16 @@ def _calcification_cluster(img: np.ndarray, tissue: np.ndarray, rng: np.random.G
         cand = np.array([[h // 2, w // 2]])
     cy, cx = cand[int(rng.integers(len(cand)))].astype(float)
     n = int(rng.integers(4, 11))
-    spread = rng.uniform(4.0, 8.0)  # cluster fits in a ~10-25 px (1-2.5 mm) area
-    for _ in range(n):
-        dy, dx = rng.normal(0.0, spread / 2.0, size=2).clip(-spread, spread)
+    spread = rng.uniform(6.0, 11.0)  # cluster fits in a ~12-22 px (1.2-2.2 mm) area
+    placed: list[tuple[float, float]] = []
+    for _ in range(200):  # rejection sampling: distinct specks, >= 3 px apart
+        if len(placed) == n:
+            break
+        dy, dx = rng.uniform(-spread, spread, size=2)
+        if dy * dy + dx * dx > spread * spread or any((dy - a) ** 2 + (dx - b) ** 2 < 9.0 for a, b in placed):
+            continue
+        placed.append((dy, dx))
+    for dy, dx in placed:
         diameter = rng.uniform(1.0, 3.0)
         amp = rng.uniform(0.12, 0.2)  # modest contrast: tissue is ~0.3-0.75
         _spot(img, cy + dy, cx + dx, diameter, amp)
@@ -272,7 +279,7 @@ def phantom(seed: int, shape: tuple[int, int] = (512, 416), *, positive: bool,
 
     ``kind="calcification"``: a mammogram-like breast (chest wall on the left) with
     power-law (beta ~ 3) fibro-glandular texture; ``positive`` adds a cluster of 4-10
-    microcalcifications of 1-3 px and contrast +0.12..0.2 within a ~10-25 px area.
+    microcalcifications of 1-3 px and contrast +0.12..0.2 within a ~12-22 px area.
     ``kind="fracture"``: a forearm-like limb with one or two tubular bones; ``positive``
     adds a ~1 px hairline lucent line (-0.12..0.2) across one bone.
     Both classes get the same decoys for a given seed (blurry 6-10 px blobs, broad lucent
@@ -318,13 +325,16 @@ def write_dicom(path, image: np.ndarray, *, modality: str = "MG", bits_stored: i
                 seed: int = 0) -> Path:
     """Write ``image`` (2-D, values in [0, 1]) as a single-frame SYNTHETIC DICOM file.
 
-    Stored values are unsigned, BitsAllocated 16, BitsStored ``bits_stored`` (8-16).
+    Stored values are unsigned, BitsAllocated 16, BitsStored ``bits_stored`` (8-16; 9-16
+    for RLE).
     ``rescale=(slope, intercept)`` (slope > 0) writes RescaleSlope/Intercept;
     ``window=(center, width)`` (in modality units, DICOM LINEAR function) writes
     WindowCenter/Width. Stored values are chosen so that the displayed image (rescale ->
     window, or the full modality range when no window -> MONOCHROME1 inversion) equals
     ``image`` up to quantisation; the window must fit inside the representable modality
-    range. ``seed`` feeds the deterministic UIDs and the fake PatientID.
+    range. ``seed`` feeds the deterministic UIDs and the fake PatientID
+    (``"SYN"`` + ``seed mod 2**48`` zero-padded to 15 digits; :func:`make_dataset` passes the
+    phantom's seed, so a file can be regenerated from its PatientID).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, generate_uid
@@ -340,6 +350,9 @@ def write_dicom(path, image: np.ndarray, *, modality: str = "MG", bits_stored: i
     if not 8 <= int(bits_stored) <= 16:
         raise ValueError(f"bits_stored must be in 8..16, got {bits_stored!r}")
     bits_stored = int(bits_stored)
+    if transfer_syntax == "rle" and bits_stored <= 8:
+        # pydicom 3 / pylibjpeg-rle mis-encode BitsStored <= 8 inside BitsAllocated 16
+        raise ValueError("transfer_syntax 'rle' needs bits_stored >= 9 (BitsAllocated is 16)")
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2 or img.size == 0:
         raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
@@ -401,7 +414,6 @@ def write_dicom(path, image: np.ndarray, *, modality: str = "MG", bits_stored: i
     ds.PatientID = f"SYN{int(seed) & 0xFFFFFFFFFFFF:015d}"
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
-    ds.BodyPartExamined = "BREAST" if modality == "MG" else "ARM"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = ""
