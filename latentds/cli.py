@@ -89,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a SYNTHETIC DICOM dataset, encode it with each codec, train a small CNN "
                                    "on latents and on full-size images, and print AUROC, GFLOPs, time and bytes.")
     d.add_argument("--workdir", default="latentds-demo", help="where data and cache go (default: %(default)s)")
-    d.add_argument("--n-per-class", type=int, default=48, help="images per class (default: %(default)s)")
-    d.add_argument("--height", type=int, default=320, help="image height (default: %(default)s)")
-    d.add_argument("--width", type=int, default=256, help="image width (default: %(default)s)")
-    d.add_argument("--epochs", type=int, default=25, help="training epochs per row (default: %(default)s)")
+    d.add_argument("--n-per-class", type=int, default=96, help="images per class (default: %(default)s)")
+    d.add_argument("--height", type=int, default=192, help="image height (default: %(default)s)")
+    d.add_argument("--width", type=int, default=160, help="image width (default: %(default)s)")
+    d.add_argument("--epochs", type=int, default=40, help="training epochs per row (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--codec", action="append", help="codec to compare (repeatable; default: bicubic-f4, bicubic-f8 "
                                                      "and the shipped KL codecs)")

@@ -120,7 +120,11 @@ class LatentDataset(DatasetFolder):
         self.fit: Fit = fit
         if fit not in ("pad", "resize"):
             raise ValueError(f"fit must be 'pad' or 'resize', not {fit!r}")
-        exts = None if is_valid_file is not None else tuple(extensions or discovery.DEFAULT_EXTENSIONS)
+        # Like ImageFolder: extensions only when no is_valid_file; both given is DatasetFolder's ValueError.
+        if is_valid_file is None:
+            exts: tuple[str, ...] | None = tuple(extensions or discovery.DEFAULT_EXTENSIONS)
+        else:
+            exts = tuple(extensions) if extensions is not None else None
         super().__init__(
             os.fspath(root), loader or _never_called, exts, transform=transform,
             target_transform=target_transform, is_valid_file=is_valid_file, allow_empty=allow_empty,
@@ -188,9 +192,13 @@ class LatentDataset(DatasetFolder):
     # -- identity ------------------------------------------------------------------------------
     def relative_path(self, index: int) -> str:
         path = self.samples[index][0]
-        root = self.root.rstrip("/")
-        rel = path[len(root):].lstrip("/\\") if path.startswith(root) else path
-        return rel.replace(os.sep, "/")
+        if discovery.is_remote(path):
+            fs = self._source.fs
+            path, root = fs._strip_protocol(path), self._source.path
+        else:
+            path, root = os.path.abspath(discovery._local(path)), os.path.abspath(discovery._local(self.root))
+        rel = os.path.relpath(path, root) if not discovery.is_remote(self.root) else path[len(root):]
+        return rel.replace(os.sep, "/").lstrip("/")
 
     def source_identity(self, index: int) -> dict[str, Any]:
         """What decides a hit: relative path, size, and mtime (local) or ETag (object stores)."""
@@ -200,7 +208,7 @@ class LatentDataset(DatasetFolder):
             st = os.stat(discovery._local(path))
             return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         info = self._source.fs.info(path)
-        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        tag = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if info.get(k)), None)
         return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag)}
 
     def key(self, index: int) -> str:
@@ -232,7 +240,9 @@ class LatentDataset(DatasetFolder):
             self._cache.write_info(self._cache_info)
             self._info_written = True
         m = mean.detach().to("cpu", torch.float32).contiguous().numpy()
-        s = std.detach().to("cpu", torch.float32).contiguous().numpy()
+        s: np.ndarray | None = std.detach().to("cpu", torch.float32).contiguous().numpy()
+        if not s.any():  # a deterministic codec (bicubic): no posterior spread worth storing
+            s = None
         meta = {"key": key, "target": int(self.targets[index]), **src_meta}
         self._cache.put(key, m, s, meta)
         return Entry(m, s, meta)

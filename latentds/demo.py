@@ -37,14 +37,13 @@ class Row:
     bytes_per_image: float
 
 
-def small_cnn(in_channels: int, width: int = 24) -> nn.Module:
-    """A tiny classifier; global max pooling because the finding is small and local."""
+def small_cnn(in_channels: int, width: int = 16) -> nn.Module:
+    """A tiny classifier: two full-resolution convolutions (enough to learn a speck detector)
+    and global max pooling, because the finding is small and local."""
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
         nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2 * width, 1),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(width, 1),
     )
 
 
@@ -60,10 +59,11 @@ def train_and_score(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, 
                     *, epochs: int, seed: int = 0, desc: str = "") -> tuple[float, nn.Module]:
     """Train a fresh ``small_cnn`` (Adam, BCE) and return test AUROC; deterministic from ``seed``."""
     torch.manual_seed(seed)
-    mean, std = x_tr.mean(dim=(0, 2, 3), keepdim=True), x_tr.std(dim=(0, 2, 3), keepdim=True) + 1e-6
-    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    # Per-image standardisation: DICOMs without a window are shown over their own data range,
+    # so brightness and contrast differ per image by an affine map that this removes.
+    x_tr, x_te = _standardise(x_tr), _standardise(x_te)
     model = small_cnn(x_tr.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False):
         model.train()
@@ -80,6 +80,11 @@ def train_and_score(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, 
     with torch.no_grad():
         scores = torch.cat([model(b)[:, 0] for b in x_te.split(32)])
     return float(binary_auroc(scores, y_te)), model
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
 
 
 def _split(n: int, targets: list[int], seed: int) -> tuple[list[int], list[int]]:
@@ -99,8 +104,8 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
 
 
-def run_demo(workdir: str | os.PathLike[str] = "latentds-demo", *, n_per_class: int = 48,
-             shape: tuple[int, int] = (320, 256), epochs: int = 25, seed: int = 0,
+def run_demo(workdir: str | os.PathLike[str] = "latentds-demo", *, n_per_class: int = 96,
+             shape: tuple[int, int] = (192, 160), epochs: int = 40, seed: int = 0,
              codecs: tuple[str, ...] | None = None) -> list[Row]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     work = Path(workdir)

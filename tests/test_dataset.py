@@ -263,3 +263,41 @@ def test_cli_encode_and_inspect(png_tree: Path, tmp_path: Path, capsys: pytest.C
     (bad / "cat" / "img0.png").write_bytes(b"garbage")
     assert cli_main(["encode", str(bad), "--codec", "bicubic-f8", "--cache", str(cache), "--quiet"]) == 1
     assert "img0.png" in capsys.readouterr().err
+
+
+def test_fsspec_source_and_cache_match_local(png_tree: Path, tmp_path: Path) -> None:
+    """The same tree served from an fsspec URL (memory://) gives the same classes and latents."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in png_tree.rglob("*"):
+        if p.is_file():
+            fs.pipe_file(f"/lds-src/{p.relative_to(png_tree).as_posix()}", p.read_bytes())
+    try:
+        remote = LatentDataset("memory://lds-src", codec="bicubic-f4", cache="memory://lds-cache", crop_roi=False)
+        local = LatentDataset(str(png_tree), codec="bicubic-f4", cache=tmp_path / "cache", crop_roi=False)
+        assert remote.classes == local.classes and remote.targets == local.targets
+        assert [remote.relative_path(i) for i in range(len(remote))] == \
+               [local.relative_path(i) for i in range(len(local))]
+        for i in range(len(local)):
+            assert torch.equal(remote[i][0], local[i][0])
+        assert len(remote.cache.keys()) == len(remote)
+        with pytest.raises(FileNotFoundError, match="Couldn't find any class folder"):
+            LatentDataset("memory://lds-nothing", codec="bicubic-f4", cache="memory://lds-cache")
+    finally:
+        fs.rm("/lds-src", recursive=True)
+        if fs.exists("/lds-cache"):
+            fs.rm("/lds-cache", recursive=True)
+
+
+def test_demo_runs_end_to_end_small(tmp_path: Path) -> None:
+    from latentds.demo import format_table, run_demo
+
+    rows = run_demo(tmp_path / "demo", n_per_class=4, shape=(64, 48), epochs=1, codecs=("bicubic-f4", "bicubic-f8"))
+    assert [r.method for r in rows] == ["full size", "bicubic-f4", "bicubic-f8"]
+    for r in rows:
+        assert 0.0 <= r.auroc <= 1.0 and r.bytes_per_image > 0 and r.seconds > 0
+    # cost falls with f: fewer pixels in, fewer FLOPs and fewer bytes
+    assert rows[0].gflops > rows[1].gflops > rows[2].gflops
+    assert rows[0].bytes_per_image > rows[1].bytes_per_image > rows[2].bytes_per_image
+    assert "bicubic-f8" in format_table(rows)
