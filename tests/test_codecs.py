@@ -128,7 +128,7 @@ def merged_independently(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """W + up·down via a flattened matmul (a different formula from the code under test)."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k.endswith(".lora_down.weight") or k.endswith(".lora_up.weight"):
+        if k.endswith((".lora_down.weight", ".lora_up.weight")):
             continue
         if k.endswith(".conv.weight") and k.replace(".conv.weight", ".lora_down.weight") in sd:
             p = k[: -len(".conv.weight")]
@@ -269,9 +269,7 @@ def test_fingerprint_stable_and_sensitive() -> None:
     assert small("kl-f8c4", 8).fingerprint == fp
     others = {
         "seed": small("kl-f8c4", 8, seed=1).fingerprint,
-        "arch": create_codec(
-            "kl-f8c4", weights="random", arch={"block_out_channels": [32, 64, 64, 64]}
-        ).fingerprint,
+        "arch": create_codec("kl-f8c4", weights="random", arch={"block_out_channels": [32, 64, 64, 64]}).fingerprint,
         "autocast": small("kl-f8c4", 8, autocast="bf16").fingerprint,
         "dtype": small("kl-f8c4", 8, dtype="bf16").fingerprint,
         "tiling": small("kl-f8c4", 8, tile_size=64).fingerprint,
@@ -370,7 +368,9 @@ def test_medvae_lora_checkpoint_loads_and_merges(tmp_path: Path) -> None:
 def test_medvae_one_channel_variant(tmp_path: Path) -> None:
     sd = ldm_state_dict(ch=32, ch_mult=(1, 2, 2), z=1, in_ch=1, medvae_head=True)
     torch.save({"state_dict": sd}, tmp_path / "vae_4x_1c_2D.ckpt")
-    codec = create_codec("medvae-f4c1", weights=tmp_path / "vae_4x_1c_2D.ckpt", arch={"block_out_channels": [32, 64, 64]})
+    codec = create_codec(
+        "medvae-f4c1", weights=tmp_path / "vae_4x_1c_2D.ckpt", arch={"block_out_channels": [32, 64, 64]}
+    )
     z = codec.encode(torch.rand(1, 1, 64, 64))
     assert z.shape == (1, 1, 16, 16) and codec.in_channels == 1  # type: ignore[attr-defined]
 
@@ -482,7 +482,9 @@ def test_sd_vae_f16_level_attention_converts(tmp_path: Path) -> None:
     sd = ldm_state_dict(ch=32, ch_mult=(1, 1, 2, 2, 2), z=16, in_ch=3, attn_levels=(4,))
     assert "encoder.down.4.attn.1.q.weight" in sd and "decoder.up.4.attn.2.proj_out.weight" in sd
     torch.save({"state_dict": sd}, tmp_path / "kl-f16.ckpt")
-    codec = create_codec("sd-vae-f16c16", weights=tmp_path / "kl-f16.ckpt", arch={"block_out_channels": [32, 32, 64, 64, 64]})
+    codec = create_codec(
+        "sd-vae-f16c16", weights=tmp_path / "kl-f16.ckpt", arch={"block_out_channels": [32, 32, 64, 64, 64]}
+    )
     w = codec.model.state_dict()["decoder.up_blocks.0.attentions.2.to_out.0.weight"]  # type: ignore[attr-defined]
     assert torch.equal(w, sd["decoder.up.4.attn.2.proj_out.weight"][:, :, 0, 0])
     assert codec.encode(torch.rand(1, 1, 64, 64)).shape == (1, 16, 4, 4)
@@ -513,12 +515,14 @@ def test_blend_tiles_is_exact_for_a_local_operator() -> None:
     from latentds.codecs.tiling import blend_tiles
 
     x = torch.rand(2, 3, 200, 136, generator=torch.Generator().manual_seed(0))
-    down = lambda t: F.avg_pool2d(t, 8)  # noqa: E731
+    down = lambda t: F.avg_pool2d(t, 8)
     tiled = blend_tiles(x, down, tile=64, overlap=24, scale_num=1, scale_den=8)
     torch.testing.assert_close(tiled, down(x), rtol=0, atol=1e-6)
-    up = lambda t: F.interpolate(t, scale_factor=8, mode="nearest")  # noqa: E731
+    up = lambda t: F.interpolate(t, scale_factor=8, mode="nearest")
     z = down(x)
-    torch.testing.assert_close(blend_tiles(z, up, tile=8, overlap=3, scale_num=8, scale_den=1), up(z), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        blend_tiles(z, up, tile=8, overlap=3, scale_num=8, scale_den=1), up(z), rtol=0, atol=1e-6
+    )
 
 
 TINY_F8 = {"block_out_channels": [16, 16, 32, 32], "norm_num_groups": 8}

@@ -170,7 +170,7 @@ class Codec(abc.ABC):
         original ``H×W`` with ``[..., :H, :W]`` if the input was padded."""
 
     @abc.abstractmethod
-    def to(self, device: str | torch.device) -> "Codec":
+    def to(self, device: str | torch.device) -> Codec:
         """Move the codec to ``device`` in place and return it."""
 
     def __repr__(self) -> str:

@@ -64,7 +64,7 @@ class BicubicCodec(Codec):
         x = F.interpolate(z, size=size, mode="bicubic", align_corners=False)
         return x.clamp_(0.0, 1.0).contiguous()
 
-    def to(self, device: str | torch.device) -> "BicubicCodec":
+    def to(self, device: str | torch.device) -> BicubicCodec:
         self.device = torch.device(device)
         return self
 

@@ -48,7 +48,7 @@ def read_weights_file(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str
         try:
             with safe_open(str(p), framework="pt", device="cpu") as fh:
                 metadata = dict(fh.metadata() or {})
-                sd = {k: fh.get_tensor(k) for k in fh.keys()}
+                sd = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise CodecError(f"weights file {str(p)!r} is not a readable safetensors file: {exc}") from exc
         return sd, metadata
@@ -98,7 +98,11 @@ def merge_lora(sd: StateDict, scale: float = 1.0) -> tuple[StateDict, int]:
     out = dict(sd)
     for p in prefixes:
         try:
-            base, down, up = out.pop(f"{p}.conv.weight"), out.pop(f"{p}.lora_down.weight"), out.pop(f"{p}.lora_up.weight")
+            base, down, up = (
+                out.pop(f"{p}.conv.weight"),
+                out.pop(f"{p}.lora_down.weight"),
+                out.pop(f"{p}.lora_up.weight"),
+            )
         except KeyError as exc:
             raise CodecError(
                 f"LoRA wrapper {p!r} is incomplete: missing {exc.args[0]!r}; "
@@ -146,9 +150,9 @@ def split_autoencoder_keys(sd: StateDict) -> tuple[StateDict, list[str]]:
 
 def detect_layout(sd: StateDict) -> str:
     """``"ldm"`` (``encoder.down.0.block.0...``) or ``"diffusers"`` (``encoder.down_blocks.0...``)."""
-    if any(k.startswith("encoder.down_blocks.") or k.startswith("decoder.up_blocks.") for k in sd):
+    if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in sd):
         return "diffusers"
-    if any(k.startswith("encoder.down.") or k.startswith("encoder.mid.") for k in sd):
+    if any(k.startswith(("encoder.down.", "encoder.mid.")) for k in sd):
         return "ldm"
     raise CodecError(
         "state dict is neither ldm layout (encoder.down.0.block.0.conv1.weight, ...) nor diffusers layout "
@@ -193,8 +197,10 @@ def ldm_to_diffusers(sd: StateDict, config: dict[str, Any]) -> StateDict:
         )
     if len(converted) != len(sd):
         lost = len(sd) - len(converted)
-        raise CodecError(f"ldm->diffusers conversion dropped {lost} tensor(s); the checkpoint has keys "
-                         "this converter does not know (not an AutoencoderKL?)")
+        raise CodecError(
+            f"ldm->diffusers conversion dropped {lost} tensor(s); the checkpoint has keys "
+            "this converter does not know (not an AutoencoderKL?)"
+        )
     return converted
 
 

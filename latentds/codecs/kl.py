@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -55,8 +55,9 @@ from latentds.codecs.lean import decoder_forward, encoder_forward, supports_lean
 from latentds.codecs.tiling import blend_tiles
 from latentds.errors import CodecError
 
-if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
+# diffusers.AutoencoderKL; spelled Any for type checkers, which cannot follow diffusers'
+# dynamically built module attributes (encoder, decoder, config, ...).
+AutoencoderKL = Any
 
 #: ldm ``ch_mult`` per downsampling factor (ch=128): f4 = CompVis kl-f4, f8 = kl-f8 /
 #: the Stable Diffusion VAE, f16 = kl-f16.
@@ -87,9 +88,7 @@ def ldm_config(
     return {
         "in_channels": in_channels,
         "out_channels": in_channels,
-        "down_block_types": [
-            "AttnDownEncoderBlock2D" if i in attn_levels else "DownEncoderBlock2D" for i in range(n)
-        ],
+        "down_block_types": ["AttnDownEncoderBlock2D" if i in attn_levels else "DownEncoderBlock2D" for i in range(n)],
         # diffusers lists decoder blocks from the bottom (lowest resolution) up.
         "up_block_types": [
             "AttnUpDecoderBlock2D" if (n - 1 - i) in attn_levels else "UpDecoderBlock2D" for i in range(n)
@@ -117,7 +116,7 @@ class KLSpec:
 # --------------------------------------------------------------------------- model building
 
 
-def _autoencoder_cls() -> type["AutoencoderKL"]:
+def _autoencoder_cls() -> type[AutoencoderKL]:
     # diffusers is imported lazily: it takes seconds, and bicubic users never need it.
     from diffusers import AutoencoderKL
 
@@ -140,7 +139,7 @@ def _validate_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     return cfg
 
 
-def build_model(config: Mapping[str, Any], *, seed: int | None = None, where: str) -> "AutoencoderKL":
+def build_model(config: Mapping[str, Any], *, seed: int | None = None, where: str) -> AutoencoderKL:
     """Random-initialised model (deterministic from ``seed``, global RNG untouched)."""
     cls = _autoencoder_cls()
     cfg = _validate_config(config, where)
@@ -152,7 +151,7 @@ def build_model(config: Mapping[str, Any], *, seed: int | None = None, where: st
             raise CodecError(f"{where}: cannot build AutoencoderKL from config {cfg}: {exc}") from exc
 
 
-def load_model(config: Mapping[str, Any], sd: StateDict, *, where: str) -> "AutoencoderKL":
+def load_model(config: Mapping[str, Any], sd: StateDict, *, where: str) -> AutoencoderKL:
     """Model with exactly the tensors of ``sd`` (strict: no missing, no extra, same shapes)."""
     cls = _autoencoder_cls()
     cfg = _validate_config(config, where)
@@ -217,7 +216,7 @@ class KLCodec(Codec):
     def __init__(
         self,
         name: str,
-        model: "AutoencoderKL",
+        model: AutoencoderKL,
         *,
         device: str | torch.device = "cpu",
         dtype: str | None = None,
@@ -230,7 +229,8 @@ class KLCodec(Codec):
     ) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        cfg = _clean_config(model.config)
+        model_: Any = model
+        cfg = _clean_config(model_.config)
         n_levels = len(cfg["block_out_channels"])
         self.name = name
         self.f = 2 ** (n_levels - 1)
@@ -267,7 +267,7 @@ class KLCodec(Codec):
         if dtype is not None:
             # nn.Module.to, not ModelMixin.to, which warns about fp32-only modules (there are none).
             torch.nn.Module.to(model, dtype=_PRECISIONS[dtype])
-        self.model = model
+        self.model: Any = model  # diffusers modules are dynamically typed
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -288,8 +288,7 @@ class KLCodec(Codec):
             tile_overlap = max(f, (tile_size // 4) // f * f)
         if not isinstance(tile_overlap, int) or tile_overlap < 0 or tile_overlap % f or tile_overlap >= tile_size:
             raise CodecError(
-                f"codec {self.name!r}: tile_overlap must be a multiple of f={f} in [0, tile_size), "
-                f"got {tile_overlap!r}"
+                f"codec {self.name!r}: tile_overlap must be a multiple of f={f} in [0, tile_size), got {tile_overlap!r}"
             )
         return tile_size, tile_overlap
 
@@ -324,7 +323,7 @@ class KLCodec(Codec):
             name=self.name, arch=arch, weights_sha256=self._weights_sha256, preprocessing=self.preprocessing
         )
 
-    def to(self, device: str | torch.device) -> "KLCodec":
+    def to(self, device: str | torch.device) -> KLCodec:
         self.device = torch.device(device)
         torch.nn.Module.to(self.model, device=self.device)
         return self
@@ -417,7 +416,7 @@ class KLCodec(Codec):
 # --------------------------------------------------------------------------- export format
 
 
-def save_kl_codec(codec_or_model: "KLCodec | AutoencoderKL", path: str | os.PathLike[str], *, name: str) -> Path:
+def save_kl_codec(codec_or_model: KLCodec | AutoencoderKL, path: str | os.PathLike[str], *, name: str) -> Path:
     """Write weights + architecture as one safetensors file that ``create_codec(path)``
     (and ``create_codec(<kl name>, weights=path)``) can load.
 
@@ -504,13 +503,15 @@ def load_exported_kl_codec(path: str, **kwargs: Any) -> KLCodec:
 # --------------------------------------------------------------------------- factories
 
 
-def _weights_from_path(spec: KLSpec, path: str, arch: Mapping[str, Any] | None) -> tuple["AutoencoderKL", str, list[str], int]:
+def _weights_from_path(
+    spec: KLSpec, path: str, arch: Mapping[str, Any] | None
+) -> tuple[AutoencoderKL, str, list[str], int]:
     where = f"codec {spec.name!r}, weights {path!r}"
     p = Path(path)
     if p.is_dir():
         config, sd = read_diffusers_folder(p)
         if arch:
-            config = {**config, **arch}
+            config = _merge_arch(config, arch)
         sd, ignored, n_lora = _to_diffusers_state_dict(sd, config)
         return load_model(config, sd, where=where), str(p), ignored, n_lora
     sd, metadata = read_weights_file(p)
@@ -527,7 +528,7 @@ def _weights_from_path(spec: KLSpec, path: str, arch: Mapping[str, Any] | None) 
                 f"{spec.name!r} needs f={spec.f}, C={spec.latent_channels}; use create_codec(path) instead"
             )
         return load_model(config, sd, where=where), str(p), [], 0
-    config = {**spec.config, **(arch or {})}
+    config = _merge_arch(spec.config, arch)
     try:
         sd, ignored, n_lora = _to_diffusers_state_dict(sd, config)
     except CodecError as exc:
@@ -552,7 +553,18 @@ def _hf_sources(spec: KLSpec, repo_id: str | None, filename: str | None, subfold
     return [HFSource(repo_id, subfolder or "", "diffusers")]
 
 
-def _check_spec(spec: KLSpec, model: "AutoencoderKL", source: str) -> None:
+def _merge_arch(config: Mapping[str, Any], arch: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Apply ``arch=`` overrides. A ``block_out_channels`` of another length without
+    explicit block types gets plain (attention-free) down/up blocks of that length."""
+    merged = {**config, **(arch or {})}
+    n = len(merged["block_out_channels"])
+    for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if arch and key not in arch and len(merged[key]) != n:
+            merged[key] = [kind] * n
+    return merged
+
+
+def _check_spec(spec: KLSpec, model: AutoencoderKL, source: str) -> None:
     cfg = model.config
     f = 2 ** (len(cfg["block_out_channels"]) - 1)
     if (f, cfg["latent_channels"]) != (spec.f, spec.latent_channels):
@@ -579,7 +591,7 @@ def _kl_factory(spec: KLSpec, **kwargs: Any) -> KLCodec:
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if weights == "random":
-        config = {**spec.config, **(arch or {})}
+        config = _merge_arch(spec.config, arch)
         seed = 0 if seed is None else seed
         model = build_model(config, seed=seed, where=f"codec {spec.name!r}")
         _check_spec(spec, model, "arch=")
@@ -638,19 +650,23 @@ MEDVAE_REPO = "stanfordmimi/MedVAE"
 
 
 def _specs() -> list[KLSpec]:
-    specs = [
-        KLSpec(f"kl-f{f}c{c}", f, c, ldm_config(f, c, 1)) for f, c in KL_GRID
-    ]
+    specs = [KLSpec(f"kl-f{f}c{c}", f, c, ldm_config(f, c, 1)) for f, c in KL_GRID]
     specs += [
         KLSpec("sd-vae-f4c3", 4, 3, ldm_config(4, 3, 3), notes=_COMPVIS_NOTE.format("f4", "f4")),
         KLSpec(
-            "sd-vae-f8c4", 8, 4, ldm_config(8, 4, 3), hf_sources=_SD_F8_SOURCES,
+            "sd-vae-f8c4",
+            8,
+            4,
+            ldm_config(8, 4, 3),
+            hf_sources=_SD_F8_SOURCES,
             notes="download it once with `huggingface-cli download stabilityai/sd-vae-ft-mse` or pass weights=PATH "
             "(an ldm .ckpt/.safetensors or a diffusers folder)",
         ),
         # CompVis kl-f16 has attn_resolutions [16] at resolution 256: self-attention in the
         # deepest level (index 4), unlike kl-f4 / kl-f8.
-        KLSpec("sd-vae-f16c16", 16, 16, ldm_config(16, 16, 3, attn_levels=(4,)), notes=_COMPVIS_NOTE.format("f16", "f16")),
+        KLSpec(
+            "sd-vae-f16c16", 16, 16, ldm_config(16, 16, 3, attn_levels=(4,)), notes=_COMPVIS_NOTE.format("f16", "f16")
+        ),
     ]
     medvae = {
         "medvae-f4c1": (4, 1, 1, "vae_4x_1c_2D.ckpt"),
@@ -661,7 +677,10 @@ def _specs() -> list[KLSpec]:
     for name, (f, c, cin, fname) in medvae.items():
         specs.append(
             KLSpec(
-                name, f, c, ldm_config(f, c, cin),
+                name,
+                f,
+                c,
+                ldm_config(f, c, cin),
                 hf_sources=(HFSource(MEDVAE_REPO, f"model_weights/{fname}"),),
                 notes=f"download it once with `huggingface-cli download {MEDVAE_REPO} model_weights/{fname}` "
                 "or pass weights=PATH",

@@ -26,6 +26,8 @@ AttnUpDecoderBlock2D and a UNetMidBlock2D). Anything else falls back to diffuser
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +35,7 @@ from torch import nn
 Box = list  # a one-element list holding the only reference to an activation
 
 
-def _is_plain_resnet(block: nn.Module) -> bool:
+def _is_plain_resnet(block: Any) -> bool:
     from diffusers.models.resnet import ResnetBlock2D
 
     return (
@@ -46,7 +48,7 @@ def _is_plain_resnet(block: nn.Module) -> bool:
     )
 
 
-def _resnet(block: nn.Module, box: Box) -> torch.Tensor:
+def _resnet(block: Any, box: Box) -> torch.Tensor:
     x = box.pop()
     h = block.norm1(x)
     F.silu(h, inplace=True)
@@ -66,7 +68,7 @@ def _resnet(block: nn.Module, box: Box) -> torch.Tensor:
     return h
 
 
-def _call(module: nn.Module, box: Box, cl: bool) -> torch.Tensor:
+def _call(module: Any, box: Box, cl: bool) -> torch.Tensor:
     """Run a non-ResNet module (attention, down/upsampler, conv) on the boxed tensor.
 
     The output is made channels_last (a no-op when it already is, e.g. after a conv on a
@@ -80,7 +82,7 @@ def _call(module: nn.Module, box: Box, cl: bool) -> torch.Tensor:
     return y.contiguous(memory_format=torch.channels_last) if cl else y
 
 
-def _mid(mid: nn.Module, box: Box, cl: bool) -> torch.Tensor:
+def _mid(mid: Any, box: Box, cl: bool) -> torch.Tensor:
     # Pattern used throughout: ``box = [f(box)]``. f pops the only reference out of the
     # list, so nothing in this frame pins its input while f runs (``h = f(h)`` would).
     box = [_resnet(mid.resnets[0], box)]
@@ -91,7 +93,7 @@ def _mid(mid: nn.Module, box: Box, cl: bool) -> torch.Tensor:
     return box.pop()
 
 
-def _block(block: nn.Module, box: Box, cl: bool) -> torch.Tensor:
+def _block(block: Any, box: Box, cl: bool) -> torch.Tensor:
     attentions = getattr(block, "attentions", None)
     for i, resnet in enumerate(block.resnets):
         box = [_resnet(resnet, box)]
@@ -104,7 +106,7 @@ def _block(block: nn.Module, box: Box, cl: bool) -> torch.Tensor:
     return box.pop()
 
 
-def supports_lean(model: nn.Module) -> bool:
+def supports_lean(model: Any) -> bool:
     """True if ``model.encoder`` and ``model.decoder`` have the structure this module runs."""
     from diffusers.models.autoencoders.vae import Decoder, Encoder
     from diffusers.models.unets.unet_2d_blocks import (
@@ -128,7 +130,7 @@ def supports_lean(model: nn.Module) -> bool:
     return blocks_ok and mids_ok and all(_is_plain_resnet(r) for r in resnets)
 
 
-def encoder_forward(encoder: nn.Module, box: Box, *, channels_last: bool = True) -> torch.Tensor:
+def encoder_forward(encoder: Any, box: Box, *, channels_last: bool = True) -> torch.Tensor:
     """``encoder(x)`` for the boxed ``x`` (diffusers ``Encoder.forward``). With
     ``channels_last=False`` the result is bit-identical to diffusers' forward."""
     cl = channels_last
@@ -141,7 +143,7 @@ def encoder_forward(encoder: nn.Module, box: Box, *, channels_last: bool = True)
     return encoder.conv_out(h)
 
 
-def decoder_forward(decoder: nn.Module, box: Box, *, channels_last: bool = True) -> torch.Tensor:
+def decoder_forward(decoder: Any, box: Box, *, channels_last: bool = True) -> torch.Tensor:
     """``decoder(z)`` for the boxed ``z`` (diffusers ``Decoder.forward``). With
     ``channels_last=False`` the result is bit-identical to diffusers' forward."""
     cl = channels_last
