@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .codecs import Codec, create_codec, list_codecs, register_codec
 from .dataset import LatentDataset
-from .errors import CacheError, CodecError, DicomError, ImageReadError, LatentdsError
+from .errors import (CacheError, CodecError, DicomError, ImageReadError, LatentdsError, ManifestError, ShardError,
+                     StoreAccessError, TransientStoreError)
+from .iterable import LatentIterableDataset
 from .preprocess import Preprocess, load_image, read_dicom, read_image
 
 __version__ = "0.1.0"
@@ -20,7 +22,12 @@ __all__ = [
     "DicomError",
     "ImageReadError",
     "LatentDataset",
+    "LatentIterableDataset",
     "LatentdsError",
+    "ManifestError",
+    "ShardError",
+    "StoreAccessError",
+    "TransientStoreError",
     "Preprocess",
     "create_codec",
     "list_codecs",

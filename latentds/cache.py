@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheError
-from .storage import Location, write_atomic
+from .errors import CacheError, StoreAccessError
+from .storage import Location, call, write_atomic
 
 FORMAT_VERSION = 1
 
@@ -110,9 +110,18 @@ class LatentCache:
         """Describe the namespace once; harmless to repeat (same content, atomic)."""
         fs = self.location.fs
         path = self.location.join("info.json")
-        if not fs.exists(path):
+        so = self.location.storage_options
+        if not call(lambda: fs.exists(path), path, storage_options=so):
             body = dict(info, namespace=self.namespace, format=FORMAT_VERSION)
-            write_atomic(fs, path, json.dumps(body, indent=2, sort_keys=True).encode())
+            self._write(path, json.dumps(body, indent=2, sort_keys=True).encode())
+
+    def _write(self, path: str, data: bytes) -> None:
+        fs = self.location.fs
+        try:
+            call(lambda: write_atomic(fs, path, data), path, storage_options=self.location.storage_options)
+        except FileNotFoundError as exc:  # on object stores: the bucket itself does not exist
+            raise StoreAccessError(f"{path}: cannot write, the bucket or directory does not exist "
+                                   f"({type(exc).__name__}); create it or fix the cache URL") from None
 
     def read_info(self) -> dict[str, Any]:
         path = self.location.join("info.json")
@@ -126,21 +135,26 @@ class LatentCache:
     def get(self, key: str) -> Entry | None:
         """The cached entry, ``None`` on a miss; raises :class:`CacheError` if it is corrupt."""
         path = self.object_path(key)
+        fs = self.location.fs
         try:
-            data = self.location.fs.cat_file(path)
+            data = call(lambda: fs.cat_file(path), path, storage_options=self.location.storage_options)
         except FileNotFoundError:
             return None
         return decode_entry(data, path)
 
     def put(self, key: str, mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> None:
-        write_atomic(self.location.fs, self.object_path(key), encode_entry(mean, std, meta))
+        self._write(self.object_path(key), encode_entry(mean, std, meta))
 
     def keys(self) -> list[str]:
+        """Committed staging objects (temp files of interrupted writers are never listed)."""
         fs = self.location.fs
         base = self.location.join("staging")
-        if not fs.exists(base):
+        fs.invalidate_cache()  # other processes write here: never trust a cached listing
+        try:
+            found = call(lambda: fs.find(base), base, storage_options=self.location.storage_options)
+        except FileNotFoundError:
             return []
-        return sorted(p.rsplit("/", 1)[-1][: -len(".npz")] for p in fs.find(base) if p.endswith(".npz")
+        return sorted(p.rsplit("/", 1)[-1][: -len(".npz")] for p in found if p.endswith(".npz")
                       and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
 
     def stats(self) -> dict[str, Any]:
@@ -160,12 +174,13 @@ class LatentCache:
 
 def list_namespaces(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     root = Location(url, dict(storage_options or {}))
-    fs = root.fs
-    if not fs.exists(root.path):
-        raise CacheError(f"{url}: no such cache location")
+    fs, so = root.fs, root.storage_options
+    if not call(lambda: fs.exists(root.path), root.path, storage_options=so):
+        raise CacheError(f"{root.path}: no such cache location")
     out = []
-    for p in fs.ls(root.path, detail=False):
+    for p in call(lambda: fs.ls(root.path, detail=False), root.path, storage_options=so):
         name = p.rstrip("/").rsplit("/", 1)[-1]
-        if fs.exists(f"{p.rstrip('/')}/info.json"):
+        info = f"{p.rstrip('/')}/info.json"
+        if call(lambda: fs.exists(info), info, storage_options=so):
             out.append(name)
     return sorted(out)

@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 import time
+from typing import Any
 
 EPILOG = textwrap.dedent(
     """\
@@ -14,6 +15,10 @@ EPILOG = textwrap.dedent(
       latentds demo                                   # synthetic data, offline, a few minutes on a CPU
       latentds encode /data/cmmd --codec bicubic-f8 --cache /data/latents
       latentds inspect /data/latents
+      latentds compact s3://bucket/latents            # pack lazily filled latents into shards
+      latentds verify s3://bucket/latents             # recompute every checksum; exit 1 on damage
+      latentds gc s3://bucket/latents --grace-hours 24
+      latentds export /data/latents /data/wds --format webdataset
       latentds codecs                                 # what can be used as --codec
 
     In Python, swap torchvision's ImageFolder for LatentDataset:
@@ -49,24 +54,115 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .cache import LatentCache, list_namespaces
+def _storage(args: argparse.Namespace) -> dict | None:
+    return json.loads(args.storage_options) if getattr(args, "storage_options", None) else None
 
-    storage = json.loads(args.storage_options) if args.storage_options else None
-    namespaces = list_namespaces(args.cache, storage)
-    if not namespaces:
+
+def _stores(args: argparse.Namespace) -> list:
+    """One ShardedStore per namespace under CACHE (or only --namespace)."""
+    from .cache import LatentCache, list_namespaces
+    from .store import ShardedStore
+
+    storage = _storage(args)
+    names = list_namespaces(args.cache, storage)
+    if getattr(args, "namespace", None):
+        names = [n for n in names if n == args.namespace]
+    return [ShardedStore(LatentCache(args.cache, ns, storage_options=storage)) for ns in names]
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .ops import describe
+
+    stores = _stores(args)
+    if not stores:
         print(f"{args.cache}: no latentds namespaces")
         return 1
-    for ns in namespaces:
-        cache = LatentCache(args.cache, ns, storage_options=storage)
-        info, stats = cache.read_info(), cache.stats()
-        print(f"namespace {ns}")
+    for store in stores:
+        cache = store.cache
+        info, d = cache.read_info(), describe(store)
+        stats = d["staging"]
+        print(f"namespace {cache.namespace}")
         print(f"  codec        {info.get('codec')}  (f={info.get('f')}, C={info.get('latent_channels')})")
         print(f"  fingerprint  {info.get('codec_fingerprint')}")
         print(f"  preprocess   {json.dumps(info.get('preprocessing'), sort_keys=True)}")
-        print(f"  samples      {stats['samples']}  ({stats['bytes']:,} bytes)")
+        print(f"  samples      {stats['samples']}  ({stats['bytes']:,} bytes)  [staging objects]")
+        m = d["manifest"]
+        if m is None:
+            print("  manifest     none committed (run `latentds compact`)")
+        elif "error" in m:
+            print(f"  manifest     ERROR {m['error']}")
+        else:
+            print(f"  manifest     {m['generation']}: {m['rows']} samples in {m['shards']} shards "
+                  f"({m['bytes']:,} bytes manifest)")
+            st = m.get("stats") or {}
+            if st.get("mean"):
+                fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+                print(f"  latent stats C={st['channels']} mean={fmt(st['mean'])} std={fmt(st['std'])}")
+        print(f"  shards       {d['shard_files']} files ({d['shard_bytes']:,} bytes)")
+        print(f"  failures     {d['failures']}")
         if stats["temp_leftovers"]:
-            print(f"  temp files   {stats['temp_leftovers']} (left by interrupted writers; never read)")
+            print(f"  temp files   {stats['temp_leftovers']} (left by interrupted writers; never read; `latentds gc`)")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    stores = _stores(args)
+    if not stores:
+        print(f"{args.cache}: no latentds namespaces")
+        return 1
+    bad = 0
+    for store in stores:
+        r = store.compact(shard_bytes=int(args.shard_mb * (1 << 20)), shard_samples=args.shard_samples)
+        print(f"namespace {store.cache.namespace}: packed {r.packed} samples into {len(r.shards)} shards, "
+              f"{r.already_committed} already committed; generation {r.generation}")
+        for name, why in r.bad:
+            print(f"  BAD {name}: {why}")
+        bad += len(r.bad)
+    return 1 if bad else 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .ops import verify
+
+    stores = _stores(args)
+    if not stores:
+        print(f"{args.cache}: no latentds namespaces")
+        return 1
+    bad = 0
+    for store in stores:
+        r = verify(store, staging=not args.shards_only)
+        print(f"namespace {store.cache.namespace}: {r.samples} committed samples in {r.shards} shards, "
+              f"{r.staging} staging objects checked; {len(r.bad)} problems")
+        for name, why in r.bad:
+            print(f"  BAD {name}: {why}")
+        bad += len(r.bad)
+    return 1 if bad else 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from .ops import gc
+
+    for store in _stores(args):
+        r = gc(store, grace_s=args.grace_hours * 3600.0, dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"namespace {store.cache.namespace}: {verb} {len(r.removed)} objects ({r.bytes_freed:,} bytes); "
+              f"{r.kept_young} younger than the grace period kept")
+        for p in r.removed:
+            print(f"  {p}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_webdataset, export_zarr
+
+    stores = _stores(args)
+    if len(stores) != 1:
+        print(f"{args.cache}: {len(stores)} namespaces; choose one with --namespace", file=sys.stderr)
+        return 1
+    fn = export_webdataset if args.format == "webdataset" else export_zarr
+    dest_opts = json.loads(args.dest_storage_options) if args.dest_storage_options else _storage(args)
+    r = fn(stores[0], args.dest, dest_opts)
+    print(f"exported {r.samples} samples as {args.format} to {r.destination}")
     return 0
 
 
@@ -117,7 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print each namespace in CACHE: codec, fingerprint, preprocessing, counts, bytes.")
     i.add_argument("cache")
     i.add_argument("--storage-options", help="fsspec options as JSON")
+    i.add_argument("--namespace", help="only this namespace (default: all)")
     i.set_defaults(func=_cmd_inspect)
+
+    def store_cmd(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_, description=help_)
+        q.add_argument("cache", help="cache folder or fsspec URL (s3://bucket/prefix, ...)")
+        q.add_argument("--storage-options", help="fsspec options as JSON (credentials are never printed)")
+        q.add_argument("--namespace", help="only this namespace (default: all)")
+        q.set_defaults(func=func)
+        return q
+
+    q = store_cmd("compact", "pack staging objects into immutable shards and commit a new manifest generation "
+                  "(safe while others read and write; safe to repeat or interrupt)", _cmd_compact)
+    q.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default: %(default)s)")
+    q.add_argument("--shard-samples", type=int, default=4096, help="max samples per shard (default: %(default)s)")
+    q = store_cmd("verify", "recompute every checksum (shards, manifest, staging objects); lists bad objects "
+                  "by name and exits 1 if any", _cmd_verify)
+    q.add_argument("--shards-only", action="store_true", help="skip the staging objects")
+    q = store_cmd("gc", "remove temp files, orphan shards, superseded manifests and staging objects already "
+                  "committed, once older than the grace period", _cmd_gc)
+    q.add_argument("--grace-hours", type=float, default=24.0, help="minimum age to remove (default: %(default)s)")
+    q.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    q = store_cmd("export", "export committed latents as webdataset shards (+ shardlist.json) or a zarr array",
+                  _cmd_export)
+    q.add_argument("dest", help="destination folder or fsspec URL")
+    q.add_argument("--format", choices=["webdataset", "zarr"], default="webdataset")
+    q.add_argument("--dest-storage-options", help="fsspec options for DEST as JSON (default: --storage-options)")
 
     c = sub.add_parser("codecs", help="list the registered codecs")
     c.set_defaults(func=_cmd_codecs)
@@ -131,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except LatentdsError as exc:
-        print(f"latentds: error: {exc}", file=sys.stderr)
+        from .storage import redact
+
+        print(f"latentds: error: {redact(str(exc), _storage(args))}", file=sys.stderr)
         return 2
 
 

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from . import discovery
 from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
-from .errors import LatentdsError
+from .errors import CacheError, LatentdsError
 from .preprocess import Preprocess
 from .storage import Location
+from .store import CompactReport, ShardedStore
 
 Fit = Literal["pad", "resize"]
 
@@ -90,6 +91,12 @@ class LatentDataset(DatasetFolder):
         image_size, fit: fixed ``(H, W)`` images -> fixed-size latents that default collation batches.
         device, codec_kwargs: where and how the codec is created (by name) in each process.
         extensions: accepted file extensions (default: ImageFolder's plus ``.dcm``/``.dicom``).
+        sample_posterior: draw ``mean + std * N(0, 1)`` at load time (augmentation); default
+            returns the stored posterior mean. Codecs without a std (bicubic) return the mean.
+        normalize: standardise latents per channel with the statistics committed in the manifest
+            (``compact()`` computes them); raises ``CacheError`` if none were committed yet.
+        local_cache, local_cache_bytes: an optional bounded local read-through cache (directory,
+            size) of sample bytes read from a remote store, for repeated epochs.
     """
 
     def __init__(
@@ -112,6 +119,10 @@ class LatentDataset(DatasetFolder):
         device: str | torch.device = "cpu",
         codec_kwargs: dict[str, Any] | None = None,
         extensions: Sequence[str] | None = None,
+        sample_posterior: bool = False,
+        normalize: bool = False,
+        local_cache: str | os.PathLike[str] | None = None,
+        local_cache_bytes: int = 4 << 30,
     ) -> None:
         self.storage_options = dict(storage_options or {})
         self._custom_loader = loader
@@ -148,6 +159,11 @@ class LatentDataset(DatasetFolder):
             "latent_channels": self.codec.latent_channels, "preprocessing": preprocessing,
         }
         self._info_written = False
+        self._sharded = ShardedStore(self._cache, local_cache=local_cache, local_cache_bytes=local_cache_bytes)
+        self.sample_posterior = bool(sample_posterior)
+        self.normalize = bool(normalize)
+        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._key_memo: dict[int, tuple[int, int, str]] = {}
 
     # -- ImageFolder discovery, also for fsspec URLs -------------------------------------------
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -176,6 +192,10 @@ class LatentDataset(DatasetFolder):
     @property
     def cache(self) -> LatentCache:
         return self._cache
+
+    @property
+    def store(self) -> ShardedStore:
+        return self._sharded
 
     @property
     def namespace(self) -> str:
@@ -212,7 +232,18 @@ class LatentDataset(DatasetFolder):
         return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag)}
 
     def key(self, index: int) -> str:
-        return sample_key(self.source_identity(index))
+        path = self.samples[index][0]
+        if discovery.is_remote(path):
+            return sample_key(self.source_identity(index))
+        # Warm-path shortcut: the identity is (relpath, size, mtime); while the stat is unchanged
+        # the key is too, so skip re-serialising and re-hashing it on every access.
+        st = os.stat(discovery._local(path))
+        memo = self._key_memo.get(index)
+        if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
+            return memo[2]
+        k = sample_key({"path": self.relative_path(index), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        self._key_memo[index] = (st.st_size, st.st_mtime_ns, k)
+        return k
 
     # -- encoding ------------------------------------------------------------------------------
     def load_source(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -256,12 +287,32 @@ class LatentDataset(DatasetFolder):
     def entry(self, index: int) -> Entry:
         """The cache entry of sample ``index``, encoding it on a miss."""
         key = self.key(index)
-        hit = self._cache.get(key)
+        hit = self._sharded.get(key)
         return hit if hit is not None else self._encode_one(index, key)
+
+    def _normalizer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._norm is None:
+            m = self._sharded.manifest() or self._sharded.refresh()
+            st = m.stats if m is not None else {}
+            if not st.get("mean"):
+                raise CacheError(f"{self._sharded.manifests.pointer_path}: normalize=True needs latent statistics; "
+                                 f"none are committed yet; run dataset.compact() or `latentds compact CACHE`")
+            mean = torch.tensor(st["mean"], dtype=torch.float32)
+            std = torch.tensor(st["std"], dtype=torch.float32).clamp_min(1e-12)
+            self._norm = (mean, std)
+        return self._norm
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         target = self.targets[index]
-        latent = torch.from_numpy(self.entry(index).mean)
+        e = self.entry(index)
+        # arrays over read-only bytes (remote reads) are copied; local reads are writable buffers
+        latent = torch.from_numpy(e.mean) if e.mean.flags.writeable else torch.tensor(e.mean)
+        if self.sample_posterior and e.std is not None:
+            latent = latent + torch.from_numpy(np.array(e.std)) * torch.randn_like(latent)
+        if self.normalize:
+            mean, std = self._normalizer()
+            shape = (-1,) + (1,) * (latent.ndim - 1)
+            latent = (latent - mean.view(shape)) / std.view(shape)
         if self.transform is not None:
             latent = self.transform(latent)
         if self.target_transform is not None:
@@ -271,7 +322,9 @@ class LatentDataset(DatasetFolder):
     def decode(self, index: int) -> torch.Tensor:
         """The codec's reconstruction of sample ``index`` (``1×H×W`` in [0, 1]), for viewing."""
         e = self.entry(index)
-        z = torch.from_numpy(e.mean)[None].to(self.codec.device)
+        if "image_shape" not in e.meta:  # a shard hit carries only key/target: fetch the full meta
+            e = Entry(e.mean, e.std, self._sharded.read_meta(e.meta["key"]))
+        z = torch.tensor(e.mean)[None].to(self.codec.device)
         with torch.inference_mode():
             rec = self.codec.decode(z)[0].float().cpu()
         h, w = e.meta.get("image_shape", rec.shape[-2:])
@@ -300,15 +353,13 @@ class LatentDataset(DatasetFolder):
         for index in tqdm(todo, desc="encoding", unit="img", disable=not progress):
             try:
                 key = self.key(index)
-                if self._cache.get(key) is not None:
+                if self._sharded.has(key):
                     report.cached += 1
                     continue
                 img, meta = self.load_source(index)
-            except LatentdsError as exc:
+            except (LatentdsError, OSError) as exc:
                 report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
-                continue
-            except OSError as exc:
-                report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
+                self._record_failure(index, exc)
                 continue
             pending.setdefault(img.shape, []).append((index, key, img, meta))
             if len(pending[img.shape]) >= batch_size:
@@ -316,6 +367,28 @@ class LatentDataset(DatasetFolder):
         for shape in list(pending):
             flush(shape)
         return report
+
+    def _record_failure(self, index: int, exc: BaseException) -> None:
+        # The cache holds no source paths (PHI): a hash of the relative path and the reason with
+        # the path blanked out. The in-memory FillReport keeps the real path for the user.
+        path, rel = self.samples[index][0], self.relative_path(index)
+        reason = str(exc).replace(path, "<source>").replace(rel, "<source>")
+        try:
+            self._sharded.record_failure(hashlib.sha256(rel.encode()).hexdigest()[:16], type(exc).__name__, reason)
+        except LatentdsError:
+            pass  # the failure itself is already reported to the caller; the record is best effort
+
+    def compact(self, **kwargs: Any) -> CompactReport:
+        """Pack staging objects into immutable shards and commit a new manifest generation
+        (see :meth:`latentds.store.ShardedStore.compact`); safe while others read and write."""
+        report = self._sharded.compact(**kwargs)
+        self._norm = None
+        return report
+
+    def refresh(self) -> None:
+        """Pick up a manifest generation committed by another process since this one looked."""
+        self._sharded.refresh()
+        self._norm = None
 
     def extra_repr(self) -> str:
         return f"Codec: {self._codec_name}\nCache: {self._cache.location.url}"

@@ -23,3 +23,20 @@ class CodecError(LatentdsError):
 
 class CacheError(LatentdsError):
     """A cached latent or manifest is missing, corrupt or does not match what was expected."""
+
+
+class StoreAccessError(CacheError):
+    """The store refused access or does not exist (HTTP 403 / 404 on a bucket, bad credentials).
+    Not retried: the message says what to fix."""
+
+
+class TransientStoreError(CacheError):
+    """A transient object-store error (5xx, throttling, timeout) persisted after every retry."""
+
+
+class ShardError(CacheError):
+    """A shard named by a committed manifest is missing, truncated or corrupt."""
+
+
+class ManifestError(CacheError):
+    """A manifest generation or its pointer is missing, empty, truncated or corrupt."""

@@ -1,0 +1,88 @@
+"""Exports of committed latents: webdataset shards (+ a shard list) or one zarr array.
+
+Shards already are webdataset tars, so the webdataset export copies the committed shards and
+writes ``shardlist.json`` (names, sample counts, sizes, sha256) for streaming readers. The zarr
+export needs one latent shape (use ``image_size=`` when encoding) and writes ``latents``
+(N×C×h×w), ``targets`` and ``keys`` arrays, in manifest order, for dask.array analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import CacheError
+from .storage import Location, call, write_atomic
+from .store import ShardedStore
+
+
+@dataclass
+class ExportReport:
+    samples: int
+    files: int
+    destination: str
+
+
+def _require_manifest(store: ShardedStore) -> Any:
+    m = store.refresh()
+    if m is None or len(m) == 0:
+        raise CacheError(f"{store.manifests.pointer_path}: nothing committed to export; run `latentds compact` first")
+    return m
+
+
+def export_webdataset(store: ShardedStore, dest: str, storage_options: dict[str, Any] | None = None) -> ExportReport:
+    m = _require_manifest(store)
+    out = Location(dest, dict(storage_options or {}))
+    src_fs, dst_fs = store.location.fs, out.fs
+    counts: dict[str, int] = {}
+    for s in m.table.column("shard").to_pylist():
+        counts[s] = counts.get(s, 0) + 1
+    entries = []
+    for shard in m.shards:
+        path = store.shard_path(shard)
+        data = call(lambda: src_fs.cat_file(path), path, storage_options=store.location.storage_options)
+        target = out.join(shard)
+        call(lambda: write_atomic(dst_fs, target, data), target, storage_options=out.storage_options)
+        entries.append({"url": shard, "nsamples": counts[shard], "filesize": len(data)})
+    doc = {"__kind__": "wids-shard-index-v1", "name": store.cache.namespace, "wids_version": 1,
+           "shardlist": entries, "stats": m.stats}
+    listing = out.join("shardlist.json")
+    write_atomic(dst_fs, listing, json.dumps(doc, indent=1).encode())
+    return ExportReport(len(m), len(entries) + 1, out.url)
+
+
+def export_zarr(store: ShardedStore, dest: str, storage_options: dict[str, Any] | None = None) -> ExportReport:
+    import zarr
+
+    m = _require_manifest(store)
+    shapes = {tuple(s) for s in m.table.column("shape").to_pylist()}
+    if len(shapes) != 1:
+        raise CacheError(f"{store.manifests.pointer_path}: latents have {len(shapes)} different shapes "
+                         f"(e.g. {sorted(shapes)[:3]}); zarr needs one: encode with image_size=(H, W)")
+    shape = shapes.pop()
+    keys = m.table.column("key").to_pylist()
+    n = len(keys)
+    if "://" in dest and not dest.startswith("file://"):
+        from zarr.storage import FsspecStore
+
+        root = zarr.open_group(FsspecStore.from_url(dest, storage_options=storage_options or {}), mode="w")
+    else:
+        root = zarr.open_group(os.path.abspath(dest), mode="w")
+    arr = root.create_array("latents", shape=(n, *shape), chunks=(min(n, 256), *shape), dtype="float32")
+    targets = np.asarray(m.table.column("target").to_numpy(), dtype=np.int64)
+    batch: list[np.ndarray] = []
+    start = 0
+    for i, key in enumerate(keys):
+        batch.append(store.read_row(m, i, key).mean.astype(np.float32))
+        if len(batch) == 256 or i == n - 1:
+            arr[start:start + len(batch)] = np.stack(batch)
+            start += len(batch)
+            batch = []
+    root.create_array("targets", shape=(n,), dtype="int64")[:] = targets
+    root.create_array("keys", shape=(n,), dtype=str)[:] = np.asarray(keys, dtype=object)
+    root.attrs.update({"namespace": store.cache.namespace, "generation": m.generation, "stats": m.stats})
+    return ExportReport(n, 3, dest)

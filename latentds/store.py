@@ -1,0 +1,400 @@
+"""The sharded latent store: committed shards first, staging objects second, a miss last.
+
+Layout under ``<cache>/<namespace>/`` (see docs/store.md)::
+
+    info.json                       what produced the namespace
+    staging/<kk>/<key>.npz          lazy-fill tier: one object per sample (latentds.cache)
+    shards/shard-<sha>.tar          immutable webdataset-layout tars (latentds.shards)
+    shards/shard-<sha>.index.json   per-shard byte offsets + checksums, written after the shard
+    manifest/g-<time>-<id>.parquet  committed generations (latentds.manifest)
+    manifest/CURRENT.json           pointer to the committed generation, written LAST
+    failures/<hash>.json            sources that could not be encoded (no paths: PHI)
+
+Reads: manifest hit -> ONE ranged read of the sample's bytes (``pread`` on local disk,
+``cat_file(path, start, end)`` elsewhere), checksum verified; else the staging object; else
+``None`` (the caller encodes). ``compact()`` packs staging objects that no committed manifest
+names into new shards and commits a new generation; it never deletes anything, so it is safe
+to run while others read or write, to repeat, and to kill (``gc`` collects what a killed run
+left behind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from .cache import Entry, LatentCache
+from .errors import CacheError, ManifestError, ShardError
+from .manifest import Manifest, ManifestStore, rows_table
+from .shards import Row, build_shard, decode_sample, index_document, shard_name
+from .storage import Location, call, write_atomic
+
+DEFAULT_SHARD_BYTES = 64 << 20
+DEFAULT_SHARD_SAMPLES = 4096
+
+
+@dataclass
+class CompactReport:
+    packed: int = 0
+    already_committed: int = 0
+    shards: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    generation: str | None = None
+    merges: int = 0
+
+
+def channel_sums(means: list[np.ndarray]) -> dict[str, list[float]]:
+    """Per-channel count, sum and sum of squares, with dask.array (chunked, so it scales past
+    memory when given dask-backed inputs). Sums, not means, so shards combine exactly."""
+    import dask.array as da
+
+    c = int(means[0].shape[0])
+    flat = np.concatenate([m.reshape(c, -1).astype(np.float64) for m in means], axis=1)
+    x = da.from_array(flat, chunks=(c, 1 << 20))
+    s, ss = da.compute(x.sum(axis=1), (x * x).sum(axis=1), scheduler="threads")
+    return {"count": [int(flat.shape[1])] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
+
+
+def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]:
+    """Per-channel mean and std over every committed shard."""
+    tot: dict[str, np.ndarray] = {}
+    for st in per_shard:
+        for k in ("count", "sum", "sumsq"):
+            v = np.asarray(st[k], dtype=np.float64)
+            tot[k] = tot[k] + v if k in tot else v
+    if not tot:
+        return {}
+    n = np.maximum(tot["count"], 1)
+    mean = tot["sum"] / n
+    var = np.maximum(tot["sumsq"] / n - mean * mean, 0.0)
+    return {"channels": int(len(mean)), "count": [int(v) for v in tot["count"]], "mean": mean.tolist(),
+            "std": np.sqrt(var).tolist()}
+
+
+class ReadThroughCache:
+    """Bounded local copies of sample bytes read from a remote store, keyed by their sha256.
+
+    It only ever holds copies (the store keeps the original), so evicting never loses data;
+    content addressing means a copy can never be stale. Eviction drops least recently
+    written files once ``max_bytes`` is exceeded."""
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self.max_bytes = int(max_bytes)
+        self._approx: int | None = None
+        self._lock = threading.Lock()
+
+    def _path(self, sha: str) -> str:
+        return os.path.join(self.directory, sha[:2], sha)
+
+    def get(self, sha: str) -> bytes | None:
+        try:
+            with open(self._path(sha), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def put(self, sha: str, data: bytes) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        write_atomic(LocalFileSystem(), self._path(sha), data)
+        with self._lock:
+            if self._approx is None:
+                self._approx = sum(e[1] for e in self._files())
+            self._approx += len(data)
+            if self._approx > self.max_bytes:
+                self._evict()
+
+    def _files(self) -> list[tuple[str, int, float]]:
+        out = []
+        for dirpath, _, names in os.walk(self.directory):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    continue
+                out.append((p, st.st_size, st.st_mtime))
+        return out
+
+    def _evict(self) -> None:
+        files = sorted(self._files(), key=lambda e: e[2])
+        total = sum(e[1] for e in files)
+        target = int(self.max_bytes * 0.9)
+        for p, size, _ in files:
+            if total <= target:
+                break
+            try:
+                os.unlink(p)
+                total -= size
+            except FileNotFoundError:
+                pass
+        self._approx = total
+
+
+class ShardedStore:
+    """Shards + manifest over a :class:`LatentCache` (the staging tier) of one namespace."""
+
+    def __init__(self, cache: LatentCache, *, local_cache: str | os.PathLike[str] | None = None,
+                 local_cache_bytes: int = 4 << 30, refresh_interval: float = 5.0) -> None:
+        self.cache = cache
+        self.location: Location = cache.location
+        self.manifests = ManifestStore(self.location)
+        self.refresh_interval = refresh_interval
+        self.readthrough = ReadThroughCache(os.fspath(local_cache), local_cache_bytes) if local_cache else None
+        self._manifest: Manifest | None = None
+        self._checked_at = -1e18
+        self._fds: dict[str, int] = {}
+        self._fd_pid = -1
+        self._paths: dict[str, str] = {}
+        self.reads = 0  # ranged reads issued against the store (not the read-through cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open descriptors and the loaded manifest stay in their process; workers reload lazily.
+        state = self.__dict__.copy()
+        state.update(_manifest=None, _checked_at=-1e18, _fds={}, _fd_pid=-1)
+        return state
+
+    # -- manifest ----------------------------------------------------------------------------
+    def shard_path(self, name: str) -> str:
+        p = self._paths.get(name)
+        if p is None:  # joining re-strips the protocol each time: measurable on the warm path
+            p = self._paths[name] = self.location.join("shards", name)
+        return p
+
+    def manifest(self) -> Manifest | None:
+        if self._checked_at < -1e17:
+            self.refresh()
+        return self._manifest
+
+    def refresh(self) -> Manifest | None:
+        """Follow the pointer again (cheap: one small read) and load a newer generation."""
+        ptr = self.manifests.read_pointer()
+        self._checked_at = time.monotonic()
+        if ptr is None:
+            self._manifest = None
+        elif self._manifest is None or self._manifest.generation != ptr["generation"]:
+            self._manifest = self.manifests.load(ptr)
+        return self._manifest
+
+    # -- reads -------------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        m = self.manifest()
+        if m is not None and m.find(key) >= 0:
+            return True
+        path = self.cache.object_path(key)
+        fs = self.location.fs
+        return bool(call(lambda: fs.exists(path), path, storage_options=self.location.storage_options))
+
+    def get(self, key: str) -> Entry | None:
+        """The entry for ``key`` from a committed shard, else staging, else ``None``."""
+        m = self.manifest()
+        if m is not None:
+            row = m.find(key)
+            if row >= 0:
+                return self.read_row(m, row, key)
+        e = self.cache.get(key)
+        if e is not None:
+            return e
+        # A full miss may mean a compaction committed and gc collected the staging object since
+        # we loaded the manifest: look at the pointer again before the caller re-encodes.
+        if time.monotonic() - self._checked_at > self.refresh_interval:
+            m2 = self.refresh()
+            if m2 is not None and m2 is not m:
+                row = m2.find(key)
+                if row >= 0:
+                    return self.read_row(m2, row, key)
+        return None
+
+    def read_row(self, m: Manifest, row: int, key: str) -> Entry:
+        shard, off, length, mlen, soff, sha, target = m.locate(row)
+        path = self.shard_path(shard)
+        name = f"{path} (sample {key})"
+        buf = self._read_range(path, off, length, sha, m.generation)
+        mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
+        return Entry(mean, std, {"key": key, "target": target, "shard": shard})
+
+    def read_meta(self, key: str) -> dict[str, Any]:
+        """The sample's full metadata (the shard's ``.json`` member, or the staging object's)."""
+        m = self.manifest()
+        row = m.find(key) if m is not None else -1
+        if m is None or row < 0:
+            e = self.cache.get(key)
+            if e is None:
+                raise CacheError(f"{self.cache.object_path(key)}: sample {key} is not in the store")
+            return e.meta
+        shard = m.locate(row)[0]
+        off = int(m.table.column("meta_offset")[row].as_py())
+        n = int(m.table.column("meta_length")[row].as_py())
+        path = self.shard_path(shard)
+        raw = self._fetch(path, off, n, m.generation)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ShardError(f"{path} (sample {key}): corrupt metadata member ({exc})") from exc
+
+    def _read_range(self, path: str, off: int, length: int, sha: str, generation: str) -> bytes:
+        if self.readthrough is not None:
+            hit = self.readthrough.get(sha)
+            if hit is not None and hashlib.sha256(hit).hexdigest() == sha:
+                return hit
+        buf = self._fetch(path, off, length, generation)
+        if self.readthrough is not None and hashlib.sha256(buf).hexdigest() == sha:
+            self.readthrough.put(sha, buf)
+        return buf
+
+    def _fetch(self, path: str, off: int, length: int, generation: str) -> bytes:
+        """Exactly one ranged read; a short read is a truncated shard, never zeros."""
+        self.reads += 1
+        try:
+            if self.location.is_local:
+                buf = self._pread(path, off, length)
+            else:
+                fs = self.location.fs
+                buf = call(lambda: fs.cat_file(path, start=off, end=off + length), path,
+                           storage_options=self.location.storage_options)
+        except FileNotFoundError:
+            raise ShardError(f"{path}: shard named by manifest generation {generation} is missing; run "
+                             f"`latentds verify` and re-run `latentds compact` after restoring staging") from None
+        except OSError as exc:
+            # HTTP 416: the range starts past the end of the object, i.e. the shard is shorter
+            # than the manifest says. Anything else is not ours to reinterpret.
+            if "range is not satisfiable" in str(exc) or "InvalidRange" in str(exc):
+                raise ShardError(f"{path}: shard is truncated (bytes {off}..{off + length} are past its end)"
+                                 ) from None
+            raise
+        if len(buf) != length:
+            raise ShardError(f"{path}: shard is truncated (wanted bytes {off}..{off + length}, got {len(buf)})")
+        return buf
+
+    def _pread(self, path: str, off: int, length: int) -> bytes:
+        # Local disk: keep descriptors open per process and pread (no seek state, no SIGBUS on
+        # a truncated file as with mmap); shards are immutable so a descriptor never goes stale.
+        if self._fd_pid != os.getpid():
+            self._fds, self._fd_pid = {}, os.getpid()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if len(self._fds) >= 256:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[path] = fd
+        # into a bytearray: arrays over it are writable, so torch.from_numpy needs no copy
+        buf = bytearray(length)
+        n = os.preadv(fd, [buf], off)
+        return buf if n == length else buf[:n]
+
+    def close(self) -> None:
+        if self._fd_pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
+
+    def record_failure(self, relpath_hash: str, error_type: str, reason: str) -> None:
+        """Keep a failure record (no source path: the caller passes a hash and a redacted reason)."""
+        path = self.location.join("failures", f"{relpath_hash}.json")
+        body = json.dumps({"relpath_hash": relpath_hash, "error_type": error_type, "reason": reason,
+                           "time_unix": time.time()}, sort_keys=True).encode()
+        fs = self.location.fs
+        call(lambda: write_atomic(fs, path, body), path, storage_options=self.location.storage_options)
+
+    # -- compaction --------------------------------------------------------------------------
+    def compact(self, *, shard_bytes: int = DEFAULT_SHARD_BYTES, shard_samples: int = DEFAULT_SHARD_SAMPLES,
+                attempts: int = 8) -> CompactReport:
+        """Pack staging objects that no committed manifest names into new shards; commit a new
+        generation (pointer last). Concurrent compactors: before committing, the pointer is
+        re-read and, if another generation was committed meanwhile, merged in."""
+        report = CompactReport()
+        fs, so = self.location.fs, self.location.storage_options
+        fs.invalidate_cache()
+        ptr = self.manifests.read_pointer()
+        base = self.manifests.load(ptr)
+        have = base.keys() if base is not None else set()
+        staged = self.cache.keys()
+        todo = [k for k in staged if k not in have]
+        report.already_committed = len(staged) - len(todo)
+        new_rows: list[tuple[str, Row]] = []
+        shard_stats: dict[str, dict[str, list[float]]] = {}
+
+        group: list[tuple[str, Entry]] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal group, size
+            if not group:
+                return
+            data, rows = build_shard(group)
+            name = shard_name(data)
+            stats = channel_sums([e.mean for _, e in group])
+            path = self.shard_path(name)
+            # Content-addressed name: if it exists it holds these very bytes (written once).
+            if not call(lambda: fs.exists(path), path, storage_options=so):
+                call(lambda: write_atomic(fs, path, data), path, storage_options=so)
+            idx = self.shard_path(name[: -len(".tar")] + ".index.json")
+            doc = index_document(name, data, rows, stats)
+            call(lambda: write_atomic(fs, idx, doc), idx, storage_options=so)
+            new_rows.extend((name, r) for r in rows)
+            shard_stats[name] = stats
+            report.shards.append(name)
+            report.packed += len(rows)
+            group, size = [], 0
+
+        for key in todo:
+            try:
+                e = self.cache.get(key)
+            except CacheError as exc:  # corrupt staging object: never packed, reported by name
+                report.bad.append((self.cache.object_path(key), str(exc)))
+                continue
+            if e is None:  # collected by gc between listing and reading
+                continue
+            group.append((key, e))
+            size += e.mean.nbytes + (e.std.nbytes if e.std is not None else 0) + 3072
+            if size >= shard_bytes or len(group) >= shard_samples:
+                flush()
+        flush()
+
+        if not new_rows:
+            report.generation = base.generation if base is not None else None
+            return report
+        added = rows_table(new_rows)
+        for _ in range(attempts):
+            table, meta = self._merge(base, added, shard_stats)
+            cur = self.manifests.read_pointer()
+            if (cur or {}).get("generation") != (ptr or {}).get("generation"):
+                ptr, base = cur, self.manifests.load(cur)  # someone committed meanwhile: merge theirs
+                report.merges += 1
+                continue
+            new_ptr = self.manifests.commit(table, meta)
+            report.generation = new_ptr["generation"]
+            break
+        else:
+            raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts "
+                             f"(other compactors kept committing); nothing is lost, run compact again")
+        self.refresh()
+        return report
+
+    def _merge(self, base: Manifest | None, added: pa.Table, shard_stats: dict[str, dict[str, list[float]]]
+               ) -> tuple[pa.Table, dict[str, Any]]:
+        if base is None:
+            table = added
+            shards_meta: dict[str, Any] = {}
+        else:
+            # rows the base already has win (same key -> same latent; keeps one copy referenced)
+            have = base.keys()
+            mask = pa.array([k not in have for k in added.column("key").to_pylist()], type=pa.bool_())
+            table = pa.concat_tables([base.table, added.filter(mask)])
+            shards_meta = dict(base.meta.get("shards") or {})
+        shards_meta.update(shard_stats)
+        referenced = set(table.column("shard").unique().to_pylist())
+        shards_meta = {k: v for k, v in shards_meta.items() if k in referenced}
+        meta = {"namespace": self.cache.namespace, "parent": base.generation if base is not None else None,
+                "shards": shards_meta, "stats": combine_stats(shards_meta.values()),
+                "created_unix": time.time()}
+        return table, meta
