@@ -7,6 +7,7 @@ buckets that serves cached autoencoder latents instead of pixels.
 from __future__ import annotations
 
 from .codecs import Codec, create_codec, list_codecs, register_codec
+from .bulk import encode
 from .dataset import LatentDataset
 from .errors import (CacheError, CodecError, DicomError, ImageReadError, LatentdsError, ManifestError, ShardError,
                      StoreAccessError, TransientStoreError)
@@ -30,6 +31,7 @@ __all__ = [
     "TransientStoreError",
     "Preprocess",
     "create_codec",
+    "encode",
     "list_codecs",
     "load_image",
     "read_dicom",

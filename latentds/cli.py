@@ -41,9 +41,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
+    storage = json.loads(args.storage_options) if args.storage_options else None
+    if args.workers or args.scheduler or args.retry_failed:
+        from .bulk import encode, format_report
+
+        codec_kwargs = {"weights": args.weights} if args.weights else None
+        report = encode(args.source, args.codec, args.cache, scheduler=args.scheduler, n_workers=args.workers or 1,
+                        device=args.device, batch_size=args.batch_size, shard_samples=args.shard_samples,
+                        prefetch=args.prefetch, torch_threads=args.torch_threads, storage_options=storage,
+                        codec_kwargs=codec_kwargs, crop_roi=not args.no_crop, size=args.size,
+                        retry_failed=args.retry_failed, progress=not args.quiet)
+        text = format_report(report)
+        head, _, rest = text.partition("\n")
+        print(head)
+        if rest:
+            print(rest, file=sys.stderr)
+        return 1 if report.failures else 0
+
     from .dataset import LatentDataset
 
-    storage = json.loads(args.storage_options) if args.storage_options else None
     ds = LatentDataset(args.source, codec=args.codec, cache=args.cache, storage_options=storage,
                        crop_roi=not args.no_crop, size=args.size, device=args.device)
     print(f"{len(ds)} images in {len(ds.classes)} classes -> {ds.cache.location.url}")
@@ -173,6 +189,19 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_probe(args: argparse.Namespace) -> int:
+    from trainers.probe.run import main as probe_main
+
+    argv = [x for c in args.config for x in ("--config", c)] + list(args.overrides)
+    return probe_main(argv + (["--print-config"] if args.print_config else []))
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="latentds",
@@ -197,8 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="encode every image of a folder into the cache",
                        description="Encode every image under SOURCE (ImageFolder layout) with CODEC and store the "
                                    "latents in CACHE. Already cached images are skipped; files that fail are listed "
-                                   "and the exit code is 1.")
-    e.add_argument("source", help="folder or fsspec URL, one sub-folder per class")
+                                   "and the exit code is 1. With --workers or --scheduler the job runs on Dask: "
+                                   "one task per shard-sized partition, resumable (re-run the same command), "
+                                   "failures recorded in the cache (--retry-failed retries only those).",
+                       epilog="examples:\n"
+                              "  latentds encode /data/cmmd --codec bicubic-f8 --cache /data/latents\n"
+                              "  latentds encode /data/cmmd --codec kl-f8c4 --cache s3://b/lat --workers 4\n"
+                              "  latentds encode labels.csv --codec kl-f8c4 --cache s3://b/lat "
+                              "--scheduler tcp://sched:8786 --device cuda\n"
+                              "  latentds encode /data/cmmd --codec bicubic-f8 --cache /data/latents --workers 4 "
+                              "--retry-failed",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("source", help="folder (ImageFolder layout or flat), fsspec URL / s3:// prefix, or a CSV / "
+                                  "Parquet table of (path, label[, split]) (tables: Dask path only)")
     e.add_argument("--codec", required=True, help="codec name (see `latentds codecs`) or a weights file")
     e.add_argument("--cache", required=True, help="cache folder or fsspec URL")
     e.add_argument("--batch-size", type=int, default=8)
@@ -207,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-crop", action="store_true", help="skip the region-of-interest crop")
     e.add_argument("--storage-options", help="fsspec options as JSON, e.g. '{\"anon\": false}'")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = e.add_argument_group("bulk encoding on Dask (docs/bulk.md); any of these selects the Dask path")
+    g.add_argument("--workers", type=int, default=None, help="start a LocalCluster with N worker processes")
+    g.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://host:8786)")
+    g.add_argument("--retry-failed", action="store_true", help="encode only the files recorded as failed")
+    g.add_argument("--shard-samples", type=int, default=1024,
+                   help="files per partition = per Dask task = per shard (default: %(default)s)")
+    g.add_argument("--prefetch", type=int, default=4, help="reader threads per task (default: %(default)s)")
+    g.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads per worker")
+    g.add_argument("--weights", default=None, help="codec weights file or URL (sent to workers as a path)")
     e.set_defaults(func=_cmd_encode)
 
     i = sub.add_parser("inspect", help="describe a cache: codec, preprocessing, counts, bytes",
@@ -240,6 +289,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dest", help="destination folder or fsspec URL")
     q.add_argument("--format", choices=["webdataset", "zarr"], default="webdataset")
     q.add_argument("--dest-storage-options", help="fsspec options for DEST as JSON (default: --storage-options)")
+
+    tp = sub.add_parser("train-probe", help="train an HRNet / linear probe on latents (trainers.probe)",
+                        description="Train a timm backbone (default hrnet_w64) or a linear probe on a LatentDataset "
+                                    "and report AUROC with a bootstrap CI. Same as python -m trainers.probe.",
+                        epilog="example: latentds train-probe --config probe.yaml model.mode=linear optim.epochs=10")
+    tp.add_argument("--config", action="append", default=[], help="YAML config (repeatable; later files win)")
+    tp.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.codec=bicubic-f4")
+    tp.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    tp.set_defaults(func=_cmd_train_probe)
+
+    from .sweep import add_arguments as _sweep_arguments
+    sw = sub.add_parser("sweep", help="FLOPs vs AUROC sweep over full size, bicubic and codecs with weights",
+                        description="Run full size, bicubic f=4/8/16 and every codec whose weights are present on a "
+                                    "task (default: the SYNTHETIC fine-grained task, reduced CPU configuration) and "
+                                    "write tradeoff.md / .csv / .png. See docs/probe.md.",
+                        epilog="examples:\n  latentds sweep --budget 0.02\n  latentds sweep --paper --out results/",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _sweep_arguments(sw)
+    sw.set_defaults(func=_cmd_sweep)
 
     c = sub.add_parser("codecs", help="list the registered codecs")
     c.set_defaults(func=_cmd_codecs)

@@ -251,8 +251,8 @@ class LatentDataset(DatasetFolder):
         path, _ = self.samples[index]
         rel = self.relative_path(index)
         if discovery.is_remote(path):
-            with self._source.fs.open(path, "rb") as fh:
-                data = fh.read()
+            # one GET of the whole object; cat_file also avoids buffered-file quirks of some stores
+            data = self._source.fs.cat_file(path)
         else:
             with open(discovery._local(path), "rb") as fh:
                 data = fh.read()

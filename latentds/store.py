@@ -380,6 +380,29 @@ class ShardedStore:
         self.refresh()
         return report
 
+    def commit_rows(self, new_rows: list[tuple[str, Row]], shard_stats: dict[str, dict[str, list[float]]], *,
+                    attempts: int = 8) -> str | None:
+        """Commit rows of shards already written (and indexed) as a new manifest generation,
+        merged over the committed one (rows it already has win), pointer last. Used by bulk
+        encoding, whose Dask tasks write whole shards; same protocol as :meth:`compact`."""
+        if not new_rows:
+            m = self.refresh()
+            return m.generation if m is not None else None
+        added = rows_table(new_rows)
+        ptr = self.manifests.read_pointer()
+        base = self.manifests.load(ptr)
+        for _ in range(attempts):
+            table, meta = self._merge(base, added, shard_stats)
+            cur = self.manifests.read_pointer()
+            if (cur or {}).get("generation") != (ptr or {}).get("generation"):
+                ptr, base = cur, self.manifests.load(cur)
+                continue
+            new_ptr = self.manifests.commit(table, meta)
+            self.refresh()
+            return str(new_ptr["generation"])
+        raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts "
+                         f"(others kept committing); nothing is lost, run the job again")
+
     def _merge(self, base: Manifest | None, added: pa.Table, shard_stats: dict[str, dict[str, list[float]]]
                ) -> tuple[pa.Table, dict[str, Any]]:
         if base is None:

@@ -1,0 +1,230 @@
+"""Bulk encoding on a real Dask LocalCluster (processes): failures, resume after SIGKILL, a worker
+killed mid-task, table and flat sources, lazy + bulk in one cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import latentds
+from latentds import LatentDataset
+from latentds.bulk import encode, read_failures
+from latentds.synthetic import make_dataset
+
+CODEC = "bicubic-f4"
+SHAPE = (64, 48)
+PART = 3  # files per partition / shard
+
+
+@pytest.fixture(scope="module")
+def client():
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bulk") / "src"
+    make_dataset(root, n_per_class=8, shape=SHAPE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean(client, data, tmp_path_factory) -> dict[str, Any]:
+    cache = tmp_path_factory.mktemp("clean") / "cache"
+    r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert r.ok and r.encoded == 16 and r.partitions == 6
+    return snapshot(cache)
+
+
+def snapshot(cache: Path) -> dict[str, Any]:
+    """What must be identical between runs: shard bytes (+ indexes), partition records, manifest
+    rows, failure records (type, reason). Generation names carry a time, so they are not compared."""
+    (ns,) = [p for p in cache.iterdir() if p.is_dir()]
+    out: dict[str, Any] = {"ns": ns.name}
+    for sub in ("shards", "bulk"):
+        d = ns / sub
+        out[sub] = {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+    fails = {}
+    if (ns / "failures").exists():
+        for p in sorted((ns / "failures").iterdir()):
+            rec = json.loads(p.read_bytes())
+            fails[p.name] = (rec["error_type"], rec["reason"])
+    out["failures"] = fails
+    from latentds.cache import LatentCache
+    from latentds.store import ShardedStore
+
+    m = ShardedStore(LatentCache(str(cache), ns.name)).refresh()
+    out["manifest"] = m.table.to_pylist() if m is not None else None
+    # every file a killed writer might leave is named .tmp-*: there must be none
+    out["temps"] = [str(p) for p in ns.rglob(".tmp-*")]
+    return out
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["ns"] == b["ns"]
+    assert sorted(a["shards"]) == sorted(b["shards"])
+    for k in a["shards"]:
+        assert a["shards"][k] == b["shards"][k], k
+    assert a["bulk"] == b["bulk"]
+    assert a["manifest"] == b["manifest"]
+    assert a["failures"] == b["failures"]
+    assert a["temps"] == [] and b["temps"] == []
+
+
+def test_broken_files_are_reported_and_the_rest_committed(client, tmp_path):
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=5, shape=SHAPE)
+    good = sorted(src.rglob("*.dcm"))
+    trunc = good[3]
+    trunc.write_bytes(trunc.read_bytes()[: trunc.stat().st_size // 2])  # truncated DICOM
+    garbage = src / "positive" / "s99999.dcm"
+    garbage.write_bytes(b"this is not a dicom file" * 10)
+    cache = tmp_path / "cache"
+    # part of the cache lazily filled first: a lazy fill and a bulk job share one cache
+    lazy = LatentDataset(src, codec=CODEC, cache=cache)
+    lazy_latents = {i: lazy[i][0] for i in (0, 1)}
+
+    r = encode(src, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert sorted(f.path for f in r.failures) == sorted([str(trunc), str(garbage)])
+    assert {f.error_type for f in r.failures} <= {"DicomError", "ImageReadError"}
+    assert r.encoded == 9 and not r.ok
+    recs = read_failures(latentds.LatentDataset(src, codec=CODEC, cache=cache).store.location)
+    assert len(recs) == 2
+    for rec in recs.values():  # no source path in the cache (PHI)
+        assert str(src) not in json.dumps(rec) and "s99999" not in json.dumps(rec)
+
+    ds = LatentDataset(src, codec=CODEC, cache=cache)
+    m = ds.store.refresh()
+    fresh = LatentDataset(src, codec=CODEC, cache=tmp_path / "lazy-only")
+    for i, (path, _) in enumerate(ds.samples):
+        if path in (str(trunc), str(garbage)):
+            assert m.find(ds.key(i)) < 0
+            continue
+        assert m.find(ds.key(i)) >= 0  # committed: a warm read, no encoding
+        z, t = ds[i]
+        assert t == ds.targets[i]
+        assert torch.equal(z, fresh[i][0])  # bulk == lazy, bit for bit
+    for i, z in lazy_latents.items():
+        assert torch.equal(ds[i][0], z)
+
+    # a re-run commits nothing new and still reports the outstanding failures
+    r2 = encode(src, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert r2.committed_partitions == 0 and r2.skipped_partitions == r2.partitions
+    assert sorted(f.path for f in r2.failures) == sorted([str(trunc), str(garbage)])
+
+    # fix the files; --retry-failed encodes only those two
+    make_dataset(tmp_path / "fixed", n_per_class=5, shape=SHAPE)
+    shutil.copy(tmp_path / "fixed" / trunc.relative_to(src), trunc)
+    garbage.write_bytes((tmp_path / "fixed" / "positive" / good[-1].name).read_bytes())
+    r3 = encode(src, CODEC, cache, client=client, shard_samples=PART, progress=False, retry_failed=True)
+    assert r3.ok and r3.encoded == 2 and r3.total == 11
+    assert read_failures(ds.store.location) == {}
+    m = ds.store.refresh()
+    assert all(m.find(ds.key(i)) >= 0 for i in range(len(ds)))
+
+
+def test_table_and_flat_sources(client, data, tmp_path):
+    files = sorted(data.rglob("*.dcm"))[:5]
+    table = tmp_path / "labels.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for i, f in enumerate(files):
+            w.writerow([os.path.relpath(f, tmp_path), "pos" if i % 2 else "neg", "train" if i < 4 else "val"])
+    r = encode(table, CODEC, tmp_path / "c1", client=client, shard_samples=2, progress=False, split="train")
+    assert r.ok and r.total == 4 and r.encoded == 4
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in files:
+        shutil.copy(f, flat / f.name)
+    r = encode(flat, CODEC, tmp_path / "c2", client=client, shard_samples=2, progress=False)
+    assert r.ok and r.total == 5 and r.partitions == 3
+
+
+def test_worker_killed_mid_task_gives_the_same_result(client, data, clean, tmp_path):
+    marker = tmp_path / "crashed"
+    cache = tmp_path / "cache"
+    r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False, _crash_marker=str(marker))
+    assert marker.exists()  # one worker process did die inside a task
+    assert r.ok and r.encoded == 16
+    assert_same(snapshot(cache), clean)
+
+
+def _cli(data: Path, cache: Path, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "latentds", "encode", str(data), "--codec", CODEC, "--cache", str(cache),
+           "--workers", "2", "--shard-samples", str(PART), "--quiet", "--torch-threads", "1"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def committed_partitions(cache: Path) -> int:
+    return len(list(cache.glob("*/bulk/*.json")))
+
+
+def test_resume_after_client_sigkill_is_bit_identical(data, clean, tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, LATENTDS_TEST_TASK_DELAY="0.7")
+    p = _cli(data, cache, env)
+    deadline = time.time() + 120
+    while committed_partitions(cache) < 2 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    k = committed_partitions(cache)
+    os.killpg(p.pid, signal.SIGKILL)  # the client (scheduler + nannies) and its workers, no cleanup
+    p.wait()
+    assert 2 <= k < 6, k
+    time.sleep(0.5)
+    p2 = _cli(data, cache, dict(os.environ))
+    out, err = p2.communicate(timeout=150)
+    assert p2.returncode == 0, err.decode()[-2000:]
+    assert "already committed" in out.decode()
+    assert_same(snapshot(cache), clean)
+
+
+def test_cli_exit_code_says_whether_anything_failed(tmp_path):
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=SHAPE)
+    (src / "negative" / "zz.dcm").write_bytes(b"garbage")
+    cmd = [sys.executable, "-m", "latentds", "encode", str(src), "--codec", CODEC, "--cache", str(tmp_path / "c"),
+           "--workers", "1", "--quiet"]
+    p = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert p.returncode == 1
+    assert "zz.dcm" in p.stderr.decode() and "1 failed" in p.stdout.decode()
+
+
+def test_s3_source_and_s3_cache(client, data, s3_env):
+    import s3fs
+
+    bucket = s3_env.new_bucket()
+    opts = s3_env.options()
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    files = sorted(data.rglob("*.dcm"))[:3] + sorted(data.rglob("*.dcm"))[-3:]
+    for f in files:
+        fs.put_file(str(f), f"{bucket}/src/{f.parent.name}/{f.name}")
+    src, cache = f"s3://{bucket}/src", f"s3://{bucket}/latents"
+    r = encode(src, CODEC, cache, client=client, shard_samples=4, progress=False, storage_options=opts)
+    assert r.ok and r.total == 6 and r.encoded == 6 and r.partitions == 2, r.failures[:1]
+    ds = LatentDataset(src, codec=CODEC, cache=cache, storage_options=opts)
+    m = ds.store.refresh()
+    assert [m.find(ds.key(i)) >= 0 for i in range(len(ds))] == [True] * 6  # no encoding needed
+    local = LatentDataset(data, codec=CODEC, cache=data.parent / "lazy-s3-check")
+    by_name = {os.path.basename(p): i for i, (p, _) in enumerate(local.samples)}
+    for i, (p, t) in enumerate(ds.samples):
+        z, tt = ds[i]
+        assert tt == t and torch.equal(z, local[by_name[p.rsplit("/", 1)[-1]]][0])

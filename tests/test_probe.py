@@ -1,0 +1,121 @@
+"""Probe trainer: both modes on a tiny latent dataset, AUROC + bootstrap CI, multiclass, config/CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import Subset, TensorDataset
+
+from latentds import synthetic
+from latentds.dataset import LatentDataset
+from trainers.probe import (ProbeModule, auroc, bootstrap_auroc, fit_probe, load_config, stratified_split)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_latents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    synthetic.make_dataset(root / "data", n_per_class=6, shape=(64, 48), seed=1)
+    ds = LatentDataset(root / "data", codec="bicubic-f4", cache=root / "cache", crop_roi=False, image_size=(64, 48))
+    ds.fill(progress=False)
+    tr, te = stratified_split(ds.targets, 0.5, seed=0)
+    return root, ds, Subset(ds, tr), Subset(ds, te)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["full", "linear"])
+def test_probe_modes_on_latents(tiny_latents, mode):
+    _, ds, train, test = tiny_latents
+    module = ProbeModule("small-cnn", ds.codec.latent_channels, 2, mode=mode, lr=1e-2)
+    before_backbone = _snapshot(module.model.backbone)
+    before_head = _snapshot(module.model.head)
+    r = fit_probe(train, test, in_chans=1, num_classes=2, module=module, epochs=2, batch_size=4, bootstrap=100)
+    after_backbone = module.model.backbone.state_dict()
+    changed = [k for k in before_backbone if not torch.equal(before_backbone[k], after_backbone[k])]
+    if mode == "linear":
+        assert changed == [], f"linear probe changed backbone parameters {changed}"
+    else:
+        assert changed, "full training left every backbone parameter unchanged"
+    assert any(not torch.equal(before_head[k], v) for k, v in module.model.head.state_dict().items())
+    assert 0.0 <= r.auroc <= 1.0
+    assert r.ci_lo <= r.auroc <= r.ci_hi
+    assert r.mode == mode and r.n_test == len(test) and r.input_shape == (1, 16, 12) and r.gmacs > 0
+
+
+def test_linear_mode_timm_backbone_frozen_batchnorm():
+    """A timm backbone with batch norm: linear mode keeps weights and running statistics."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4, 32, 32), torch.arange(16) % 2
+    module = ProbeModule("resnet10t", 4, 2, mode="linear")
+    before = _snapshot(module.model.backbone)
+    r = fit_probe(TensorDataset(x, y), TensorDataset(x, y), in_chans=4, num_classes=2, module=module, epochs=1,
+                  batch_size=8, bootstrap=50)
+    after = module.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert r.ci_lo <= r.auroc <= r.ci_hi
+
+
+def test_multiclass_auroc_path():
+    torch.manual_seed(0)
+    n, k = 60, 5
+    y = torch.arange(n) % k
+    x = torch.randn(n, 2, 8, 8)
+    x[torch.arange(n), 0, y, y] += 4.0  # class-dependent speck: learnable
+    r = fit_probe(TensorDataset(x, y), TensorDataset(x, y), in_chans=2, num_classes=k, backbone="small-cnn",
+                  epochs=3, batch_size=16, lr=1e-2, bootstrap=100)
+    assert r.num_classes == 5
+    assert 0.0 <= r.auroc <= 1.0 and r.ci_lo <= r.auroc <= r.ci_hi
+
+
+def test_multiclass_auroc_is_macro_one_vs_rest():
+    from torchmetrics.functional.classification import binary_auroc
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(50) % 5
+    scores = torch.softmax(torch.randn(50, 5, generator=g) + 2 * torch.nn.functional.one_hot(y, 5), dim=1)
+    ovr = [float(binary_auroc(scores[:, c], (y == c).long())) for c in range(5)]
+    assert auroc(scores, y, 5) == pytest.approx(sum(ovr) / 5, abs=1e-6)
+
+
+def test_bootstrap_ci_contains_point_and_perfect_separation():
+    y = torch.tensor([0] * 10 + [1] * 10)
+    ci = bootstrap_auroc(y.float(), y, 2, n_boot=200)
+    assert ci.auroc == ci.lo == ci.hi == 1.0
+    g = torch.Generator().manual_seed(1)
+    ci = bootstrap_auroc(torch.rand(20, generator=g), y, 2, n_boot=200)
+    assert 0 <= ci.lo <= ci.auroc <= ci.hi <= 1 and ci.n_boot > 150
+
+
+def test_config_unknown_key_and_overrides():
+    cfg = load_config([], ["model.mode=linear", "optim.lr=3e-3", "data.image_size=[64,48]"])
+    assert cfg["model"]["mode"] == "linear" and cfg["optim"]["lr"] == 3e-3 and cfg["data"]["image_size"] == [64, 48]
+    assert cfg["model"]["backbone"] == "hrnet_w64" and cfg["optim"]["batch_size"] == 128
+    with pytest.raises(KeyError):
+        load_config([], ["optim.lrr=1"])
+    with pytest.raises(ValueError):
+        load_config([], ["model.mode=half"])
+
+
+@pytest.mark.parametrize("source", ["latent", "image"])
+def test_train_probe_cli(tiny_latents, tmp_path, source, capsys):
+    from latentds.cli import main
+
+    root = tiny_latents[0]
+    cfg = {"model": {"backbone": "small-cnn"},
+           "data": {"root": str(root / "data"), "cache": str(root / "cache"), "codec": "bicubic-f4",
+                    "image_size": [64, 48], "crop_roi": False, "source": source},
+           "optim": {"epochs": 1, "batch_size": 4}, "eval": {"bootstrap": 50}, "output": str(tmp_path / "out")}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train-probe", "--config", str(path)]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "result.json").read_text())["result"]
+    assert result["input_shape"] == ([1, 16, 12] if source == "latent" else [1, 64, 48])
+    assert result["ci_lo"] <= result["auroc"] <= result["ci_hi"]

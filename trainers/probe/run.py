@@ -1,0 +1,299 @@
+"""Probe training: configuration, data, ``fit_probe`` and the command line.
+
+``python -m trainers.probe --config cfg.yaml [key.sub=value ...]`` (also
+``latentds train-probe --config cfg.yaml``) trains a probe on a ``LatentDataset`` (or on the
+preprocessed full-size images, ``data.source: image``), evaluates AUROC with a bootstrap
+confidence interval on the test split and prints / writes ``result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .metrics import bootstrap_auroc
+from .model import MODES
+from .module import ProbeModule
+
+#: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {
+        "backbone": "hrnet_w64",   # any timm model name (pretrained=False, in_chans=C), or "small-cnn"
+        "mode": "full",            # full | linear (frozen backbone + linear head)
+        "standardize": True,       # per-image, per-channel standardisation (no weights)
+        "kwargs": {},              # extra timm.create_model keyword arguments
+    },
+    "data": {
+        "root": None,              # ImageFolder-style folder or fsspec URL (classes = sub-folders)
+        "test_root": None,         # a separate test folder; otherwise a stratified split of root
+        "test_fraction": 0.5,
+        "source": "latent",        # latent (via the codec) | image (preprocessed full-size images)
+        "codec": "bicubic-f8",
+        "cache": None,             # latent cache URL; default <root>/../latent-cache
+        "image_size": None,        # [H, W]: fixed-size inputs so batches collate
+        "crop_roi": True,
+        "storage_options": {},
+        "codec_kwargs": {},
+        "num_workers": 0,
+        "fill": True,              # encode every latent up front (batched) before training
+    },
+    "task": {"num_classes": None},  # default: the number of class sub-folders
+    "optim": {"lr": 1.0e-4, "weight_decay": 0.01, "batch_size": 128, "epochs": 100, "flip": True},
+    "trainer": {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto",
+                "precision": "auto"},  # auto: bf16-mixed on GPUs that support it, 16-mixed on others, 32 on CPU
+    "eval": {"bootstrap": 1000, "level": 0.95},
+    "output": None,                # folder for result.json
+}
+
+
+def _merge(base: dict, over: Mapping, prefix: str = "") -> None:
+    for k, v in over.items():
+        if k not in base:
+            raise KeyError(f"unknown config key {prefix + k!r}")
+        if isinstance(base[k], dict) and isinstance(v, Mapping) and k not in ("kwargs", "storage_options",
+                                                                              "codec_kwargs"):
+            _merge(base[k], v, prefix + k + ".")
+        else:
+            if isinstance(v, str) and isinstance(base[k], float):
+                try:  # PyYAML reads "1e-4" (no dot) as a string
+                    v = float(v)
+                except ValueError:
+                    raise ValueError(f"config key {prefix + k!r} must be a number, got {v!r}") from None
+            base[k] = v
+
+
+def load_config(paths: Iterable[str | os.PathLike] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """DEFAULTS, then each YAML file, then ``key.sub=value`` overrides (YAML values). Unknown
+    keys are errors."""
+    cfg = copy.deepcopy(DEFAULTS)
+    for p in paths:
+        data = yaml.safe_load(Path(p).read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{p}: a probe config must be a mapping")
+        _merge(cfg, data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        node: Any = {}
+        top = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(value)
+        _merge(cfg, top)
+    if cfg["model"]["mode"] not in MODES:
+        raise ValueError(f"model.mode must be one of {MODES}, got {cfg['model']['mode']!r}")
+    return cfg
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+# ----------------------------------------------------------------------------- data
+
+class ImageSource(Dataset):
+    """The preprocessed full-size images of a ``LatentDataset`` (``1×H×W``, no codec): the
+    "full size" row. Set ``image_size`` on the dataset so the images collate."""
+
+    def __init__(self, latent_dataset) -> None:
+        self.ds = latent_dataset
+        self.targets = list(latent_dataset.targets)
+        self.classes = list(latent_dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        img, _ = self.ds.load_source(i)
+        return torch.from_numpy(np.ascontiguousarray(img))[None].float(), self.ds.targets[i]
+
+
+def stratified_split(targets: Sequence[int], test_fraction: float = 0.5, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic per-class split into (train, test) indices."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    test: list[int] = []
+    targets = list(targets)
+    for c in sorted(set(targets)):
+        idx = [i for i, t in enumerate(targets) if t == c]
+        rng.shuffle(idx)
+        k = int(round(len(idx) * test_fraction))
+        test += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(test)
+
+
+def build_datasets(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset, int, int]:
+    """(train, test, in_chans, num_classes) from the ``data`` section."""
+    from latentds.dataset import LatentDataset
+
+    d = cfg["data"]
+    if not d["root"]:
+        raise ValueError("data.root is required")
+    cache = d["cache"] or os.path.join(os.path.dirname(os.path.abspath(str(d["root"]).rstrip("/"))), "latent-cache")
+    codec = d["codec"] if d["source"] == "latent" else "bicubic-f4"  # image source: codec unused
+
+    def make(root):
+        ds = LatentDataset(root, codec=codec, cache=cache, storage_options=d["storage_options"] or None,
+                           crop_roi=d["crop_roi"], image_size=tuple(d["image_size"]) if d["image_size"] else None,
+                           codec_kwargs=d["codec_kwargs"] or None)
+        if d["source"] == "image":
+            return ImageSource(ds), 1
+        if d["source"] != "latent":
+            raise ValueError(f"data.source must be 'latent' or 'image', got {d['source']!r}")
+        if d["fill"]:
+            report = ds.fill(progress=True)
+            if report.failures:
+                raise RuntimeError(f"{len(report.failures)} sources failed to encode, first: {report.failures[0]}")
+        return ds, ds.codec.latent_channels
+
+    full, in_chans = make(d["root"])
+    num_classes = cfg["task"]["num_classes"] or len(full.classes)
+    if d["test_root"]:
+        test, _ = make(d["test_root"])
+        return full, test, in_chans, num_classes
+    tr, te = stratified_split(full.targets, d["test_fraction"], cfg["seed"])
+    return Subset(full, tr), Subset(full, te), in_chans, num_classes
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class ProbeResult:
+    auroc: float
+    ci_lo: float
+    ci_hi: float
+    ci_level: float
+    n_train: int
+    n_test: int
+    num_classes: int
+    backbone: str
+    mode: str
+    input_shape: tuple[int, ...]
+    gmacs: float               # backbone + head, one input, latentds.flops rule
+    seconds: float             # training + evaluation wall time
+    extra: dict[str, Any] = field(default_factory=dict)
+    module: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}  # no deepcopy of the model
+        out["input_shape"] = list(self.input_shape)
+        return out
+
+
+@torch.no_grad()
+def predict(module: ProbeModule, dataset: Dataset, *, batch_size: int = 128, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, targets) over ``dataset`` in eval mode."""
+    module.eval()
+    device = next(module.parameters()).device
+    scores, targets = [], []
+    amp = device.type == "cuda"  # mixed precision for inference where training used it (GPU)
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            logits = module(x.to(device))
+        scores.append(module.scores(logits).cpu())
+        targets.append(torch.as_tensor(y))
+    return torch.cat(scores), torch.cat(targets)
+
+
+def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int, backbone: str = "hrnet_w64",
+              mode: str = "full", epochs: int = 100, batch_size: int = 128, lr: float = 1e-4,
+              weight_decay: float = 0.01, flip: bool = True, standardize: bool = True,
+              backbone_kwargs: dict | None = None, seed: int = 0, num_workers: int = 0,
+              accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
+              precision: str = "auto", bootstrap: int = 1000, level: float = 0.95, val: Dataset | None = None,
+              progress: bool = False, module: ProbeModule | None = None) -> ProbeResult:
+    """Train a probe on ``train`` with Lightning and score AUROC (bootstrap CI) on ``test``.
+
+    Items are ``(C×H×W tensor, int target)``. DDP: pass ``strategy="ddp"``, ``devices``/``num_nodes``;
+    the test set is then scored on every rank (identical results). ``module``: a prepared
+    :class:`ProbeModule` to train instead of a fresh one (the model arguments are then ignored)."""
+    import lightning as L
+
+    from latentds.flops import gmacs
+
+    t0 = time.perf_counter()
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = module if module is not None else ProbeModule(backbone, in_chans, num_classes, mode=mode, lr=lr, weight_decay=weight_decay, flip=flip,
+                         standardize=standardize, backbone_kwargs=backbone_kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=gen,
+                              persistent_workers=num_workers > 0)
+    val_loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers) if val is not None else None
+    trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=strategy, precision=resolve_precision(precision, accelerator), logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                        num_sanity_val_steps=0, limit_val_batches=1.0 if val is not None else 0)
+    trainer.fit(module, train_loader, val_loader)
+    num_classes = module.num_classes
+    scores, targets = predict(module, test, batch_size=batch_size, num_workers=num_workers)
+    ci = bootstrap_auroc(scores, targets, num_classes, n_boot=bootstrap, level=level, seed=seed)
+    x0, _ = test[0]
+    shape = tuple(int(s) for s in x0.shape)
+    counted = torch.nn.Sequential(module.model.backbone, module.model.head).cpu()
+    macs = gmacs(counted, (1, *shape))
+    hp = module.hparams
+    return ProbeResult(ci.auroc, ci.lo, ci.hi, level, len(train), len(test), num_classes, hp.backbone, hp.mode, shape,
+                       macs, time.perf_counter() - t0, module=module)
+
+
+def run_from_config(cfg: Mapping[str, Any]) -> ProbeResult:
+    train, test, in_chans, num_classes = build_datasets(cfg)
+    m, o, t, e = cfg["model"], cfg["optim"], cfg["trainer"], cfg["eval"]
+    result = fit_probe(train, test, in_chans=in_chans, num_classes=num_classes, backbone=m["backbone"],
+                       mode=m["mode"], standardize=m["standardize"], backbone_kwargs=m["kwargs"] or None,
+                       epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], weight_decay=o["weight_decay"],
+                       flip=o["flip"], seed=cfg["seed"], num_workers=cfg["data"]["num_workers"],
+                       accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
+                       strategy=t["strategy"], precision=t["precision"], bootstrap=e["bootstrap"],
+                       level=e["level"], progress=True)
+    if cfg["output"]:
+        out = Path(cfg["output"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps({"config": cfg, "result": result.to_dict()}, indent=2, default=str))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainers.probe",
+        description="Train an HRNet (any timm backbone) or linear probe on latents; AUROC with a bootstrap CI.",
+        epilog="example: python -m trainers.probe --config probe.yaml model.mode=linear optim.epochs=10")
+    p.add_argument("--config", action="append", default=[], help="YAML config (repeatable; later files win)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.codec=bicubic-f4")
+    p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg, sort_keys=False))
+        return 0
+    r = run_from_config(cfg)
+    print(f"AUROC {r.auroc:.4f} [{r.ci_lo:.4f}, {r.ci_hi:.4f}] ({int(r.ci_level * 100)}% bootstrap CI); "
+          f"{r.backbone} {r.mode}; input {'x'.join(map(str, r.input_shape))}; {r.gmacs:.4f} GMACs; "
+          f"{r.n_train} train / {r.n_test} test; {r.seconds:.1f} s")
+    return 0
