@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_arguments(sw)
     sw.set_defaults(func=_cmd_sweep)
 
+    sub.add_parser("train-vae", add_help=False,
+                   help="train the KL autoencoder: latentds train-vae --config cfg.yaml [--set k=v] "
+                        "(docs/train_vae.md)")
     c = sub.add_parser("codecs", help="list the registered codecs")
     c.set_defaults(func=_cmd_codecs)
     return p
@@ -317,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .errors import LatentdsError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train-vae":  # the trainer parses its own YAML + --set overrides
+        from trainers.vae.cli import main as train_vae
+
+        return int(train_vae(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
