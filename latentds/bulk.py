@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cache import Entry, LatentCache, _array_digest, canonical_json, namespace_id
+from .dataset import Failure
 from .sources import SourceItem, SourceList, list_sources
 from .storage import Location, call, write_atomic
 
@@ -79,13 +80,6 @@ class Spec:
 
     def cache(self) -> LatentCache:
         return LatentCache(self.cache_url, self.namespace, storage_options=self.cache_options)
-
-
-@dataclass
-class Failure:
-    path: str
-    error_type: str
-    message: str
 
 
 @dataclass
