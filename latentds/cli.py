@@ -131,10 +131,15 @@ def _cmd_compact(args: argparse.Namespace) -> int:
         r = store.compact(shard_bytes=int(args.shard_mb * (1 << 20)), shard_samples=args.shard_samples)
         print(f"namespace {store.cache.namespace}: packed {r.packed} samples into {len(r.shards)} shards, "
               f"{r.already_committed} already committed; generation {r.generation}")
-        for name, why in r.bad:
-            print(f"  BAD {name}: {why}")
-        bad += len(r.bad)
+        bad += _print_bad(r.bad)
     return 1 if bad else 0
+
+
+def _print_bad(bad: list[tuple[str, str]]) -> int:
+    """List bad objects by name (compact and verify share this); returns how many."""
+    for name, why in bad:
+        print(f"  BAD {name}: {why}")
+    return len(bad)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -149,9 +154,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         r = verify(store, staging=not args.shards_only)
         print(f"namespace {store.cache.namespace}: {r.samples} committed samples in {r.shards} shards, "
               f"{r.staging} staging objects checked; {len(r.bad)} problems")
-        for name, why in r.bad:
-            print(f"  BAD {name}: {why}")
-        bad += len(r.bad)
+        bad += _print_bad(r.bad)
     return 1 if bad else 0
 
 
