@@ -164,6 +164,10 @@ class LatentDataset(DatasetFolder):
         self.normalize = bool(normalize)
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
         self._key_memo: dict[int, tuple[int, int, str]] = {}
+        # Warm-path read plan: dataset index -> row of the manifest generation ``_rows_of``
+        # (-2: not resolved yet in this process, -1: not committed there).
+        self._rows: np.ndarray | None = None
+        self._rows_of: Any = None
 
     # -- ImageFolder discovery, also for fsspec URLs -------------------------------------------
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -187,6 +191,8 @@ class LatentDataset(DatasetFolder):
         state = self.__dict__.copy()
         if not self._codec_given:
             state["_codec"] = None
+        # the store reloads its manifest in the new process, so rows are resolved there again
+        state.update(_rows=None, _rows_of=None)
         return state
 
     @property
@@ -302,13 +308,40 @@ class LatentDataset(DatasetFolder):
             self._norm = (mean, std)
         return self._norm
 
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Posterior mean and std (``None`` for deterministic codecs) of sample ``index``,
+        encoding it on a miss. Arrays may be read-only views of the bytes read.
+
+        Warm path: a sample's identity (key) is resolved against the committed manifest once
+        per process and generation, then ``dataset[i]`` is one planned ranged read
+        (:meth:`ShardedStore.read_planned`): no ``stat``/``HEAD`` of the source, no key hashing,
+        no lookup. Staleness: a source file changed *after* its sample was resolved in this
+        process is noticed when a new generation is loaded or on :meth:`refresh` (or by a new
+        dataset), as ImageFolder sees the files of its construction-time scan. Samples not yet
+        committed (staging tier, misses) check the source identity on every access."""
+        store = self._sharded
+        m = store._manifest if store._checked_at > -1e17 else store.manifest()
+        if m is not None:
+            rows = self._rows
+            if rows is None or self._rows_of is not m:
+                rows = self._rows = np.full(len(self.samples), -2, np.int64)
+                self._rows_of = m
+            row = int(rows[index])
+            if row == -2:
+                row = m.find(self.key(index))
+                rows[index] = row
+            if row >= 0:
+                return store.read_planned(m, row)
+        e = self.entry(index)
+        return e.mean, e.std
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         target = self.targets[index]
-        e = self.entry(index)
-        # arrays over read-only bytes (remote reads) are copied; local reads are writable buffers
-        latent = torch.from_numpy(e.mean) if e.mean.flags.writeable else torch.tensor(e.mean)
-        if self.sample_posterior and e.std is not None:
-            latent = latent + torch.from_numpy(np.array(e.std)) * torch.randn_like(latent)
+        mean, std = self.arrays(index)
+        # arrays over read-only bytes are copied into the tensor (which the caller may modify)
+        latent = torch.from_numpy(mean if mean.flags.writeable else mean.copy())
+        if self.sample_posterior and std is not None:
+            latent = latent + torch.from_numpy(np.array(std)) * torch.randn_like(latent)
         if self.normalize:
             mean, std = self._normalizer()
             shape = (-1,) + (1,) * (latent.ndim - 1)
@@ -383,12 +416,15 @@ class LatentDataset(DatasetFolder):
         (see :meth:`latentds.store.ShardedStore.compact`); safe while others read and write."""
         report = self._sharded.compact(**kwargs)
         self._norm = None
+        self._rows = self._rows_of = None
         return report
 
     def refresh(self) -> None:
-        """Pick up a manifest generation committed by another process since this one looked."""
+        """Pick up a manifest generation committed by another process since this one looked,
+        and re-check every source's identity (size, mtime / ETag) on its next access."""
         self._sharded.refresh()
         self._norm = None
+        self._rows = self._rows_of = None
 
     def extra_repr(self) -> str:
         return f"Codec: {self._codec_name}\nCache: {self._cache.location.url}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ManifestError
@@ -32,14 +34,31 @@ from .shards import Row
 from .storage import Location, call, write_atomic
 
 POINTER = "CURRENT.json"
+#: Columns of :meth:`Manifest.read_plan`: shard id (index into ``Manifest.shards``), absolute
+#: offset and length of the ranged read, offsets of the mean and std data (after their ``.npy``
+#: headers) within the read (-1: no std), CRC32C of the read (-1: verify with sha256), layout id.
+PLAN_COLUMNS = ("shard", "offset", "length", "mean_data", "std_data", "crc32c", "layout")
+Layout = tuple[np.dtype, tuple[int, ...], int]  # dtype, shape, element count
 META_KEY = b"latentds"
 
 SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("length", pa.int64()),
     ("mean_length", pa.int64()), ("std_offset", pa.int64()), ("shape", pa.list_(pa.int32())),
     ("dtype", pa.string()), ("target", pa.int64()), ("sha256", pa.string()), ("content_sha256", pa.string()),
-    ("meta_offset", pa.int64()), ("meta_length", pa.int64()),
+    ("meta_offset", pa.int64()), ("meta_length", pa.int64()), ("crc32c", pa.int64()),
 ])
+#: Generations written before the per-row CRC32C column; still read (rows verify with sha256).
+LEGACY_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "crc32c"])
+
+
+def upgrade(table: pa.Table) -> pa.Table:
+    """A table in :data:`SCHEMA`: a legacy generation gets ``crc32c = -1`` (unknown) on every
+    row, so its rows keep being verified with sha256 and merge with new rows unchanged."""
+    if table.schema.equals(LEGACY_SCHEMA):
+        table = table.append_column(SCHEMA.field("crc32c"), pa.array(np.full(table.num_rows, -1, np.int64)))
+    if not table.schema.equals(SCHEMA):
+        raise ValueError(f"unexpected columns {table.schema.names}")
+    return table
 
 
 def new_generation() -> str:
@@ -58,6 +77,8 @@ class Manifest:
     _order: np.ndarray | None = field(default=None, repr=False)
     _cols: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _shards: list[str] = field(default_factory=list, repr=False)
+    _plan: np.ndarray | None = field(default=None, repr=False)
+    _layouts: list[Layout] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         keys = _fixed_width(self.table.column("key"))
@@ -69,6 +90,7 @@ class Manifest:
         self._shards = shard.dictionary.to_pylist()
         self._cols["shard"] = shard.indices.to_numpy(zero_copy_only=False)
         self._cols["sha256"] = _fixed_width(self.table.column("sha256"))
+        self._cols["crc32c"] = self.table.column("crc32c").to_numpy()
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -92,12 +114,77 @@ class Manifest:
         return (self._shards[int(c["shard"][row])], int(c["offset"][row]), int(c["length"][row]),
                 int(c["mean_length"][row]), int(c["std_offset"][row]), c["sha256"][row].decode(), int(c["target"][row]))
 
+    def key_at(self, row: int) -> str:
+        return str(self.table.column("key")[row].as_py())
+
+    def read_plan(self) -> tuple[np.ndarray, list[Layout]]:
+        """Per-row read plan for the warm path: an ``(rows, 7)`` int64 array with columns
+        ``PLAN_COLUMNS`` plus the distinct ``(dtype, shape, count)`` layouts it refers to.
+
+        Built once per generation, vectorised, on the first planned read (not at open, so
+        opening a big manifest stays cheap). A warm read is then one ``plan[row].tolist()``
+        instead of parsing ``.npy`` headers: the data offsets follow from the lengths, because
+        a ``.npy`` member is its header followed by exactly ``count * itemsize`` bytes. Rows
+        without a CRC32C (legacy generations) or whose lengths do not add up get ``crc32c = -1``
+        and take the fully parsed, sha256-checked path instead."""
+        if self._plan is None:
+            self._plan, self._layouts = _build_plan(self.table, self._cols)
+        return self._plan, self._layouts
+
     def keys(self) -> set[str]:
         return set(self.table.column("key").to_pylist())
 
     @property
     def stats(self) -> dict[str, Any]:
         return dict(self.meta.get("stats") or {})
+
+
+def _build_plan(table: pa.Table, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[Layout]]:
+    n = table.num_rows
+    dt = table.column("dtype").combine_chunks().dictionary_encode()
+    dt_idx = dt.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    dt_names = dt.dictionary.to_pylist()
+    shape = table.column("shape").combine_chunks()
+    lens = pc.list_value_length(shape).to_numpy(zero_copy_only=False)
+    flat = shape.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    if n == 0 or (lens == lens[0]).all():
+        key = np.column_stack([dt_idx, flat.reshape(n, int(lens[0]) if n else 0)])
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        distinct = [(dt_names[int(u[0])], tuple(int(v) for v in u[1:])) for u in uniq]
+        inv = inv.reshape(-1)
+    else:  # ragged ndim (rare): group in Python
+        ids: dict[tuple[str, tuple[int, ...]], int] = {}
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        inv = np.array([ids.setdefault((dt_names[int(d)], tuple(flat[starts[i]:starts[i + 1]].tolist())), len(ids))
+                        for i, d in enumerate(dt_idx)], dtype=np.int64)
+        distinct = list(ids)
+    layouts: list[Layout] = []
+    nbytes = np.empty(len(distinct), np.int64)
+    for j, (name, shp) in enumerate(distinct):
+        try:
+            dtype = np.dtype(name)
+            ok = not dtype.hasobject
+        except TypeError:
+            dtype, ok = np.dtype(np.uint8), False
+        count = math.prod(shp)
+        layouts.append((dtype, shp, count))
+        nbytes[j] = count * dtype.itemsize if ok else -(1 << 40)  # impossible: forces the slow path
+    nb = nbytes[inv]
+    mean_len, std_off, length = cols["mean_length"], cols["std_offset"], cols["length"]
+    mean_data = mean_len - nb
+    std_data = np.where(std_off >= 0, length - nb, -1)
+    # a .npy header is at least 10 bytes; anything else is not what compaction wrote
+    sound = (mean_data >= 10) & np.where(std_off >= 0, (std_off >= mean_len) & (std_data >= std_off + 10),
+                                         length == mean_len)
+    plan = np.empty((n, len(PLAN_COLUMNS)), np.int64)
+    plan[:, 0] = cols["shard"]
+    plan[:, 1] = cols["offset"]
+    plan[:, 2] = length
+    plan[:, 3] = np.where(sound, mean_data, 0)
+    plan[:, 4] = np.where(sound, std_data, -1)
+    plan[:, 5] = np.where(sound, cols["crc32c"], -1)
+    plan[:, 6] = inv
+    return plan, layouts
 
 
 def _fixed_width(col: pa.ChunkedArray) -> np.ndarray:
@@ -122,7 +209,7 @@ def rows_table(rows: list[tuple[str, Row]]) -> pa.Table:
         cols["key"].append(r.key)
         cols["shard"].append(shard)
         for c in ("offset", "length", "mean_length", "std_offset", "dtype", "target", "sha256", "content_sha256",
-                  "meta_offset", "meta_length"):
+                  "meta_offset", "meta_length", "crc32c"):
             cols[c].append(getattr(r, c))
         cols["shape"].append(list(r.shape))
     return pa.Table.from_pydict(cols, schema=SCHEMA)
@@ -176,9 +263,7 @@ class ManifestStore:
         try:
             table = pq.read_table(io.BytesIO(raw))
             meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-            table = table.replace_schema_metadata(None)
-            if table.schema != SCHEMA:
-                raise ValueError(f"unexpected columns {table.schema.names}")
+            table = upgrade(table.replace_schema_metadata(None))
         except (pa.ArrowException, ValueError) as exc:
             raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
         return Manifest(str(ptr["generation"]), table, meta)
@@ -187,7 +272,7 @@ class ManifestStore:
         """Write a new generation, then the pointer (last). Returns the new pointer."""
         generation = new_generation()
         path = self.generation_path(generation)
-        table = table.sort_by("key")  # readers' key index is then built by a (near) no-op sort
+        table = upgrade(table).sort_by("key")  # readers' key index is then built by a (near) no-op sort
         t = table.replace_schema_metadata({META_KEY: json.dumps(dict(meta, generation=generation)).encode()})
         buf = io.BytesIO()
         pq.write_table(t, buf, compression="zstd")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
+from google_crc32c import value as _crc32c_value
 
 from .cache import Entry, canonical_json
 from .errors import ShardError
@@ -51,6 +52,16 @@ class Row:
     content_sha256: str  # of the source file, taken at encode time
     meta_offset: int     # absolute offset of the ``.json`` member (for ``decode`` and ``verify``)
     meta_length: int
+    crc32c: int = -1     # CRC32C of the same bytes as ``sha256``: the cheap per-read check; -1 unknown
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """CRC32C (Castagnoli) of ``data``; hardware-accelerated in google-crc32c's C extension
+    (~25 GB/s vs ~1.7 GB/s for sha256 here), so it can run on every warm read. It catches any
+    accidental corruption (flipped bits, truncation, stale bytes); ``sha256`` stays the
+    cryptographic checksum that ``latentds verify`` recomputes. The extension takes only
+    ``bytes``, so other buffers are copied first (off the hot path: reads return ``bytes``)."""
+    return _crc32c_value(data if type(data) is bytes else bytes(data))
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -91,8 +102,8 @@ def build_shard(items: list[tuple[str, Entry]]) -> tuple[bytes, list[Row]]:
                             str(e.mean.dtype), target, "", str(e.meta.get("content_sha256", "")), meta_off,
                             len(meta_b)))
     data = buf.getvalue()
-    rows = [Row(**{**r.__dict__, "sha256": hashlib.sha256(data[r.offset:r.offset + r.length]).hexdigest()})
-            for r in rows]
+    rows = [Row(**{**r.__dict__, "sha256": hashlib.sha256(data[r.offset:r.offset + r.length]).hexdigest(),
+                   "crc32c": crc32c(data[r.offset:r.offset + r.length])}) for r in rows]
     return data, rows
 
 
@@ -105,8 +116,8 @@ def index_document(name: str, data: bytes, rows: list[Row], stats: dict[str, Any
     doc = {"shard": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "stats": stats,
            "samples": [{"key": r.key, "offset": r.offset, "length": r.length, "mean_length": r.mean_length,
                         "std_offset": r.std_offset, "shape": list(r.shape), "dtype": r.dtype, "target": r.target,
-                        "sha256": r.sha256, "content_sha256": r.content_sha256, "meta_offset": r.meta_offset,
-                        "meta_length": r.meta_length} for r in rows]}
+                        "sha256": r.sha256, "crc32c": r.crc32c, "content_sha256": r.content_sha256,
+                        "meta_offset": r.meta_offset, "meta_length": r.meta_length} for r in rows]}
     return json.dumps(doc, sort_keys=True).encode()
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from .cache import Entry, LatentCache
 from .errors import CacheError, ManifestError, ShardError
 from .manifest import Manifest, ManifestStore, rows_table
-from .shards import Row, build_shard, decode_sample, index_document, shard_name
+from .shards import Row, build_shard, crc32c, decode_sample, index_document, shard_name
 from .storage import Location, call, write_atomic
 
 DEFAULT_SHARD_BYTES = 64 << 20
@@ -155,12 +155,14 @@ class ShardedStore:
         self._fds: dict[str, int] = {}
         self._fd_pid = -1
         self._paths: dict[str, str] = {}
+        self._plan_paths: tuple[Manifest | None, list[str]] = (None, [])
+        self._local: bool | None = None  # is the store on local disk (pread) or remote (ranged GET)
         self.reads = 0  # ranged reads issued against the store (not the read-through cache)
 
     def __getstate__(self) -> dict[str, Any]:
         # Open descriptors and the loaded manifest stay in their process; workers reload lazily.
         state = self.__dict__.copy()
-        state.update(_manifest=None, _checked_at=-1e18, _fds={}, _fd_pid=-1)
+        state.update(_manifest=None, _checked_at=-1e18, _fds={}, _fd_pid=-1, _plan_paths=(None, []))
         return state
 
     # -- manifest ----------------------------------------------------------------------------
@@ -222,6 +224,32 @@ class ShardedStore:
         mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
         return Entry(mean, std, {"key": key, "target": target, "shard": shard})
 
+    def read_planned(self, m: Manifest, row: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean (and std) of manifest row ``row``: the warm path of ``LatentDataset[i]``.
+
+        One ranged read (``os.pread`` on a descriptor kept open per process, or one ranged GET),
+        a CRC32C of the bytes read against the manifest's, and ``np.frombuffer`` at offsets
+        precomputed by :meth:`Manifest.read_plan`. The arrays are read-only views of the bytes
+        read. Rows without a CRC32C (legacy generations) and reads through the local
+        read-through cache take :meth:`read_row` (sha256, parsed headers)."""
+        plan, layouts = m.read_plan()
+        shard, off, length, mean_data, std_data, crc, layout = plan[row].tolist()
+        if crc < 0 or self.readthrough is not None:
+            e = self.read_row(m, row, m.key_at(row))
+            return e.mean, e.std
+        owner, paths = self._plan_paths
+        if owner is not m:
+            paths = [self.shard_path(name) for name in m.shards]
+            self._plan_paths = (m, paths)
+        buf = self._fetch(paths[shard], off, length, m.generation)
+        if crc32c(buf) != crc:
+            raise ShardError(f"{paths[shard]} (sample {m.key_at(row)}): checksum mismatch (crc32c), the shard is "
+                             f"corrupt; `latentds verify` lists every bad sample")
+        dtype, shape, count = layouts[layout]
+        mean = np.frombuffer(buf, dtype, count, mean_data).reshape(shape)
+        std = np.frombuffer(buf, dtype, count, std_data).reshape(shape) if std_data >= 0 else None
+        return mean, std
+
     def read_meta(self, key: str) -> dict[str, Any]:
         """The sample's full metadata (the shard's ``.json`` member, or the staging object's)."""
         m = self.manifest()
@@ -254,8 +282,10 @@ class ShardedStore:
     def _fetch(self, path: str, off: int, length: int, generation: str) -> bytes:
         """Exactly one ranged read; a short read is a truncated shard, never zeros."""
         self.reads += 1
+        if self._local is None:  # decided once: the property re-checks the process id every time
+            self._local = self.location.is_local
         try:
-            if self.location.is_local:
+            if self._local:
                 buf = self._pread(path, off, length)
             else:
                 fs = self.location.fs
@@ -286,10 +316,9 @@ class ShardedStore:
             if len(self._fds) >= 256:
                 os.close(self._fds.pop(next(iter(self._fds))))
             self._fds[path] = fd
-        # into a bytearray: arrays over it are writable, so torch.from_numpy needs no copy
-        buf = bytearray(length)
-        n = os.preadv(fd, [buf], off)
-        return buf if n == length else buf[:n]
+        # bytes, not a bytearray: google-crc32c's C extension takes only immutable buffers, and
+        # a copy into a fresh tensor is needed anyway for a writable latent
+        return os.pread(fd, length, off)
 
     def close(self) -> None:
         if self._fd_pid == os.getpid():
