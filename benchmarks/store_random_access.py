@@ -1,6 +1,7 @@
 """Warm random-access reads/s: LatentDataset (committed shards) vs MONAI PersistentDataset
 caching the same latents vs an np.memmap of the same bytes (the ceiling). One process, same
-latents, interleaved rounds; prints per-round rates and median ratios. SYNTHETIC DICOMs.
+latents, interleaved rounds; prints per-round rates and median ratios. SYNTHETIC DICOMs. A bare
+``os.pread`` of the same byte ranges (no checksum, no tensor) shows the syscall + copy floor.
 
     python benchmarks/store_random_access.py --images 256 --height 512 --width 416 --codec bicubic-f4
 """
@@ -8,6 +9,7 @@ latents, interleaved rounds; prints per-round rates and median ratios. SYNTHETIC
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -67,24 +69,34 @@ def main() -> None:
         mm = np.memmap(blob, dtype=np.uint8, mode="r")
         shape = lat[0].shape
 
+        fd = os.open(blob, os.O_RDONLY)
+        offl = offs.tolist()
+
+        def pread_only(i: int) -> bytes:  # the syscall + copy alone: no checksum, no tensor
+            return os.pread(fd, offl[i + 1] - offl[i], offl[i])
+
         def memmap_read(i: int):
             z = torch.from_numpy(np.array(mm[offs[i]:offs[i + 1]]).view(np.float32).reshape(shape))
             return z, ds.targets[i]
 
         rng = np.random.default_rng(0)
-        r_ours, r_monai, r_mm = [], [], []
+        r_ours, r_monai, r_mm, r_pr = [], [], [], []
         for r in range(args.rounds):
             order = rng.permutation(n).tolist()
             r_ours.append(rate(lambda i: ds[i], order))
             r_monai.append(rate(lambda i: monai[i], order))
             r_mm.append(rate(memmap_read, order))
+            r_pr.append(rate(pread_only, order))
             print(f"round {r}: LatentDataset {r_ours[-1]:9.0f}/s   MONAI PersistentDataset {r_monai[-1]:8.0f}/s   "
-                  f"np.memmap {r_mm[-1]:9.0f}/s")
+                  f"np.memmap {r_mm[-1]:9.0f}/s   bare os.pread {r_pr[-1]:9.0f}/s")
         o, m, c = statistics.median(r_ours), statistics.median(r_monai), statistics.median(r_mm)
+        p = statistics.median(r_pr)
         print(f"\nmachine: {platform.machine()} python {platform.python_version()} torch {torch.__version__}")
         print(f"{n} SYNTHETIC DICOMs {args.height}x{args.width}; codec {args.codec}; latent {shape} float32 "
               f"({lat[0].nbytes} bytes); local disk, committed shards; ranged reads {ds.store.reads}")
-        print(f"median reads/s: LatentDataset {o:.0f}, MONAI PersistentDataset {m:.0f}, np.memmap {c:.0f}")
+        print(f"median reads/s: LatentDataset {o:.0f}, MONAI PersistentDataset {m:.0f}, np.memmap {c:.0f}, "
+              f"bare os.pread {p:.0f}")
+        print(f"median us/read: LatentDataset {1e6 / o:.1f}, np.memmap {1e6 / c:.1f}, bare os.pread {1e6 / p:.1f}")
         print(f"LatentDataset / MONAI = {o / m:.2f}x (goal >= 3x);  LatentDataset / memmap = {100 * o / c:.0f}% "
               f"(goal >= 50%)")
 

@@ -47,7 +47,8 @@ def manifest_1m(tmp: Path) -> None:
             "std_offset": np.full(n, -1), "shape": [[1, 64, 52]] * n, "dtype": ["float32"] * n,
             "target": rng.integers(0, 2, n), "sha256": [f"{x:064x}" for x in rng.integers(0, 2**62, n)],
             "content_sha256": [f"{x:064x}" for x in rng.integers(0, 2**62, n)],
-            "meta_offset": np.arange(n) * 14336 + 14000, "meta_length": np.full(n, 300)}
+            "meta_offset": np.arange(n) * 14336 + 14000, "meta_length": np.full(n, 300),
+            "crc32c": rng.integers(0, 2**32, n)}
     ms = ManifestStore(Location(str(tmp / "m1")))
     ptr = ms.commit(pa.Table.from_pydict(cols, schema=SCHEMA), {})
     del cols, keys
@@ -71,7 +72,12 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=208)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--manifest-only", action="store_true", help="only the 1,000,000-row manifest open")
     args = ap.parse_args()
+    if args.manifest_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest_1m(Path(tmp))
+        return
     warnings.filterwarnings("ignore")
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         del os.environ[k]
