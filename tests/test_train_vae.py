@@ -88,6 +88,37 @@ def test_patient_disjoint_split_and_crops(tmp_path: Path) -> None:
     assert float((inv[5]["image"] + a).abs().max()) < 1e-5  # 1 - x in [0, 1] is -x in [-1, 1]
 
 
+def test_window_augmentation_saturates_and_is_deterministic(tmp_path: Path) -> None:
+    from trainers.vae.data import ImageBank, TrainCrops, items_from_source
+
+    bank = ImageBank(items_from_source({"source": "synthetic", "n": 2, "shape": [96, 96]}), {})
+    plain = TrainCrops(bank, {"crop": 32, "crop_mode": "random"}, seed=1)
+    win = TrainCrops(bank, {"crop": 32, "crop_mode": "random",
+                            "intensity_aug": {"window_prob": 1.0, "window_width": [0.2, 0.2]}}, seed=1)
+    sat = [float(((win[i]["image"].abs() == 1.0).float().mean())) for i in range(8)]
+    base = [float(((plain[i]["image"].abs() == 1.0).float().mean())) for i in range(8)]
+    assert max(sat) > 0.2 and sum(sat) > sum(base) + 0.5  # narrow windows clip large regions
+    assert torch.equal(win[3]["image"], win[3]["image"])
+
+
+def test_logvar_init_and_lr_schedule(tmp_path: Path) -> None:
+    from trainers.vae.module import VAEModule
+
+    cfg = tiny(tmp_path, "model.logvar_init=-10", "optim.schedule=cosine", "optim.warmup_steps=2",
+               "optim.min_lr_ratio=0.1", "trainer.steps=12")
+    m = VAEModule(cfg)
+    post = m.vae.encode(torch.rand(2, 1, 32, 32) * 2 - 1).latent_dist
+    assert torch.allclose(post.logvar, torch.full_like(post.logvar, -10.0))
+    plain = VAEModule(tiny(tmp_path))
+    assert float(plain.vae.encode(torch.rand(2, 1, 32, 32)).latent_dist.logvar.abs().max()) < 5
+    f = [m.lr_factor(s) for s in range(13)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[12] == pytest.approx(0.1)
+    assert plain.lr_factor(0) == plain.lr_factor(10_000) == 1.0
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        tiny(tmp_path, "optim.schedule=linear")
+
+
 # ----------------------------------------------------------------------------- training
 
 

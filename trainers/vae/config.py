@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "layers_per_block": 2,
         "norm_num_groups": 32,
         "attn_levels": [],         # levels with self-attention (ldm attn_resolutions); mid-block attn always on
+        "logvar_init": None,       # e.g. -10: start the posterior near-deterministic (see module.init_logvar)
         "arch": {},                # raw diffusers AutoencoderKL config overrides (applied last)
     },
     "init": {                      # fine-tune from published / previous weights
@@ -59,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.5, 0.9],
         "disc_lr": None,           # default: same as lr
         "grad_clip": None,
+        "schedule": "constant",    # constant (ldm) | cosine: generator lr decays to min_lr_ratio*lr at trainer.steps
+        "warmup_steps": 0,         # linear warm-up of the generator lr
+        "min_lr_ratio": 0.0,
     },
     "data": {
         "train": {"source": "synthetic"},
@@ -71,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
         "resized_scale": [0.25, 1.0],
         "resized_ratio": [0.75, 1.3333333],
         "hflip": True,
-        "intensity_aug": {"invert_prob": 0.0, "gamma": [1.0, 1.0]},  # random 1-x and x**gamma
+        # random 1-x, x**gamma, and a random window clip((x-lo)/width) that saturates both ends
+        "intensity_aug": {"invert_prob": 0.0, "gamma": [1.0, 1.0], "window_prob": 0.0, "window_width": [0.5, 1.0]},
         "val_crop": None,          # default: crop
         "val_max": 16,             # validation images (centre crops)
         "cache": True,             # keep preprocessed images in RAM
@@ -183,6 +188,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     t = cfg["trainer"]
     if int(t["accumulate"]) < 1 or int(t["steps"]) < 1:
         raise ConfigError("trainer.accumulate and trainer.steps must be >= 1")
+    if cfg["optim"]["schedule"] not in ("constant", "cosine"):
+        raise ConfigError("optim.schedule must be constant or cosine")
     if cfg["disc"]["norm"] not in ("batch", "none"):
         raise ConfigError("disc.norm must be batch or none")
     crop = int(cfg["data"]["crop"])

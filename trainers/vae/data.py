@@ -202,6 +202,8 @@ class TrainCrops(Dataset):
         aug = cfg.get("intensity_aug") or {}
         self.invert_prob = float(aug.get("invert_prob", 0.0))
         self.gamma = tuple(float(v) for v in aug.get("gamma", (1.0, 1.0)))
+        self.window_prob = float(aug.get("window_prob", 0.0))
+        self.window_width = tuple(float(v) for v in aug.get("window_width", (0.5, 1.0)))
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -230,6 +232,12 @@ class TrainCrops(Dataset):
         # teaches the full [0, 1] range, e.g. saturated white regions absent from the data.
         if self.gamma != (1.0, 1.0):
             out = np.clip(out, 0.0, 1.0) ** float(np.exp(rng.uniform(np.log(self.gamma[0]), np.log(self.gamma[1]))))
+        if self.window_prob and rng.random() < self.window_prob:
+            # A narrower display window: real radiographs have large regions clipped to
+            # pure white / black (collimation, burn-out), which phantoms lack.
+            width = float(rng.uniform(*self.window_width))
+            lo = float(rng.uniform(-0.25 * width, 1.0 - 0.75 * width))
+            out = np.clip((out - lo) / width, 0.0, 1.0)
         if self.invert_prob and rng.random() < self.invert_prob:
             out = 1.0 - out
         return np.ascontiguousarray(out, dtype=np.float32)

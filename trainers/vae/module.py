@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,22 @@ def build_autoencoder(model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] 
     return model, config, f"{name} ({codec.source}; {src_cfg['in_channels']}->1 channel)"
 
 
+def init_logvar(vae: torch.nn.Module, value: float) -> None:
+    """Make the initial posterior near-deterministic: the log-variance half of quant_conv
+    outputs ``value`` whatever the input. From the default init (log-variance ~ 0) the
+    decoder first has to learn through unit-variance latent noise, which costs thousands
+    of steps before fine detail can be learned at all; with the KL weight at 1e-6 a trained
+    ldm autoencoder ends with a tiny posterior std anyway, so starting there changes the
+    path, not the objective."""
+    conv = getattr(vae, "quant_conv", None)
+    if conv is None:
+        raise ValueError("model.logvar_init needs an AutoencoderKL with quant_conv (use_quant_conv=True)")
+    c = conv.out_channels // 2
+    with torch.no_grad():
+        conv.weight[c:].zero_()
+        conv.bias[c:].fill_(float(value))
+
+
 def _noise_seed(seed: int, index: int) -> int:
     h = hashlib.blake2b(f"posterior:{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
@@ -110,6 +127,9 @@ class VAEModule(pl.LightningModule):
         super().__init__()
         self.cfg = copy.deepcopy(dict(cfg))
         vae, arch, init_desc = build_autoencoder(self.cfg["model"], self.cfg.get("init"), int(self.cfg["seed"]))
+        if self.cfg["model"].get("logvar_init") is not None:
+            init_logvar(vae, float(self.cfg["model"]["logvar_init"]))
+            init_desc += f", posterior log-variance initialised to {float(self.cfg['model']['logvar_init']):g}"
         self.save_hyperparameters({"cfg": self.cfg, "arch": arch})
         self.arch = arch
         self.init_desc = init_desc
@@ -193,6 +213,20 @@ class VAEModule(pl.LightningModule):
         dlr = lr if o.get("disc_lr") is None else float(o["disc_lr"])
         return lr, dlr
 
+    def lr_factor(self, step: int) -> float:
+        """Generator lr multiplier at generator step ``step``: a pure function of the step,
+        so a resumed run follows the same schedule."""
+        o = self.cfg["optim"]
+        warm = int(o.get("warmup_steps") or 0)
+        if warm and step < warm:
+            return (step + 1) / warm
+        if o.get("schedule", "constant") == "cosine":
+            total = max(1, int(self.cfg["trainer"]["steps"]) - warm)
+            t = min(1.0, max(0, step - warm) / total)
+            lo = float(o.get("min_lr_ratio") or 0.0)
+            return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0
+
     def configure_optimizers(self):
         lr, dlr = self.effective_lrs()
         betas = tuple(float(b) for b in self.cfg["optim"]["betas"])
@@ -225,6 +259,9 @@ class VAEModule(pl.LightningModule):
         loss, logs = self.generator_loss(x, xrec, post, disc_on)
         self.manual_backward(loss / A)
         if last:
+            lr_g = self.effective_lrs()[0] * self.lr_factor(self.gen_step)
+            for group in opt_g.optimizer.param_groups:
+                group["lr"] = lr_g
             self._step(opt_g, raw=False)
         self.untoggle_optimizer(opt_g)
 
