@@ -90,15 +90,16 @@ def main() -> int:
         nparts = len(clean["bulk"])
         print(f"clean run: {2 * args.n_per_class + 1} files, {nparts} partitions, {clean_s:.1f} s (client incl. "
               f"startup); exit code {p.returncode}; failures {len(clean['failures'])}")
-        failures = 0
+        failures = crashes = 0
         for t in range(args.trials):
             cache = work / f"trial-{t:02d}"
             kills = []
             for _ in range(rng.choice([1, 1, 2, 3])):
                 # kill point: once a random number k of partitions is committed, plus a random jitter
                 k, jitter = rng.randrange(0, nparts), rng.uniform(0.0, 0.4)
+                errf = open(work / "client-stderr.txt", "w+b")  # read back if the client dies on its own
                 q = subprocess.Popen(client_cmd(src, cache, addr, args.shard_samples), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=errf, start_new_session=True)
                 while q.poll() is None and len(list(cache.glob("*/bulk/*.json"))) < k:
                     time.sleep(0.01)
                 time.sleep(jitter)
@@ -107,18 +108,26 @@ def main() -> int:
                 if not finished:
                     os.kill(q.pid, signal.SIGKILL)
                 q.wait()
-                kills.append(f"k>={k}+{jitter:.2f}s -> {done_before}/{nparts} committed{' (had finished)' if finished else ''}")
+                if finished and q.returncode not in (0, 1):  # died by itself (e.g. SIGABRT): not our kill
+                    crashes += 1
+                    errf.seek(0)
+                    print(f"  client exited on its own with {q.returncode} before the kill:\n"
+                          f"{errf.read().decode(errors='replace')[-3000:]}")
+                errf.close()
+                kills.append(f"k>={k}+{jitter:.2f}s -> {done_before}/{nparts} committed"
+                             f"{f' (had finished, exit {q.returncode})' if finished else ''}")
             r = subprocess.run(client_cmd(src, cache, addr, args.shard_samples), capture_output=True)
             d = diff(snapshot(cache), clean)
-            ok = not d and r.returncode == 1
+            ok = not d and r.returncode == 1  # any other exit code of the resumed client (e.g. -6) fails
             failures += not ok
             if r.returncode != 1:
                 print(r.stderr.decode()[-3000:])
             print(f"trial {t:02d}: killed at {', '.join(kills)} -> resume exit {r.returncode}: "
                   f"{'IDENTICAL' if ok else 'DIFFERENT ' + str(d)}")
             shutil.rmtree(cache, ignore_errors=True)
-        print(f"{args.trials - failures}/{args.trials} trials bit-identical to the uninterrupted run")
-        return 1 if failures else 0
+        print(f"{args.trials - failures}/{args.trials} trials bit-identical to the uninterrupted run; "
+              f"{crashes} clients died on their own before their kill")
+        return 1 if failures or crashes else 0
     finally:
         cluster.close()
 

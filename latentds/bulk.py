@@ -43,6 +43,40 @@ DEFAULT_PARTITION = 1024
 
 _CODECS: dict[str, Any] = {}
 _CODEC_LOCK = threading.Lock()
+_MALLOC_RESTORED = False
+
+# glibc's steady state under its dynamic mmap threshold (see restore_malloc_thresholds)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * 8  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 32 MiB
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo, in this worker process, the slowdown Dask's nanny gives CPU encoders.
+
+    The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``
+    (``distributed.nanny.pre-spawn-environ``). Setting any malloc threshold switches off glibc's
+    *dynamic* mmap threshold, so every buffer over 128 KiB (each activation of the encoder) is
+    mmap'ed and unmapped again and its pages fault in afresh on every batch: the forward ran
+    1.3-1.6x slower in a worker than in a plain process (benchmarks/RESULTS.md). Here the
+    thresholds are set to the values glibc's dynamic rule settles at (mmap 32 MiB, trim twice
+    that), once per process, only where the variable is set (glibc on Linux). Latents are
+    unchanged: this moves where memory comes from, not what is computed.
+    """
+    global _MALLOC_RESTORED
+    if _MALLOC_RESTORED or not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    _MALLOC_RESTORED = True
+    if os.environ.get("LATENTDS_KEEP_MALLOC_THRESHOLDS"):  # opt out: keep the worker's settings
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX) == 1 and ok
+        return ok
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to undo
+        return False
 
 
 def get_codec(name: str, device: str, kwargs: dict[str, Any]) -> Any:
@@ -94,6 +128,8 @@ class BulkReport:
     generation: str | None = None
     seconds: float = 0.0
     dashboard: str | None = None
+    task_seconds: float = 0.0     # summed over the tasks that ran now (worker time per partition)
+    encode_seconds: float = 0.0   # of which the encoder forward (incl. host<->device copies)
 
     @property
     def ok(self) -> bool:
@@ -154,6 +190,8 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str,
         time.sleep(delay)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
+    with _CODEC_LOCK:
+        restore_malloc_thresholds()
     codec = get_codec(spec.codec, spec.device, spec.codec_kwargs)
     t0 = time.perf_counter()
     failures: list[tuple[int, str, str]] = []
@@ -212,8 +250,11 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str,
         loc = cache.location
         fs, so = loc.fs, loc.storage_options
         path = loc.join("shards", name)
-        if not call(lambda: fs.exists(path), path, storage_options=so):  # content-addressed: same bytes
-            call(lambda: write_atomic(fs, path, data), path, storage_options=so)
+        # Content-addressed: a shard of this name already there (a killed run's, a re-run task's) holds
+        # these very bytes. It is written again anyway (atomically; readers see the same bytes): no
+        # exists() round trip on the normal path, and an old uncommitted shard gets a fresh age, so
+        # `latentds gc` (grace period) does not remove it between this task and the client's commit.
+        call(lambda: write_atomic(fs, path, data), path, storage_options=so)
         idx = loc.join("shards", name[: -len(".tar")] + ".index.json")
         doc = index_document(name, data, rows, stats)
         call(lambda: write_atomic(fs, idx, doc), idx, storage_options=so)
@@ -412,11 +453,17 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
                                 pass
                             known_failures.pop(it.relpath_hash, None)
                     if not retry_failed:
+                        # the keys it committed: `latentds gc` / `verify` can tell a sound record
+                        # (needed to skip the partition on a re-run) from one that stands for nothing
                         body = canonical_json({"partition": r["pid"], "shard": r["shard"], "samples": r["n"],
-                                               "failed": sorted(chunk[i].relpath_hash for i in failed)}).encode()
+                                               "failed": sorted(chunk[i].relpath_hash for i in failed),
+                                               "keys": sorted(it.key for i, it in enumerate(chunk)
+                                                              if i not in failed)}).encode()
                         p = loc.join("bulk", f"{r['pid']}.json")
                         call(lambda: write_atomic(loc.fs, p, body), p, storage_options=loc.storage_options)
                     report.encoded += r["n"] - len(failed)
+                    report.task_seconds += float(r.get("task_s") or 0.0)
+                    report.encode_seconds += float(r.get("encode_s") or 0.0)
                     report.committed_partitions += 1
                     bar.update(r["n"])
                 for key, exc in errors:

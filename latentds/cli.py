@@ -116,6 +116,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"  latent stats C={st['channels']} mean={fmt(st['mean'])} std={fmt(st['std'])}")
         print(f"  shards       {d['shard_files']} files ({d['shard_bytes']:,} bytes)")
         print(f"  failures     {d['failures']}")
+        if d.get("bulk_partitions"):
+            print(f"  bulk         {d['bulk_partitions']} partition records (`latentds encode` skips these on a re-run)")
         if stats["temp_leftovers"]:
             print(f"  temp files   {stats['temp_leftovers']} (left by interrupted writers; never read; `latentds gc`)")
     return 0
@@ -153,8 +155,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for store in stores:
         r = verify(store, staging=not args.shards_only)
         print(f"namespace {store.cache.namespace}: {r.samples} committed samples in {r.shards} shards, "
-              f"{r.staging} staging objects checked; {len(r.bad)} problems")
+              f"{r.staging} staging objects, {r.partitions} bulk partition records checked; {len(r.bad)} problems")
         bad += _print_bad(r.bad)
+        if r.failures:  # files a bulk job could not encode: not damage, but outstanding work
+            print(f"  {len(r.failures)} failure records (files a bulk job could not encode; `latentds encode "
+                  f"... --retry-failed` retries them):")
+            for name, etype, reason in r.failures:
+                print(f"  FAILED {name}: {etype}: {reason}")
     return 1 if bad else 0
 
 

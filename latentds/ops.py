@@ -26,7 +26,10 @@ class VerifyReport:
     samples: int = 0          # manifest rows whose bytes were checked
     shards: int = 0
     staging: int = 0          # staging objects checked
+    partitions: int = 0       # bulk partition records (bulk/<id>.json) checked
     bad: list[tuple[str, str]] = field(default_factory=list)  # (object name, what is wrong)
+    # failure records (failures/<hash>.json) of bulk jobs: (object name, error type, reason); not damage
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -41,9 +44,11 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
     fs, so = loc.fs, loc.storage_options
     fs.invalidate_cache()
     m = None
+    manifest_ok = True
     try:
         m = store.manifests.load()
     except ManifestError as exc:
+        manifest_ok = False
         rep.bad.append((_name_of(str(exc), store.manifests.pointer_path), str(exc)))
     if m is not None:
         by_shard: dict[str, list[int]] = {}
@@ -81,6 +86,20 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                     decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
                 except LatentdsError as exc:
                     rep.bad.append((path, str(exc)))
+    committed = (m.keys() if m is not None else set()) if manifest_ok else None
+    shards = set(m.shards) if m is not None else set()
+    for path, rec in _records(store, "bulk"):
+        rep.partitions += 1
+        why = _partition_problem(store, path, rec, committed, shards)
+        if why is not None:
+            rep.bad.append((path, f"{path}: {why}"))
+    for path, rec in _records(store, "failures"):
+        stem = path.rsplit("/", 1)[-1][: -len(".json")]
+        if not isinstance(rec, dict) or rec.get("relpath_hash") != stem or "error_type" not in rec:
+            rep.bad.append((path, f"{path}: corrupt failure record (unreadable, or not this file's record); "
+                                  "a bulk job cannot see it, `latentds gc` removes it"))
+            continue
+        rep.failures.append((path, str(rec.get("error_type")), str(rec.get("reason"))))
     if staging:
         for key in store.cache.keys():
             rep.staging += 1
@@ -89,6 +108,72 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
             except CacheError as exc:
                 rep.bad.append((store.cache.object_path(key), str(exc)))
     return rep
+
+
+_CORRUPT = object()
+
+
+def _records(store: ShardedStore, sub: str) -> list[tuple[str, Any]]:
+    """``(path, parsed JSON or _CORRUPT)`` of each record under ``<ns>/<sub>/`` (bulk partition
+    records, failure records), temp files of interrupted writers left out."""
+    loc = store.location
+    fs, so = loc.fs, loc.storage_options
+    base = loc.join(sub)
+    try:
+        found = call(lambda: fs.ls(base, detail=False), base, storage_options=so)
+    except FileNotFoundError:
+        return []
+    out: list[tuple[str, Any]] = []
+    for p in sorted(found):
+        name = p.rsplit("/", 1)[-1]
+        if not name.endswith(".json") or name.startswith(".tmp-"):
+            continue
+        try:
+            out.append((p, json.loads(call(lambda: fs.cat_file(p), p, storage_options=so))))
+        except FileNotFoundError:
+            continue  # removed meanwhile (a retry that succeeded, gc)
+        except ValueError:
+            out.append((p, _CORRUPT))
+    return out
+
+
+def _partition_problem(store: ShardedStore, path: str, rec: Any, committed: set[str] | None, shards: set[str]
+                       ) -> str | None:
+    """Why the bulk partition record at ``path`` does not stand for committed work, or None.
+
+    A record tells a bulk job that its partition is done, so a re-run skips it. It is sound while
+    every sample it encoded is in the committed manifest: records written by this version list those
+    keys. Older records (no ``keys``) are judged by their shard: named by the manifest, or its index
+    lists only committed keys (the manifest kept earlier rows of the same samples).
+    ``committed=None`` (the manifest itself is unreadable): only the record's own form is checked."""
+    stem = path.rsplit("/", 1)[-1][: -len(".json")]
+    if rec is _CORRUPT or not isinstance(rec, dict) or rec.get("partition") != stem:
+        return ("corrupt partition record (unreadable, or not this partition's record); a re-run would skip "
+                "the partition; `latentds gc` removes it")
+    if committed is None:
+        return None
+    keys = rec.get("keys")
+    if isinstance(keys, list):
+        missing = [k for k in keys if k not in committed]
+        if missing:
+            return (f"partition record lists {len(missing)} of {len(keys)} samples that the committed manifest "
+                    f"does not hold (e.g. {missing[0]}); a re-run would skip them; `latentds gc` removes the "
+                    f"record, then re-run the job")
+        return None
+    shard = rec.get("shard")
+    if not shard or shard in shards:
+        return None
+    loc = store.location
+    idx_path = store.shard_path(str(shard)[: -len(SHARD_SUFFIX)] + INDEX_SUFFIX)
+    try:
+        idx = json.loads(call(lambda: loc.fs.cat_file(idx_path), idx_path, storage_options=loc.storage_options))
+        keys = [r["key"] for r in idx.get("samples", [])]
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        keys = None
+    if keys and all(k in committed for k in keys):
+        return None
+    return (f"partition record names shard {shard}, which the committed manifest does not name; a re-run "
+            f"would skip the partition; `latentds gc` removes the record, then re-run the job")
 
 
 def _name_of(message: str, default: str) -> str:
@@ -119,8 +204,11 @@ def _age_s(info: dict[str, Any], now: float) -> float:
 
 def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcReport:
     """Remove, once older than ``grace_s``: temp files of interrupted writers, shards (and their
-    indexes) no committed manifest names, superseded manifest generations, and staging objects
-    whose sample is committed in a shard. The grace period protects writers and readers still
+    indexes) no committed manifest names, superseded manifest generations, staging objects
+    whose sample is committed in a shard, bulk partition records that stand for no committed
+    work (their samples are not in the manifest, or the record is unreadable: a re-run would skip
+    them) and unreadable failure records. Sound partition records (a bulk re-run needs them to
+    skip committed partitions) and failure records (``--retry-failed``, the exit code) are kept. The grace period protects writers and readers still
     working from an older view. Refuses to run on a corrupt manifest (it could not tell what is
     referenced)."""
     rep = GcReport()
@@ -132,6 +220,16 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
     shards = set(m.shards) if m is not None else set()
     committed = m.keys() if m is not None else set()
     current = f"{ptr['generation']}.parquet" if ptr else None
+    # bulk partition records that stand for no committed work (see _partition_problem) and failure
+    # records nobody can read: a re-run needs the sound ones (resume, --retry-failed, exit code)
+    stale: set[str] = set()
+    for path, rec in _records(store, "bulk"):
+        if _partition_problem(store, path, rec, committed, shards) is not None:
+            stale.add(path)
+    for path, rec in _records(store, "failures"):
+        stem = path.rsplit("/", 1)[-1][: -len(".json")]
+        if not isinstance(rec, dict) or rec.get("relpath_hash") != stem or "error_type" not in rec:
+            stale.add(path)
     now = time.time()
     try:
         files = call(lambda: fs.find(loc.path, detail=True), loc.path, storage_options=so)
@@ -151,6 +249,8 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
             doomed = base != current
         elif top == "staging" and base.endswith(".npz"):
             doomed = base[: -len(".npz")] in committed
+        elif top in ("bulk", "failures"):
+            doomed = path in stale
         if not doomed:
             continue
         if _age_s(info, now) < grace_s:
@@ -192,6 +292,11 @@ def describe(store: ShardedStore) -> dict[str, Any]:
     except FileNotFoundError:
         fails = []
     out["failures"] = len([f for f in fails if f.endswith(".json") and "/.tmp-" not in f])
+    try:
+        parts = call(lambda: fs.ls(loc.join("bulk"), detail=False), loc.path, storage_options=so)
+    except FileNotFoundError:
+        parts = []
+    out["bulk_partitions"] = len([p for p in parts if p.endswith(".json") and "/.tmp-" not in p])
     out["retries"] = dict(RETRY_STATS)
     out["pointer"] = f"manifest/{POINTER}"
     return out

@@ -228,3 +228,82 @@ def test_s3_source_and_s3_cache(client, data, s3_env):
     for i, (p, t) in enumerate(ds.samples):
         z, tt = ds[i]
         assert tt == t and torch.equal(z, local[by_name[p.rsplit("/", 1)[-1]]][0])
+
+
+def _age(path: Path, seconds: float = 7200.0) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_gc_keeps_sound_partition_records_and_collects_stale_ones(client, data, tmp_path):
+    from latentds.ops import gc, verify
+
+    cache = tmp_path / "cache"
+    r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert r.ok and r.partitions == 6
+    store = LatentDataset(data, codec=CODEC, cache=cache).store
+    bulk, fails = Path(store.location.join("bulk")), Path(store.location.join("failures"))
+    real = sorted(p.name for p in bulk.glob("*.json"))
+    assert len(real) == 6
+    recs = [json.loads((bulk / n).read_bytes()) for n in real]
+    # a record lists the samples it committed: together, every sample once, all in the manifest
+    m = store.refresh()
+    assert sorted(k for rc in recs for k in rc["keys"]) == sorted(m.keys()) and len(m.keys()) == 16
+    rec = recs[0]
+    # stale: samples the manifest does not hold, unreadable, a killed writer's temp, an unreadable
+    # failure record; all old. One more stale record is young: the grace period keeps it.
+    orphan, corrupt, young, bad_fail = "f" * 32 + ".json", "e" * 32 + ".json", "d" * 32 + ".json", "a" * 16 + ".json"
+    (bulk / orphan).write_text(json.dumps(dict(rec, partition="f" * 32, keys=["0" * 40])))
+    (bulk / corrupt).write_bytes(b"{not json")
+    (bulk / ".tmp-killed").write_bytes(b"partial")
+    fails.mkdir(exist_ok=True)
+    (fails / bad_fail).write_bytes(b"")
+    for p in [*bulk.iterdir(), *fails.iterdir()]:
+        _age(p)  # the sound records are old too: age alone never removes one
+    (bulk / young).write_text(json.dumps(dict(rec, partition="d" * 32, keys=["0" * 40])))
+
+    v = verify(store)
+    assert {Path(n).name for n, _ in v.bad} == {orphan, corrupt, young, bad_fail}
+    assert v.partitions == 9
+
+    g = gc(store, grace_s=3600)
+    assert {Path(p).name for p in g.removed} == {orphan, corrupt, ".tmp-killed", bad_fail}
+    assert g.kept_young >= 1
+    assert sorted(p.name for p in bulk.iterdir()) == sorted(real + [young])
+    # resume after gc: every committed partition is still skipped, nothing is encoded again
+    r2 = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert r2.ok and r2.skipped_partitions == 6 and r2.committed_partitions == 0
+    # with no grace period at all, the only partition record gc takes is the stale young one
+    assert {Path(p).name for p in gc(store, grace_s=0).removed if "/bulk/" in p} == {young}
+    assert sorted(p.name for p in bulk.iterdir()) == real
+
+
+def test_verify_checks_partition_records_and_lists_failure_records(client, tmp_path, capsys):
+    from latentds.cli import main
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=SHAPE)
+    (src / "negative" / "zz.dcm").write_bytes(b"garbage")
+    cache = tmp_path / "cache"
+    r = encode(src, CODEC, cache, client=client, shard_samples=PART, progress=False)
+    assert len(r.failures) == 1 and r.partitions == 2
+    assert main(["verify", str(cache)]) == 0  # a failed source file is outstanding work, not damage
+    out = capsys.readouterr().out
+    assert "2 bulk partition records checked; 0 problems" in out
+    assert "1 failure records" in out and "FAILED " in out and "zz.dcm" not in out  # no source paths
+
+    (ns,) = [p for p in cache.iterdir() if p.is_dir()]
+    first, second = sorted((ns / "bulk").glob("*.json"))
+    rec = json.loads(first.read_bytes())
+    # a record of an older version (no keys) is judged by its shard: named by the manifest -> sound
+    first.write_text(json.dumps({k: v for k, v in rec.items() if k != "keys"}))
+    assert main(["verify", str(cache)]) == 0
+    capsys.readouterr()
+    # ... and not sound when the manifest does not name it
+    old_form = {k: v for k, v in rec.items() if k != "keys"}
+    first.write_text(json.dumps(dict(old_form, shard="shard-" + "0" * 64 + ".tar")))
+    rec2 = json.loads(second.read_bytes())
+    second.write_text(json.dumps(dict(rec2, keys=rec2["keys"] + ["0" * 40])))  # a sample the manifest lacks
+    assert main(["verify", str(cache)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {first}" in out and f"BAD {second}" in out and "2 problems" in out
