@@ -21,7 +21,6 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,8 @@ POINTER = "CURRENT.json"
 #: headers) within the read (-1: no std), CRC32C of the read (-1: verify with sha256), layout id.
 PLAN_COLUMNS = ("shard", "offset", "length", "mean_data", "std_data", "crc32c", "layout")
 Layout = tuple[np.dtype, tuple[int, ...], int]  # dtype, shape, element count
+#: What opening a generation decodes; every other column is decoded on first use.
+READER_COLUMNS = ("key", "shard", "offset", "length", "mean_length", "std_offset", "target", "crc32c")
 META_KEY = b"latentds"
 
 SCHEMA = pa.schema([
@@ -66,34 +67,77 @@ def new_generation() -> str:
     return f"g-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
-@dataclass
 class Manifest:
-    """A committed generation, loaded for lookups."""
+    """A committed generation, loaded for lookups.
 
-    generation: str
-    table: pa.Table
-    meta: dict[str, Any] = field(default_factory=dict)
-    _keys: np.ndarray | None = field(default=None, repr=False)
-    _order: np.ndarray | None = field(default=None, repr=False)
-    _cols: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _shards: list[str] = field(default_factory=list, repr=False)
-    _plan: np.ndarray | None = field(default=None, repr=False)
-    _layouts: list[Layout] = field(default_factory=list, repr=False)
+    Opening keeps only what a reader needs: a sorted fixed-width key array (``np.searchsorted``,
+    no dict of a million strings), the shard names once plus an int32 shard id per row, and the
+    int columns of a ranged read. The Parquet bytes are kept (the generation is immutable and
+    may be collected from the store later), and anything else (``table``: sha256s, content
+    hashes, metadata offsets, shapes) is decoded from them only when first asked for by
+    compaction, ``verify``, ``export``, ``decode`` or a legacy row. 1M rows: ~0.2 GB, not ~0.6."""
 
-    def __post_init__(self) -> None:
-        keys = _fixed_width(self.table.column("key"))
-        self._order = np.argsort(keys, kind="stable")
-        self._keys = keys[self._order]
-        for c in ("offset", "length", "mean_length", "std_offset", "target"):
-            self._cols[c] = self.table.column(c).to_numpy()
-        shard = self.table.column("shard").dictionary_encode().combine_chunks()
-        self._shards = shard.dictionary.to_pylist()
-        self._cols["shard"] = shard.indices.to_numpy(zero_copy_only=False)
-        self._cols["sha256"] = _fixed_width(self.table.column("sha256"))
-        self._cols["crc32c"] = self.table.column("crc32c").to_numpy()
+    def __init__(self, generation: str, source: pa.Table | bytes, meta: dict[str, Any] | None = None) -> None:
+        self.generation = generation
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._raw = source if isinstance(source, bytes) else None
+        self._table: pa.Table | None = None if isinstance(source, bytes) else upgrade(source)
+        self._lazy: dict[str, pa.ChunkedArray] = {}
+        self._plan: np.ndarray | None = None
+        self._layouts: list[Layout] = []
+        pf = pq.ParquetFile(io.BytesIO(self._raw)) if self._raw is not None else None
+        have = set(pf.schema_arrow.names if pf is not None else READER_COLUMNS)
+
+        def col(name: str) -> pa.ChunkedArray:
+            # one column at a time, converted and dropped before the next: a lower peak RSS
+            if self._table is not None:
+                return self._table.column(name)
+            assert pf is not None
+            return pq.read_table(io.BytesIO(self._raw), columns=[name],
+                                 read_dictionary=["shard"] if name == "shard" else None).column(name)
+
+        self._rows = pf.metadata.num_rows if pf is not None else self._table.num_rows
+        keys = _fixed_width(col("key"))
+        # generations are committed sorted by key: then the order is the identity, stored as None
+        if len(keys) > 1 and not bool(np.all(keys[:-1] <= keys[1:])):
+            self._order: np.ndarray | None = np.argsort(keys, kind="stable")
+            keys = keys[self._order]
+        else:
+            self._order = None
+        self._keys = keys
+        self._cols: dict[str, np.ndarray] = {c: _int_column(col(c)) for c in
+                                             ("offset", "length", "mean_length", "std_offset", "target")}
+        self._cols["crc32c"] = (_int_column(col("crc32c")) if "crc32c" in have
+                                else np.full(self._rows, -1, np.int64))
+        self._shards, self._cols["shard"] = _dictionary(col("shard"))
+        self._sha: np.ndarray | None = None
+        pa.default_memory_pool().release_unused()  # decode scratch back to the OS, not kept in RSS
+
+    @property
+    def table(self) -> pa.Table:
+        """The whole generation (every column), decoded on first use."""
+        if self._table is None:
+            assert self._raw is not None
+            self._table = upgrade(pq.read_table(io.BytesIO(self._raw)).replace_schema_metadata(None))
+        return self._table
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column, decoded on its own on first use (cheaper than :attr:`table`)."""
+        if self._table is not None:
+            return self._table.column(name)
+        col = self._lazy.get(name)
+        if col is None:
+            assert self._raw is not None
+            have = pq.read_schema(io.BytesIO(self._raw)).names
+            if name in have:
+                col = pq.read_table(io.BytesIO(self._raw), columns=[name]).column(name)
+            else:
+                col = self.table.column(name)  # added by upgrade() for legacy generations
+            self._lazy[name] = col
+        return col
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return self._rows
 
     @property
     def shards(self) -> list[str]:
@@ -101,21 +145,22 @@ class Manifest:
 
     def find(self, key: str) -> int:
         """Row number of ``key``, or -1."""
-        assert self._keys is not None and self._order is not None
         k = key.encode()
         i = int(np.searchsorted(self._keys, k))
         if i < len(self._keys) and self._keys[i] == k:
-            return int(self._order[i])
+            return int(self._order[i]) if self._order is not None else i
         return -1
 
     def locate(self, row: int) -> tuple[str, int, int, int, int, str, int]:
         """(shard, offset, length, mean_length, std_offset, sha256, target) of one row."""
         c = self._cols
+        if self._sha is None:  # only the sha256-checked paths (legacy rows, verify, export) need it
+            self._sha = _fixed_width(self.column("sha256"))
         return (self._shards[int(c["shard"][row])], int(c["offset"][row]), int(c["length"][row]),
-                int(c["mean_length"][row]), int(c["std_offset"][row]), c["sha256"][row].decode(), int(c["target"][row]))
+                int(c["mean_length"][row]), int(c["std_offset"][row]), self._sha[row].decode(), int(c["target"][row]))
 
     def key_at(self, row: int) -> str:
-        return str(self.table.column("key")[row].as_py())
+        return str(self.column("key")[row].as_py())
 
     def read_plan(self) -> tuple[np.ndarray, list[Layout]]:
         """Per-row read plan for the warm path: an ``(rows, 7)`` int64 array with columns
@@ -128,30 +173,38 @@ class Manifest:
         without a CRC32C (legacy generations) or whose lengths do not add up get ``crc32c = -1``
         and take the fully parsed, sha256-checked path instead."""
         if self._plan is None:
-            self._plan, self._layouts = _build_plan(self.table, self._cols)
+            self._plan, self._layouts = _build_plan(self.column("dtype"), self.column("shape"), self._cols)
+            for c in ("dtype", "shape"):
+                self._lazy.pop(c, None)
         return self._plan, self._layouts
 
     def keys(self) -> set[str]:
-        return set(self.table.column("key").to_pylist())
+        return set(self.column("key").to_pylist())
 
     @property
     def stats(self) -> dict[str, Any]:
         return dict(self.meta.get("stats") or {})
 
 
-def _build_plan(table: pa.Table, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[Layout]]:
-    n = table.num_rows
-    dt = table.column("dtype").combine_chunks().dictionary_encode()
+def _build_plan(dtype_col: pa.ChunkedArray, shape_col: pa.ChunkedArray, cols: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, list[Layout]]:
+    n = len(dtype_col)
+    dt = dtype_col.combine_chunks().dictionary_encode()
     dt_idx = dt.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     dt_names = dt.dictionary.to_pylist()
-    shape = table.column("shape").combine_chunks()
+    shape = shape_col.combine_chunks()
     lens = pc.list_value_length(shape).to_numpy(zero_copy_only=False)
     flat = shape.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
     if n == 0 or (lens == lens[0]).all():
         key = np.column_stack([dt_idx, flat.reshape(n, int(lens[0]) if n else 0)])
-        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        del flat
+        if n and (key == key[0]).all():  # fixed-size latents, the common case: skip the sort
+            uniq, inv = key[:1], np.zeros(n, np.int64)
+        else:
+            uniq, inv = np.unique(key, axis=0, return_inverse=True)
         distinct = [(dt_names[int(u[0])], tuple(int(v) for v in u[1:])) for u in uniq]
         inv = inv.reshape(-1)
+        del key
     else:  # ragged ndim (rare): group in Python
         ids: dict[tuple[str, tuple[int, ...]], int] = {}
         starts = np.concatenate([[0], np.cumsum(lens)])
@@ -189,17 +242,51 @@ def _build_plan(table: pa.Table, cols: dict[str, np.ndarray]) -> tuple[np.ndarra
 
 def _fixed_width(col: pa.ChunkedArray) -> np.ndarray:
     """A string column as a numpy ``S<n>`` array. Keys and checksums are fixed-length hex, so
-    the Arrow data buffer already is that array: view it instead of building 1M Python strings."""
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    n = len(arr)
-    if n and arr.null_count == 0:
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    each chunk's Arrow data buffer already is that array: copy it chunk by chunk into one
+    array instead of building 1M Python strings (or concatenating the chunks first)."""
+    views = []
+    for arr in col.chunks:
+        m = len(arr)
+        if not m:
+            continue
+        if arr.null_count or not pa.types.is_string(arr.type):
+            return col.to_numpy().astype("S64")  # unexpected layout: the slow, general way
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=m + 1, offset=arr.offset * 4)
         widths = np.diff(offsets)
-        w = int(widths[0])
-        if w > 0 and (widths == w).all():
-            data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-            return data.view(f"S{w}").copy()
-    return arr.to_numpy(zero_copy_only=False).astype("S64")
+        if not (widths == widths[0]).all() or widths[0] <= 0 or (views and widths[0] != views[0][1]):
+            return col.to_numpy().astype("S64")
+        views.append((np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]], int(widths[0])))
+    if not views:
+        return np.empty(0, "S64")
+    out = np.empty(len(col), f"S{views[0][1]}")
+    flat = out.view(np.uint8)
+    pos = 0
+    for data, _ in views:
+        flat[pos:pos + len(data)] = data
+        pos += len(data)
+    return out
+
+
+def _int_column(col: pa.ChunkedArray) -> np.ndarray:
+    """An int column as one numpy array (a copy: the Arrow buffers can then be released)."""
+    out = np.empty(len(col), np.int64)
+    pos = 0
+    for arr in col.chunks:
+        out[pos:pos + len(arr)] = arr.to_numpy(zero_copy_only=False)
+        pos += len(arr)
+    return out
+
+
+def _dictionary(col: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Distinct values and an int32 index per row (a shard name is repeated ~4096 times)."""
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    col = col.unify_dictionaries()
+    if col.num_chunks == 0:
+        return [], np.empty(0, np.int32)
+    names = [str(v) for v in col.chunk(0).dictionary.to_pylist()]
+    idx = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.int32)
+    return names, idx
 
 
 def rows_table(rows: list[tuple[str, Row]]) -> pa.Table:
@@ -261,12 +348,14 @@ class ManifestStore:
         if hashlib.sha256(raw).hexdigest() != ptr["sha256"]:
             raise ManifestError(f"{path}: manifest checksum mismatch ({len(raw)} bytes); it is truncated or corrupt")
         try:
-            table = pq.read_table(io.BytesIO(raw))
-            meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-            table = upgrade(table.replace_schema_metadata(None))
+            schema = pq.read_schema(io.BytesIO(raw))
+            meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
+            schema = schema.remove_metadata()
+            if not (schema.equals(SCHEMA) or schema.equals(LEGACY_SCHEMA)):
+                raise ValueError(f"unexpected columns {schema.names}")
+            return Manifest(str(ptr["generation"]), bytes(raw), meta)
         except (pa.ArrowException, ValueError) as exc:
             raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
-        return Manifest(str(ptr["generation"]), table, meta)
 
     def commit(self, table: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
         """Write a new generation, then the pointer (last). Returns the new pointer."""

@@ -260,8 +260,8 @@ class ShardedStore:
                 raise CacheError(f"{self.cache.object_path(key)}: sample {key} is not in the store")
             return e.meta
         shard = m.locate(row)[0]
-        off = int(m.table.column("meta_offset")[row].as_py())
-        n = int(m.table.column("meta_length")[row].as_py())
+        off = int(m.column("meta_offset")[row].as_py())
+        n = int(m.column("meta_length")[row].as_py())
         path = self.shard_path(shard)
         raw = self._fetch(path, off, n, m.generation)
         try:

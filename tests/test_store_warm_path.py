@@ -127,3 +127,30 @@ def test_legacy_manifest_without_crc32c_reads_with_sha256(pngs: Path, backend: B
                            cache_storage_options=backend.options or None)
     with pytest.raises(ShardError, match=os.path.basename(spath)):
         reader[2]
+
+
+def test_manifest_open_keeps_reader_columns_only_and_finds_any_order() -> None:
+    from latentds.manifest import SCHEMA, Manifest
+
+    n = 50
+    rng = np.random.default_rng(0)
+    keys = [f"{x:040x}" for x in rng.permutation(n) * 7919]  # unsorted, as a hand-written table
+    cols: dict[str, Any] = {
+        "key": keys, "shard": [f"shard-{i % 3}.tar" for i in range(n)], "offset": np.arange(n) * 1024,
+        "length": np.full(n, 200), "mean_length": np.full(n, 200), "std_offset": np.full(n, -1),
+        "shape": [[1, 2, 3]] * n, "dtype": ["float32"] * n, "target": np.arange(n) % 2,
+        "sha256": [f"{i:064x}" for i in range(n)], "content_sha256": [""] * n,
+        "meta_offset": np.zeros(n, np.int64), "meta_length": np.zeros(n, np.int64), "crc32c": np.arange(n)}
+    table = __import__("pyarrow").Table.from_pydict(cols, schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=7)  # several chunks per column
+    for source in (buf.getvalue(), table):
+        m = Manifest("g", source)
+        assert len(m) == n and m.find("f" * 40) == -1
+        for row, k in enumerate(keys):
+            assert m.find(k) == row and m.key_at(row) == k
+            shard, off, *_, sha, target = m.locate(row)
+            assert (shard, off, sha, target) == (f"shard-{row % 3}.tar", row * 1024, f"{row:064x}", row % 2)
+        assert m.read_plan()[0][:, 5].tolist() == list(range(n))
+        if isinstance(source, bytes):  # reads decoded single columns, never the full table
+            assert m._table is None
