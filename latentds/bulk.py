@@ -57,7 +57,7 @@ def restore_malloc_thresholds() -> bool:
     (``distributed.nanny.pre-spawn-environ``). Setting any malloc threshold switches off glibc's
     *dynamic* mmap threshold, so every buffer over 128 KiB (each activation of the encoder) is
     mmap'ed and unmapped again and its pages fault in afresh on every batch: the forward ran
-    1.3-1.6x slower in a worker than in a plain process (benchmarks/RESULTS.md). Here the
+    1.2-1.6x slower in a worker than in a plain process (benchmarks/RESULTS.md). Here the
     thresholds are set to the values glibc's dynamic rule settles at (mmap 32 MiB, trim twice
     that), once per process, only where the variable is set (glibc on Linux). Latents are
     unchanged: this moves where memory comes from, not what is computed.

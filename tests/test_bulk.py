@@ -307,3 +307,18 @@ def test_verify_checks_partition_records_and_lists_failure_records(client, tmp_p
     assert main(["verify", str(cache)]) == 1
     out = capsys.readouterr().out
     assert f"BAD {first}" in out and f"BAD {second}" in out and "2 problems" in out
+
+
+def test_malloc_thresholds_restored_only_where_dask_set_them(monkeypatch):
+    import latentds.bulk as bulk
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setattr(bulk, "_MALLOC_RESTORED", False)
+    assert bulk.restore_malloc_thresholds() is False  # a plain process: glibc's dynamic rule, untouched
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as Dask's nanny starts a worker
+    monkeypatch.setenv("LATENTDS_KEEP_MALLOC_THRESHOLDS", "1")
+    assert bulk.restore_malloc_thresholds() is False  # opted out
+    monkeypatch.delenv("LATENTDS_KEEP_MALLOC_THRESHOLDS")
+    monkeypatch.setattr(bulk, "_MALLOC_RESTORED", False)
+    assert bulk.restore_malloc_thresholds() is sys.platform.startswith("linux")
+    assert bulk.restore_malloc_thresholds() is False  # once per process
