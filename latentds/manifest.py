@@ -15,18 +15,21 @@ array and ``np.searchsorted`` instead of a Python dict (about 40 bytes per sampl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
+import os
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ManifestError
 from .shards import Row
@@ -357,8 +360,29 @@ class ManifestStore:
         except (pa.ArrowException, ValueError) as exc:
             raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
 
-    def commit(self, table: pa.Table, meta: dict[str, Any]) -> dict[str, Any]:
-        """Write a new generation, then the pointer (last). Returns the new pointer."""
+    @property
+    def conditional(self) -> bool:
+        """Whether pointer commits are S3 (s3fs) conditional PUTs: ``If-None-Match: *`` for the
+        first commit, ``If-Match: <ETag>`` after. Local disk gets compare-and-swap from an
+        ``flock`` held around check + rename instead. Elsewhere (memory://, other object stores)
+        the pointer is replaced last-writer-wins, and the callers' re-read of the pointer just
+        before committing (merge and retry) narrows, but does not close, the race."""
+        return type(self.location.fs).__module__.startswith("s3fs")
+
+    def commit(self, table: pa.Table, meta: dict[str, Any], *, expected: Any = ...) -> dict[str, Any]:
+        """Write a new generation, then the pointer (last). Returns the new pointer.
+
+        ``expected``: the pointer the caller merged over (``None``: nothing was committed). With
+        it, on a conditional store the pointer is only replaced if it is still that one, and
+        :class:`CommitConflict` is raised otherwise (the caller merges and retries)."""
+        fs, so = self.location.fs, self.location.storage_options
+        etag: str | None = None
+        cas = expected is not ... and self.conditional
+        if cas:
+            etag = self._pointer_etag()
+            cur = self.read_pointer()  # read after the HEAD: at least as new as the ETag's version
+            if (cur or {}).get("generation") != (expected or {}).get("generation"):
+                raise CommitConflict(f"{self.pointer_path}: moved to {(cur or {}).get('generation')}")
         generation = new_generation()
         path = self.generation_path(generation)
         table = upgrade(table).sort_by("key")  # readers' key index is then built by a (near) no-op sort
@@ -371,5 +395,64 @@ class ManifestStore:
         ptr = {"generation": generation, "path": f"manifest/{generation}.parquet",
                "sha256": hashlib.sha256(data).hexdigest(), "rows": table.num_rows, "bytes": len(data)}
         body = json.dumps(ptr, sort_keys=True).encode()
-        call(lambda: write_atomic(fs, self.pointer_path, body), self.pointer_path, storage_options=so)
+        if not cas:
+            if expected is not ... and isinstance(fs, LocalFileSystem):
+                with _local_lock(self.location.join("manifest", ".commit.lock")):
+                    cur = self.read_pointer()  # compare-and-swap under the lock
+                    if (cur or {}).get("generation") != (expected or {}).get("generation"):
+                        raise CommitConflict(f"{self.pointer_path}: moved to {(cur or {}).get('generation')}")
+                    write_atomic(fs, self.pointer_path, body)
+                return ptr
+            call(lambda: write_atomic(fs, self.pointer_path, body), self.pointer_path, storage_options=so)
+            return ptr
+        cond: dict[str, Any] = {"mode": "create"} if etag is None else {"IfMatch": etag}
+        try:
+            call(lambda: fs.pipe_file(self.pointer_path, body, **cond), self.pointer_path, storage_options=so)
+        except (FileExistsError, OSError) as exc:
+            if isinstance(exc, FileExistsError) or _precondition_failed(exc):
+                raise CommitConflict(f"{self.pointer_path}: another writer committed first") from None
+            raise
         return ptr
+
+    def _pointer_etag(self) -> str | None:
+        fs, path = self.location.fs, self.pointer_path
+        fs.invalidate_cache(path)
+        try:
+            info = call(lambda: fs.info(path), path, storage_options=self.location.storage_options)
+        except FileNotFoundError:
+            return None
+        return str(info.get("ETag") or info.get("etag"))
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on a local lock file: released by the kernel if the holder dies,
+    so a killed compactor never leaves the store locked. Held only around check + rename."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class CommitConflict(ManifestError):
+    """A conditional pointer write was refused: another writer committed since the caller read
+    the pointer. Compaction and bulk commits catch it, merge that generation and retry."""
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """HTTP 412 PreconditionFailed (or 409 ConditionalRequestConflict) anywhere in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        resp = getattr(seen, "response", None)
+        code = str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            return True
+        if "PreconditionFailed" in str(seen) or "pre-conditions you specified did not hold" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .cache import Entry, LatentCache
 from .errors import CacheError, ManifestError, ShardError
-from .manifest import Manifest, ManifestStore, rows_table
+from .manifest import CommitConflict, Manifest, ManifestStore, rows_table
 from .shards import Row, build_shard, crc32c, decode_sample, index_document, shard_name
 from .storage import Location, call, write_atomic
 
@@ -400,7 +400,13 @@ class ShardedStore:
                 ptr, base = cur, self.manifests.load(cur)  # someone committed meanwhile: merge theirs
                 report.merges += 1
                 continue
-            new_ptr = self.manifests.commit(table, meta)
+            try:
+                new_ptr = self.manifests.commit(table, meta, expected=ptr)
+            except CommitConflict:  # lost a conditional write (S3): merge the winner's, retry
+                ptr = self.manifests.read_pointer()
+                base = self.manifests.load(ptr)
+                report.merges += 1
+                continue
             report.generation = new_ptr["generation"]
             break
         else:
@@ -426,7 +432,12 @@ class ShardedStore:
             if (cur or {}).get("generation") != (ptr or {}).get("generation"):
                 ptr, base = cur, self.manifests.load(cur)
                 continue
-            new_ptr = self.manifests.commit(table, meta)
+            try:
+                new_ptr = self.manifests.commit(table, meta, expected=ptr)
+            except CommitConflict:  # lost a conditional write (S3): merge the winner's, retry
+                ptr = self.manifests.read_pointer()
+                base = self.manifests.load(ptr)
+                continue
             self.refresh()
             return str(new_ptr["generation"])
         raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts "
