@@ -162,6 +162,10 @@ class Manifest:
         return (self._shards[int(c["shard"][row])], int(c["offset"][row]), int(c["length"][row]),
                 int(c["mean_length"][row]), int(c["std_offset"][row]), self._sha[row].decode(), int(c["target"][row]))
 
+    def crc32c_at(self, row: int) -> int:
+        """CRC32C of the row's ranged read; -1 when unknown (a generation written before it)."""
+        return int(self._cols["crc32c"][row])
+
     def key_at(self, row: int) -> str:
         return str(self.column("key")[row].as_py())
 

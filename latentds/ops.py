@@ -16,7 +16,7 @@ from typing import Any
 from .cache import LatentCache
 from .errors import CacheError, LatentdsError, ManifestError
 from .manifest import POINTER
-from .shards import INDEX_SUFFIX, SHARD_PREFIX, SHARD_SUFFIX, decode_sample
+from .shards import INDEX_SUFFIX, SHARD_PREFIX, SHARD_SUFFIX, crc32c, decode_sample
 from .storage import RETRY_STATS, call
 from .store import ShardedStore
 
@@ -86,6 +86,11 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                     decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
                 except LatentdsError as exc:
                     rep.bad.append((path, str(exc)))
+                    continue
+                crc = m.crc32c_at(r)  # what reads check; -1 in generations written before it
+                if crc >= 0 and crc32c(buf) != crc:
+                    rep.bad.append((path, f"{name}: crc32c in manifest {m.generation} does not match the bytes "
+                                          f"(sha256 does); reads of this sample fail"))
     committed = (m.keys() if m is not None else set()) if manifest_ok else None
     shards = set(m.shards) if m is not None else set()
     for path, rec in _records(store, "bulk"):

@@ -154,3 +154,39 @@ def test_manifest_open_keeps_reader_columns_only_and_finds_any_order() -> None:
         assert m.read_plan()[0][:, 5].tolist() == list(range(n))
         if isinstance(source, bytes):  # reads decoded single columns, never the full table
             assert m._table is None
+
+
+def test_workers_read_committed_shards_after_the_parent_did(pngs: Path, tmp_path: Path) -> None:
+    """Forked DataLoader workers inherit the parent's resolved rows and open descriptors; each
+    re-opens its own descriptors (pid check) and reads the same latents."""
+    from torch.utils.data import DataLoader
+
+    ds = LatentDataset(pngs, codec="bicubic-f4", cache=tmp_path / "cache", image_size=(48, 40))
+    ds.fill(progress=False)
+    ds.compact()
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])  # parent: rows resolved, fds open
+    got = torch.cat([z for z, _ in DataLoader(ds, batch_size=3, num_workers=2)])
+    assert torch.equal(got, expected)
+
+
+def test_verify_reports_a_crc32c_that_does_not_match(pngs: Path, tmp_path: Path) -> None:
+    from latentds.ops import verify
+
+    ds = compacted(pngs, Backend("local", str(tmp_path / "cache")))
+    m = ds.store.manifest()
+    assert m is not None and verify(ds.store).ok
+    t = m.table
+    col = t.column("crc32c").to_numpy().copy()
+    col[1] ^= 1
+    import pyarrow as pa
+
+    t = t.set_column(t.schema.get_field_index("crc32c"), "crc32c", pa.array(col))
+    ptr = ds.store.manifests.read_pointer()
+    ds.store.manifests.commit(t, m.meta, expected=ptr)
+    rep = verify(ds.store)
+    assert len(rep.bad) == 1 and "crc32c" in rep.bad[0][1]
+    fresh = LatentDataset(pngs, codec="bicubic-f4", cache=tmp_path / "cache")
+    bad_key = fresh.store.manifest().key_at(1)
+    bad = next(i for i in range(len(fresh)) if fresh.key(i) == bad_key)
+    with pytest.raises(ShardError, match="crc32c"):
+        fresh[bad]
