@@ -10,7 +10,6 @@ read by a ``LatentDataset`` over the same ImageFolder tree without any encoding.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,6 +143,7 @@ def _rel(url: str, root: str, loc: Location | None, root_local: str | None) -> s
 
 
 def _from_table(src: str, so: dict[str, Any], split: str | None) -> SourceList:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -157,11 +157,14 @@ def _from_table(src: str, so: dict[str, Any], split: str | None) -> SourceList:
         with open(discovery._local(src), "rb") as fh:
             raw = fh.read()
         base_url = os.path.dirname(os.path.abspath(discovery._local(src)))
+    # pa.BufferReader and use_threads=False, not io.BytesIO: pq.read_table over a Python file leaves
+    # clean-up work on Arrow's I/O threads that takes the GIL after it returns; a process exiting
+    # right then aborts ("terminate called without an active exception", apache/arrow#33975, #34314)
     if src.lower().endswith(".csv"):
-        table = pacsv.read_csv(io.BytesIO(raw), convert_options=pacsv.ConvertOptions(
+        table = pacsv.read_csv(pa.BufferReader(raw), convert_options=pacsv.ConvertOptions(
             column_types={"path": "string", "label": "string", "split": "string"}))
     else:
-        table = pq.read_table(io.BytesIO(raw))
+        table = pq.read_table(pa.BufferReader(raw), use_threads=False)
     if "path" not in table.column_names:
         raise ValueError(f"{src}: a source table needs a 'path' column (and optionally 'label', 'split'); "
                          f"found {table.column_names}")
