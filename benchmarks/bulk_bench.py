@@ -156,7 +156,7 @@ def main() -> int:
     if args.compare_malloc:  # workers that keep the nanny's MALLOC_TRIM_THRESHOLD_ (the behaviour before)
         c0, cl0 = start_cluster(1, {"LATENTDS_KEEP_MALLOC_THRESHOLDS": "1"})
         bulk_run(cl0, src, work / "warm-0", args.batch, size, args.part)
-    bare, one, two, eff, fwd_in_task, task_eff, kept = [], [], [], [], [], [], []
+    bare, one, two, eff, fwd_in_task, task_eff, kept, kept_fwd = [], [], [], [], [], [], [], []
     try:
         bulk_run(cl1, src, work / "warm-1", args.batch, size, args.part)  # warm-up runs, not timed
         bulk_run(cl2, src, work / "warm-2", args.batch, size, max(1, args.part // 2))
@@ -169,7 +169,9 @@ def main() -> int:
             w, _ = bulk_run(cl2, src, work / f"c2-{rep}", args.batch, size, max(1, args.part // 2))
             in_worker.append(o / cl1.submit(bare_forward_in_worker, imgs_on_worker, args.batch, pure=False).result())
             if cl0 is not None:
-                kept.append(bulk_run(cl0, src, work / f"c0-{rep}", args.batch, size, args.part)[0] / b)
+                k, r0 = bulk_run(cl0, src, work / f"c0-{rep}", args.batch, size, args.part)
+                kept.append(k / b)
+                kept_fwd.append(r0.total / r0.encode_seconds)
             bare.append(b)
             one.append(o)
             two.append(w)
@@ -201,7 +203,12 @@ def main() -> int:
           f"  (reps {', '.join(f'{w / o:.2f}' for w, o in zip(two, one))})")
     print("where the 1-worker time goes:")
     print(f"{'  read + preprocess alone (1 thread, client)':58s} {prep:9.1f} img/s")
+    serial = 1.0 / (1.0 / med(bare) + 1.0 / prep)  # no free core: read+preprocess adds to the forward
+    print(f"{'  bound if read+preprocess cannot overlap (no free core)':58s} {serial:9.2f} img/s "
+          f"({100 * serial / med(bare):.1f} % of bare; bulk reaches {100 * med(one) / serial:.1f} % of it)")
     print(f"{'  encoder forward inside the bulk tasks':58s} {med(fwd_in_task):9.2f} img/s")
+    if kept_fwd:
+        print(f"{'  the same, workers keep the nanny malloc thresholds (before)':58s} {med(kept_fwd):9.2f} img/s")
     print(f"{'  forward share of task time (rest: load wait, shard, index)':58s} {100 * med(task_eff):10.1f} %")
     print(f"(load average now {os.getloadavg()[0]:.2f})")
 
