@@ -485,9 +485,11 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
         if own_cluster is not None:
             own_cluster.close()
     remove_temp_leftovers(loc, temp_grace_s, temps_at_start)
-    if report.generation is None:
-        m = store.refresh()
-        report.generation = m.generation if m is not None else None
+    if report.generation is None:  # nothing committed now: name the committed generation
+        # from the pointer alone. Loading the manifest here, right before a CLI client exits, was
+        # the widest window for pyarrow's shutdown race (benchmarks/RESULTS.md, bulk: SIGABRT).
+        ptr = store.manifests.read_pointer()
+        report.generation = str(ptr["generation"]) if ptr else None
     for h, rec in sorted(known_failures.items(), key=lambda kv: by_hash[kv[0]].rel if kv[0] in by_hash else kv[0]):
         it = by_hash.get(h)
         if it is not None:
