@@ -119,3 +119,23 @@ def test_train_probe_cli(tiny_latents, tmp_path, source, capsys):
     result = json.loads((tmp_path / "out" / "result.json").read_text())["result"]
     assert result["input_shape"] == ([1, 16, 12] if source == "latent" else [1, 64, 48])
     assert result["ci_lo"] <= result["auroc"] <= result["ci_hi"]
+
+
+def test_fit_probe_scores_every_test_sample_once_in_order(tiny_latents):
+    """Trainer.test path, single process: the scores returned are those of ``predict`` on the
+    trained module, in test-set order, and the AUROC / CI are computed from them."""
+    from trainers.probe import Indexed, predict
+    from trainers.probe.module import _first_occurrence
+
+    _, ds, train, test = tiny_latents
+    r = fit_probe(train, test, in_chans=1, num_classes=2, backbone="small-cnn", epochs=1, batch_size=4, lr=1e-2,
+                  bootstrap=50)
+    scores, targets = predict(r.module, test)
+    assert torch.equal(r.targets, targets) and torch.allclose(r.scores, scores, atol=1e-6)
+    ci = bootstrap_auroc(r.scores, r.targets, 2, n_boot=50)
+    assert (r.auroc, r.ci_lo, r.ci_hi) == (ci.auroc, ci.lo, ci.hi)
+    assert r.extra["world_size"] == 1 and r.extra["n_test_gathered"] == r.n_test == len(test)
+    assert len(r.extra["rank_state_hashes"]) == 1
+    assert Indexed(test)[2][0] == 2 and torch.equal(Indexed(test)[2][1], test[2][0])
+    uniq, first = _first_occurrence(torch.tensor([3, 0, 1, 0, 2, 3]))  # a padded, gathered index list
+    assert uniq.tolist() == [0, 1, 2, 3] and first.tolist() == [1, 2, 4, 0]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .metrics import bootstrap_auroc
 from .model import MODES
-from .module import ProbeModule
+from .module import Indexed, ProbeModule
 
 #: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
 DEFAULTS: dict[str, Any] = {
@@ -194,9 +194,12 @@ class ProbeResult:
     seconds: float             # training + evaluation wall time
     extra: dict[str, Any] = field(default_factory=dict)
     module: Any = field(default=None, repr=False)
+    scores: Any = field(default=None, repr=False)   # test-set scores (N, or N×K), test-set order
+    targets: Any = field(default=None, repr=False)  # test-set targets (N)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}  # no deepcopy of the model
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("module", "scores", "targets")}  # no deepcopy of the model
         out["input_shape"] = list(self.input_shape)
         return out
 
@@ -226,9 +229,18 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
               progress: bool = False, module: ProbeModule | None = None) -> ProbeResult:
     """Train a probe on ``train`` with Lightning and score AUROC (bootstrap CI) on ``test``.
 
-    Items are ``(C×H×W tensor, int target)``. DDP: pass ``strategy="ddp"``, ``devices``/``num_nodes``;
-    the test set is then scored on every rank (identical results). ``module``: a prepared
-    :class:`ProbeModule` to train instead of a fresh one (the model arguments are then ignored)."""
+    Items are ``(C×H×W tensor, int target)``. ``module``: a prepared :class:`ProbeModule` to
+    train instead of a fresh one (the model arguments are then ignored).
+
+    DDP (``strategy="ddp"``, ``devices``/``num_nodes``): every rank ends training with rank 0's
+    weights (checked; the per-rank state-dict hashes are in ``extra["rank_state_hashes"]``). The
+    test set is scored with ``Trainer.test``, split across the ranks; the ``(index, score,
+    target)`` triples of all ranks are gathered and each test sample is kept exactly once (the
+    distributed sampler's padding is dropped), so AUROC and its CI are those of a single-process
+    evaluation of the same weights on the whole test set. They are computed on global rank 0 and
+    broadcast: every rank returns the same result (``extra["global_rank"]`` tells which one it
+    is; ``extra["n_test_gathered"]`` is the count before de-duplication). ``result.scores`` /
+    ``result.targets``: the test predictions in test-set order."""
     import lightning as L
 
     from latentds.flops import gmacs
@@ -247,15 +259,23 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
                         num_sanity_val_steps=0, limit_val_batches=1.0 if val is not None else 0)
     trainer.fit(module, train_loader, val_loader)
     num_classes = module.num_classes
-    scores, targets = predict(module, test, batch_size=batch_size, num_workers=num_workers)
-    ci = bootstrap_auroc(scores, targets, num_classes, n_boot=bootstrap, level=level, seed=seed)
+    module.test_size = len(test)
+    test_loader = DataLoader(Indexed(test), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    trainer.test(module, test_loader, verbose=False)
+    scores, targets = module.test_predictions
+    ci = bootstrap_auroc(scores, targets, num_classes, n_boot=bootstrap, level=level, seed=seed) \
+        if trainer.is_global_zero else None
+    ci = trainer.strategy.broadcast(ci, src=0)
     x0, _ = test[0]
     shape = tuple(int(s) for s in x0.shape)
     counted = torch.nn.Sequential(module.model.backbone, module.model.head).cpu()
     macs = gmacs(counted, (1, *shape))
     hp = module.hparams
+    extra = {"world_size": trainer.world_size, "global_rank": trainer.global_rank, "n_boot_used": ci.n_boot,
+             "n_test_gathered": module.test_gathered,
+             "rank_state_hashes": list(getattr(module, "rank_state_hashes", []))}
     return ProbeResult(ci.auroc, ci.lo, ci.hi, level, len(train), len(test), num_classes, hp.backbone, hp.mode, shape,
-                       macs, time.perf_counter() - t0, module=module)
+                       macs, time.perf_counter() - t0, extra=extra, module=module, scores=scores, targets=targets)
 
 
 def run_from_config(cfg: Mapping[str, Any]) -> ProbeResult:
@@ -268,11 +288,37 @@ def run_from_config(cfg: Mapping[str, Any]) -> ProbeResult:
                        accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
                        strategy=t["strategy"], precision=t["precision"], bootstrap=e["bootstrap"],
                        level=e["level"], progress=True)
-    if cfg["output"]:
+    if cfg["output"] and result.extra.get("global_rank", 0) == 0:
         out = Path(cfg["output"])
         out.mkdir(parents=True, exist_ok=True)
+        save_probe(result.module, out / "probe.pt")
+        save_predictions(result, out / "predictions.csv")
         (out / "result.json").write_text(json.dumps({"config": cfg, "result": result.to_dict()}, indent=2, default=str))
     return result
+
+
+def save_probe(module: ProbeModule, path: str | os.PathLike) -> None:
+    """``{"hparams": ..., "state_dict": ...}`` of the trained probe; :func:`load_probe` reads it."""
+    torch.save({"hparams": dict(module.hparams), "state_dict": module.model.state_dict()}, path)
+
+
+def load_probe(path: str | os.PathLike, map_location: Any = "cpu") -> ProbeModule:
+    """The :class:`ProbeModule` saved by :func:`save_probe` (``output: DIR`` → ``DIR/probe.pt``)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = dict(ckpt["hparams"])
+    module = ProbeModule(hp.pop("backbone"), hp.pop("in_chans"), hp.pop("num_classes"), **hp)
+    module.model.load_state_dict(ckpt["state_dict"])
+    return module
+
+
+def save_predictions(result: ProbeResult, path: str | os.PathLike) -> None:
+    """``index,target,score`` (binary) or ``index,target,score_0..score_{K-1}``, one row per test sample."""
+    s = result.scores.reshape(len(result.targets), -1)
+    cols = ["score"] if s.shape[1] == 1 else [f"score_{k}" for k in range(s.shape[1])]
+    lines = [",".join(["index", "target", *cols])]
+    lines += [",".join([str(i), str(int(t)), *(repr(float(v)) for v in row)])
+              for i, (t, row) in enumerate(zip(result.targets.tolist(), s.tolist()))]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
     r = run_from_config(cfg)
+    if r.extra.get("global_rank", 0) != 0:
+        return 0
     print(f"AUROC {r.auroc:.4f} [{r.ci_lo:.4f}, {r.ci_hi:.4f}] ({int(r.ci_level * 100)}% bootstrap CI); "
           f"{r.backbone} {r.mode}; input {'x'.join(map(str, r.input_shape))}; {r.gmacs:.4f} GMACs; "
           f"{r.n_train} train / {r.n_test} test; {r.seconds:.1f} s")
