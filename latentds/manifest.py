@@ -65,6 +65,15 @@ def upgrade(table: pa.Table) -> pa.Table:
     return table
 
 
+def _reader(raw: bytes) -> pa.BufferReader:
+    """Every Parquet read here goes through ``pa.BufferReader`` (with ``use_threads=False`` on
+    ``pq.read_table``), never ``io.BytesIO``: reading a Python file leaves clean-up work on
+    Arrow's I/O threads that takes the GIL after the call returns, and a process exiting right
+    then aborts with SIGABRT ("terminate called without an active exception", apache/arrow#33975,
+    #34314). Same as :mod:`latentds.sources`; guarded by tests/test_manifest_exit.py."""
+    return pa.BufferReader(raw)
+
+
 def new_generation() -> str:
     """Sortable by time, unique per writer (two compactors in the same nanosecond still differ)."""
     return f"g-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
@@ -88,7 +97,7 @@ class Manifest:
         self._lazy: dict[str, pa.ChunkedArray] = {}
         self._plan: np.ndarray | None = None
         self._layouts: list[Layout] = []
-        pf = pq.ParquetFile(io.BytesIO(self._raw)) if self._raw is not None else None
+        pf = pq.ParquetFile(_reader(self._raw)) if self._raw is not None else None
         have = set(pf.schema_arrow.names if pf is not None else READER_COLUMNS)
 
         def col(name: str) -> pa.ChunkedArray:
@@ -96,7 +105,7 @@ class Manifest:
             if self._table is not None:
                 return self._table.column(name)
             assert pf is not None
-            return pq.read_table(io.BytesIO(self._raw), columns=[name],
+            return pq.read_table(_reader(self._raw), columns=[name], use_threads=False,
                                  read_dictionary=["shard"] if name == "shard" else None).column(name)
 
         self._rows = pf.metadata.num_rows if pf is not None else self._table.num_rows
@@ -121,7 +130,7 @@ class Manifest:
         """The whole generation (every column), decoded on first use."""
         if self._table is None:
             assert self._raw is not None
-            self._table = upgrade(pq.read_table(io.BytesIO(self._raw)).replace_schema_metadata(None))
+            self._table = upgrade(pq.read_table(_reader(self._raw), use_threads=False).replace_schema_metadata(None))
         return self._table
 
     def column(self, name: str) -> pa.ChunkedArray:
@@ -131,9 +140,9 @@ class Manifest:
         col = self._lazy.get(name)
         if col is None:
             assert self._raw is not None
-            have = pq.read_schema(io.BytesIO(self._raw)).names
+            have = pq.read_schema(_reader(self._raw)).names
             if name in have:
-                col = pq.read_table(io.BytesIO(self._raw), columns=[name]).column(name)
+                col = pq.read_table(_reader(self._raw), columns=[name], use_threads=False).column(name)
             else:
                 col = self.table.column(name)  # added by upgrade() for legacy generations
             self._lazy[name] = col
@@ -355,7 +364,7 @@ class ManifestStore:
         if hashlib.sha256(raw).hexdigest() != ptr["sha256"]:
             raise ManifestError(f"{path}: manifest checksum mismatch ({len(raw)} bytes); it is truncated or corrupt")
         try:
-            schema = pq.read_schema(io.BytesIO(raw))
+            schema = pq.read_schema(_reader(raw))
             meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
             schema = schema.remove_metadata()
             if not (schema.equals(SCHEMA) or schema.equals(LEGACY_SCHEMA)):
