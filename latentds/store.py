@@ -363,9 +363,11 @@ class ShardedStore:
             name = shard_name(data)
             stats = channel_sums([e.mean for _, e in group])
             path = self.shard_path(name)
-            # Content-addressed name: if it exists it holds these very bytes (written once).
-            if not call(lambda: fs.exists(path), path, storage_options=so):
-                call(lambda: write_atomic(fs, path, data), path, storage_options=so)
+            # Content-addressed: a shard of this name already there (an earlier compaction killed
+            # before its commit) holds these very bytes. It is written again anyway (atomically;
+            # readers see the same bytes), as bulk encoding does: an old uncommitted shard gets a
+            # fresh age, so `latentds gc` (grace period) cannot remove it before this commit names it.
+            call(lambda: write_atomic(fs, path, data), path, storage_options=so)
             idx = self.shard_path(name[: -len(".tar")] + ".index.json")
             doc = index_document(name, data, rows, stats)
             call(lambda: write_atomic(fs, idx, doc), idx, storage_options=so)

@@ -76,3 +76,54 @@ def test_s3_server_refuses_a_write_on_a_stale_etag(backend: Backend) -> None:
     with pytest.raises(FileExistsError):
         fs.pipe_file(ms.pointer_path, b"{}", mode="create")
     assert ms.read_pointer() is not None and ms.read_pointer() != {}
+
+
+def test_compaction_refreshes_an_old_orphan_shard_of_the_same_name(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction killed before its commit leaves a shard no manifest names; the next compaction
+    builds the very same bytes (same content-hash name). It must write the shard again (fresh
+    mtime), not skip it because it exists: otherwise `latentds gc` (orphans older than the grace
+    period) can delete it between that check and the commit, and the commit names a missing shard."""
+    import os
+    import time
+
+    from latentds.ops import gc
+
+    s = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
+    means = {f"{i:040x}": np.full((1, 2, 2), i, np.float32) for i in range(5)}
+    for k, v in means.items():
+        s.cache.put(k, v, None, {"target": 0})
+
+    real = s.manifests.commit
+
+    def killed(*a, **kw):
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(s.manifests, "commit", killed)
+    with pytest.raises(RuntimeError):
+        s.compact()
+    fs = s.location.fs
+    shards = [p for p in fs.find(s.location.join("shards")) if p.endswith(".tar")]
+    assert len(shards) == 1 and s.manifests.read_pointer() is None
+    orphan = shards[0]
+    old = time.time() - 2 * 3600
+    for p in fs.find(s.location.join("shards")):
+        os.utime(p, (old, old))
+    assert orphan in gc(s, grace_s=3600, dry_run=True).removed  # an old orphan: gc would take it
+
+    seen: list[list[str]] = []
+
+    def gc_then_commit(*a, **kw):  # gc runs in the window between writing shards and committing
+        seen.append(gc(s, grace_s=3600).removed)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(s.manifests, "commit", gc_then_commit)
+    rep = s.compact()
+    assert rep.packed == 5 and rep.shards == [orphan.rsplit("/", 1)[-1]]
+    assert seen == [[]]  # gc found the shard young (rewritten), removed nothing
+    assert fs.exists(orphan) and time.time() - os.path.getmtime(orphan) < 600
+    assert gc(s, grace_s=3600).removed == []  # committed now: named, kept
+    gc(s, grace_s=0)  # staging objects of committed samples go; reads now come from the shard
+    assert s.cache.keys() == []
+    for k, v in means.items():
+        e = s.get(k)
+        assert e is not None and np.array_equal(e.mean, v)
