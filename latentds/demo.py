@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import synthetic
 from .codecs import list_codecs
+from .codecs.kl import shipped_kl_defaults
 from .dataset import LatentDataset
 
 
@@ -115,7 +116,7 @@ def run_demo(workdir: str | os.PathLike[str] = "latentds-demo", *, n_per_class: 
         synthetic.make_dataset(data, n_per_class=n_per_class, shape=shape, seed=seed, progress=True)
     if codecs is None:
         codecs = tuple(c for c in ("bicubic-f4", "bicubic-f8") if c in list_codecs())
-        codecs += tuple(c for c in ("kl-f4c4", "kl-f8c4") if _has_default_weights(c))
+        codecs += tuple(c for c in ("kl-f4c4", "kl-f8c4") if c in shipped_kl_defaults())
 
     rows: list[Row] = []
     # Full size: the images themselves (preprocessed, fixed size so they batch).
@@ -144,9 +145,6 @@ def run_demo(workdir: str | os.PathLike[str] = "latentds-demo", *, n_per_class: 
                         gflops_per_image(model, tuple(lat.shape[1:])), time.perf_counter() - t0, per_image))
     return rows
 
-
-def _has_default_weights(name: str) -> bool:
-    return (Path(__file__).parent / "weights" / f"{name}.safetensors").exists()
 
 
 def format_table(rows: list[Row]) -> str:

@@ -416,6 +416,11 @@ class KLCodec(Codec):
 # --------------------------------------------------------------------------- export format
 
 
+def shipped_kl_defaults() -> list[str]:
+    """Names of the KL codecs whose small default weights ship inside the package."""
+    return sorted(p.name[: -len(".safetensors")] for p in PACKAGED_WEIGHTS_DIR.glob("kl-*.safetensors"))
+
+
 def save_kl_codec(codec_or_model: KLCodec | AutoencoderKL, path: str | os.PathLike[str], *, name: str) -> Path:
     """Write weights + architecture as one safetensors file that ``create_codec(path)``
     (and ``create_codec(<kl name>, weights=path)``) can load.
@@ -621,7 +626,8 @@ def _kl_factory(spec: KLSpec, **kwargs: Any) -> KLCodec:
         _check_spec(spec, model, source)
         return KLCodec(spec.name, model, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
     hint = spec.notes or (
-        "no default weights are shipped yet (the trainer will provide them); pass weights=PATH "
+        f"no default weights are shipped for {spec.name} (shipped: {', '.join(shipped_kl_defaults()) or 'none'}; "
+        "train one with `latentds train-vae`); pass weights=PATH "
         "(a file from save_kl_codec or a trained checkpoint), or weights='random' for an untrained model"
     )
     raise CodecError(
