@@ -141,10 +141,20 @@ def available_methods(*, include_kl: bool = True) -> list[str]:
     return methods
 
 
+def parse_method(method: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME=WEIGHTS``: a registered codec, optionally with your own weights file
+    (e.g. ``kl-f8c1=runs/vae/kl-f8c1/codec-best.safetensors``); NAME labels the row."""
+    name, sep, weights = method.partition("=")
+    if sep and not weights:
+        raise ValueError(f"method {method!r}: empty weights path after '='")
+    return name, (weights or None)
+
+
 def unavailable_codecs(methods: Sequence[str]) -> list[str]:
     from .codecs import list_codecs
 
-    return [c for c in list_codecs() if not c.startswith("bicubic") and c not in methods]
+    names = {parse_method(m)[0] for m in methods}
+    return [c for c in list_codecs() if not c.startswith("bicubic") and c not in names]
 
 
 # ----------------------------------------------------------------------------- running
@@ -191,11 +201,12 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[SweepRow]:
     shape = tuple(cfg.shape)
     rows: list[SweepRow] = []
     split = None
-    for method in methods:
+    for spec in methods:
         t0 = time.perf_counter()
-        log(f"[sweep] {method} ...")
+        method, weights = parse_method(spec)
+        log(f"[sweep] {spec} ...")
         ds = LatentDataset(root, codec=BICUBIC[0] if method == FULL else method, cache=cache, crop_roi=False,
-                           image_size=shape)
+                           image_size=shape, codec_kwargs={"weights": weights} if weights else None)
         n = len(ds)
         if split is None:
             split = stratified_split(ds.targets, cfg.test_fraction, cfg.seed)
@@ -340,7 +351,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=None,
                    help="report the cheapest (f, C) whose AUROC is within this drop of full size, e.g. 0.02")
     p.add_argument("--methods", nargs="+", default=None,
-                   help=f"methods to run ('{FULL}' and codec names); default: full size, bicubic, codecs with weights")
+                   help=f"methods to run: '{FULL}', codec names, or NAME=WEIGHTS for your own weights file "
+                        "(e.g. kl-f8c1=runs/vae/kl-f8c1/codec-best.safetensors); default: full size, bicubic, "
+                        "codecs with weights")
     p.add_argument("--kind", choices=("calcification", "fracture"), default=None)
     p.add_argument("--n-per-class", type=int, default=None)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
@@ -391,5 +404,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["FULL", "PAPER", "REDUCED", "SweepConfig", "SweepRow", "available_methods", "format_markdown",
-           "main", "method_family", "plot", "read_csv", "run_sweep", "select_within_budget", "write_csv",
+           "main", "method_family", "parse_method", "plot", "read_csv", "run_sweep", "select_within_budget", "write_csv",
            "write_outputs"]

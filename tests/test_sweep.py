@@ -88,3 +88,21 @@ def test_sweep_cli_parses(tmp_path):
     assert cfg.batch_size == 128 and cfg.epochs == 100 and cfg.lr == 1e-4
     cfg = config_from_args(build_parser().parse_args(["sweep", "--epochs", "3"]))
     assert cfg.backbone == "small-cnn" and cfg.epochs == 3
+
+
+def test_sweep_with_own_weights_file(tmp_path):
+    """NAME=WEIGHTS runs a registered codec with a weights file (a trainer export) and labels the row NAME."""
+    from latentds.codecs import create_codec, save_kl_codec
+    from latentds.sweep import parse_method, unavailable_codecs
+
+    small = {"block_out_channels": [16, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8}
+    path = save_kl_codec(create_codec("kl-f8c1", weights="random", arch=small), tmp_path / "mine.safetensors",
+                         name="kl-f8c1")
+    assert parse_method(f"kl-f8c1={path}") == ("kl-f8c1", str(path)) and parse_method("bicubic-f4") == ("bicubic-f4", None)
+    with pytest.raises(ValueError, match="empty weights"):
+        parse_method("kl-f8c1=")
+    assert "kl-f8c1" not in unavailable_codecs([FULL, f"kl-f8c1={path}"])
+    cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"), n_per_class=4,
+                              shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, methods=(f"kl-f8c1={path}",))
+    (row,) = run_sweep(cfg, log=lambda *a: None)
+    assert (row.method, row.f, row.C, row.input) == ("kl-f8c1", 8, 1, "4x4") and row.bytes_per_image > 0
