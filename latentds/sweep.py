@@ -384,7 +384,8 @@ def run_cli(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     t0 = time.perf_counter()
     methods = list(cfg.methods) if cfg.methods else available_methods()
-    skipped = unavailable_codecs(methods)
+    # "not run for lack of weights" only means something when the methods were not chosen by hand
+    skipped = [] if cfg.methods else unavailable_codecs(methods)
     print(f"methods: {', '.join(methods)}")
     if skipped:
         print(f"no local weights, not run: {', '.join(skipped)}")
