@@ -394,27 +394,9 @@ class ShardedStore:
         if not new_rows:
             report.generation = base.generation if base is not None else None
             return report
-        added = rows_table(new_rows)
-        for _ in range(attempts):
-            table, meta = self._merge(base, added, shard_stats)
-            cur = self.manifests.read_pointer()
-            if (cur or {}).get("generation") != (ptr or {}).get("generation"):
-                ptr, base = cur, self.manifests.load(cur)  # someone committed meanwhile: merge theirs
-                report.merges += 1
-                continue
-            try:
-                new_ptr = self.manifests.commit(table, meta, expected=ptr)
-            except CommitConflict:  # lost a conditional write (S3): merge the winner's, retry
-                ptr = self.manifests.read_pointer()
-                base = self.manifests.load(ptr)
-                report.merges += 1
-                continue
-            report.generation = new_ptr["generation"]
-            break
-        else:
-            raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts "
-                             f"(other compactors kept committing); nothing is lost, run compact again")
-        self.refresh()
+        generation, report.merges = self._commit_merged(rows_table(new_rows), shard_stats, ptr, base, attempts,
+                                                        "other compactors kept committing; nothing is lost, run compact again")
+        report.generation = generation
         return report
 
     def commit_rows(self, new_rows: list[tuple[str, Row]], shard_stats: dict[str, dict[str, list[float]]], *,
@@ -425,25 +407,34 @@ class ShardedStore:
         if not new_rows:
             m = self.refresh()
             return m.generation if m is not None else None
-        added = rows_table(new_rows)
         ptr = self.manifests.read_pointer()
-        base = self.manifests.load(ptr)
+        generation, _ = self._commit_merged(rows_table(new_rows), shard_stats, ptr, self.manifests.load(ptr), attempts,
+                                            "others kept committing; nothing is lost, run the job again")
+        return generation
+
+    def _commit_merged(self, added: pa.Table, shard_stats: dict[str, dict[str, list[float]]],
+                       ptr: dict[str, Any] | None, base: Manifest | None, attempts: int, hint: str) -> tuple[str, int]:
+        """Merge ``added`` over the generation ``ptr`` names and commit it, pointer last; when
+        someone else commits first (seen on re-read, or a lost conditional write on S3), merge
+        theirs and retry. Returns (new generation, number of merges)."""
+        merges = 0
         for _ in range(attempts):
             table, meta = self._merge(base, added, shard_stats)
             cur = self.manifests.read_pointer()
             if (cur or {}).get("generation") != (ptr or {}).get("generation"):
                 ptr, base = cur, self.manifests.load(cur)
+                merges += 1
                 continue
             try:
                 new_ptr = self.manifests.commit(table, meta, expected=ptr)
-            except CommitConflict:  # lost a conditional write (S3): merge the winner's, retry
+            except CommitConflict:
                 ptr = self.manifests.read_pointer()
                 base = self.manifests.load(ptr)
+                merges += 1
                 continue
             self.refresh()
-            return str(new_ptr["generation"])
-        raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts "
-                         f"(others kept committing); nothing is lost, run the job again")
+            return str(new_ptr["generation"]), merges
+        raise CacheError(f"{self.manifests.pointer_path}: could not commit after {attempts} attempts ({hint})")
 
     def _merge(self, base: Manifest | None, added: pa.Table, shard_stats: dict[str, dict[str, list[float]]]
                ) -> tuple[pa.Table, dict[str, Any]]:
