@@ -193,9 +193,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_codecs(args: argparse.Namespace) -> int:
-    from .codecs import list_codecs
+    from .codecs import create_codec, list_codecs
+    from .codecs.kl import shipped_kl_defaults
+    from .errors import CodecError
 
-    print("\n".join(list_codecs()))
+    if not args.verbose:  # one name per line: stays easy to use in shell loops
+        print("\n".join(list_codecs()))
+        return 0
+    shipped = set(shipped_kl_defaults())
+    for name in list_codecs():
+        try:
+            codec = create_codec(name)  # local files only: never downloads
+        except CodecError:
+            how = ("train one (`latentds train-vae`) and pass weights=PATH" if name.startswith("kl-")
+                   else "pass weights=PATH or put the checkpoint in the Hugging Face cache")
+            print(f"{name:15s} {'':12s} no weights here: {how} (docs/codecs.md)")
+            continue
+        if name in shipped:
+            where = "shipped demo-grade weights (not clinical; docs/train_vae.md)"
+        elif name.startswith("bicubic"):
+            where = "no weights needed"
+        else:
+            where = f"weights: {codec.source}"
+        print(f"{name:15s} f={codec.f:<3d} C={codec.latent_channels:<3d} {where}")
     return 0
 
 
@@ -322,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-vae", add_help=False,
                    help="train the KL autoencoder: latentds train-vae --config cfg.yaml [--set k=v] "
                         "(docs/train_vae.md)")
-    c = sub.add_parser("codecs", help="list the registered codecs")
+    c = sub.add_parser("codecs", help="list the registered codecs (-v: f, C and where their weights come from)")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="also show f, C and whether weights are available locally (loads each codec)")
     c.set_defaults(func=_cmd_codecs)
     return p
 

@@ -329,6 +329,19 @@ def test_missing_default_weights_say_what_to_do() -> None:
     assert "kl-f16c16.safetensors" in msg and "weights=PATH" in msg and "no default weights are shipped for kl-f16c16" in msg
 
 
+def test_codecs_cli_lists_names_and_weight_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from latentds.cli import main
+
+    assert main(["codecs"]) == 0
+    assert capsys.readouterr().out.split() == list_codecs()  # plain: one name per line
+    assert main(["codecs", "-v"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(list_codecs())
+    assert "f=4" in lines["kl-f4c4"] and "C=4" in lines["kl-f4c4"] and "shipped demo-grade" in lines["kl-f4c4"]
+    assert "no weights here" in lines["kl-f16c16"] and "train-vae" in lines["kl-f16c16"]
+    assert "Hugging Face cache" in lines["medvae-f8c4"] and "no weights needed" in lines["bicubic-f8"]
+
+
 @pytest.mark.parametrize("name", ["kl-f4c4", "kl-f8c4"])
 def test_shipped_default_weights_load_and_reconstruct(name: str) -> None:
     """The packaged defaults are trained models (not random init): deterministic, and a
