@@ -209,12 +209,13 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
                    else "pass weights=PATH or put the checkpoint in the Hugging Face cache")
             print(f"{name:15s} {'':12s} no weights here: {how} (docs/codecs.md)")
             continue
+        source = getattr(codec, "source", None)  # learned codecs say where their weights came from
         if name in shipped:
             where = "shipped demo-grade weights (not clinical; docs/train_vae.md)"
-        elif name.startswith("bicubic"):
+        elif source is None:
             where = "no weights needed"
         else:
-            where = f"weights: {codec.source}"
+            where = f"weights: {source}"
         print(f"{name:15s} f={codec.f:<3d} C={codec.latent_channels:<3d} {where}")
     return 0
 
