@@ -320,7 +320,7 @@ class LatentDataset(DatasetFolder):
         dataset), as ImageFolder sees the files of its construction-time scan. Samples not yet
         committed (staging tier, misses) check the source identity on every access."""
         store = self._sharded
-        m = store._manifest if store._checked_at > -1e17 else store.manifest()
+        m = store.manifest()
         if m is not None:
             rows = self._rows
             if rows is None or self._rows_of is not m:
