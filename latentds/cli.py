@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-vae", add_help=False,
                    help="train the KL autoencoder: latentds train-vae --config cfg.yaml [--set k=v] "
                         "(docs/train_vae.md)")
+    sub.add_parser("review", add_help=False,
+                   help="the reader study: latentds review create|serve|analyze STUDY ... (docs/review.md)")
     c = sub.add_parser("codecs", help="list the registered codecs (-v: f, C and where their weights come from)")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="also show f, C and whether weights are available locally (loads each codec)")
@@ -358,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.vae.cli import main as train_vae
 
         return int(train_vae(argv[1:]))
+    if argv and argv[0] == "review":  # `latentds review` has its own sub-commands (latentds/review/)
+        from .review.cli import main as review
+
+        return int(review(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
