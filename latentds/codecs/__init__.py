@@ -1,4 +1,5 @@
-"""Image <-> latent codecs: the bicubic baseline, the paper's KL autoencoders
+"""Image <-> latent codecs: the bicubic baseline, the space-to-depth baselines
+(``s2d-f{f}c{C}``), the paper's KL autoencoders
 (``kl-f{f}c{C}``), the natural-image latent-diffusion VAEs (``sd-vae-*``) and MedVAE
 (``medvae-*``). See ``docs/codecs.md``.
 
@@ -13,9 +14,11 @@ from latentds.codecs.base import CODEC_FORMAT_VERSION, Codec
 from latentds.codecs.bicubic import register_bicubic_codecs
 from latentds.codecs.kl import register_kl_codecs, save_kl_codec
 from latentds.codecs.registry import create_codec, list_codecs, register_codec
+from latentds.codecs.s2d import register_s2d_codecs
 
 register_bicubic_codecs()
 register_kl_codecs()
+register_s2d_codecs()
 
 __all__ = [
     "CODEC_FORMAT_VERSION",

@@ -20,6 +20,22 @@ from latentds.errors import CodecError
 BICUBIC_FACTORS = (4, 8, 16)
 
 
+def bicubic_down(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Antialiased bicubic resize of ``x`` (H, W multiples of ``k``) down by ``k``.
+
+    The one definition of the paper's baseline resize, shared by :class:`BicubicCodec`,
+    the ``s2d`` codecs and the residual KL autoencoder so that they agree bit for bit.
+    Differentiable (no inference mode here; the codecs add it).
+    """
+    h, w = x.shape[-2] // k, x.shape[-1] // k
+    return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+
+
+def bicubic_up(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Plain bicubic resize up by ``k`` (antialias only matters when downsizing)."""
+    return F.interpolate(z, size=(z.shape[-2] * k, z.shape[-1] * k), mode="bicubic", align_corners=False)
+
+
 class BicubicCodec(Codec):
     """Downsize by ``f`` with antialiased bicubic interpolation; decode upsizes.
 
@@ -48,9 +64,7 @@ class BicubicCodec(Codec):
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_to_multiple(check_image_batch(x, self.name).to(self.device), self.f)
-        h, w = x.shape[-2] // self.f, x.shape[-1] // self.f
-        z = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-        return z.float().contiguous()
+        return bicubic_down(x, self.f).float().contiguous()
 
     def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.encode(x)
@@ -59,10 +73,7 @@ class BicubicCodec(Codec):
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = check_latent_batch(z, self.name, 1).to(self.device)
-        size = (z.shape[-2] * self.f, z.shape[-1] * self.f)
-        # antialias only matters when downsizing; upsizing is plain bicubic.
-        x = F.interpolate(z, size=size, mode="bicubic", align_corners=False)
-        return x.clamp_(0.0, 1.0).contiguous()
+        return bicubic_up(z, self.f).clamp_(0.0, 1.0).contiguous()
 
     def to(self, device: str | torch.device) -> BicubicCodec:
         self.device = torch.device(device)
