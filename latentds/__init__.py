@@ -2,31 +2,63 @@
 
 ``LatentDataset`` is a drop-in for torchvision's ``ImageFolder`` over DICOM / PNG folders or
 buckets that serves cached autoencoder latents instead of pixels.
+
+Names are imported lazily (PEP 562): ``import latentds`` and ``latentds --help`` do not pay
+for torch, diffusers or pyarrow until a name that needs them is used.
 """
 
 from __future__ import annotations
 
-from .codecs import Codec, create_codec, list_codecs, register_codec
-from .bulk import encode
-from .dataset import LatentDataset
-from .errors import (CacheError, CodecError, DicomError, ImageReadError, LatentdsError, ManifestError, ShardError,
-                     StoreAccessError, TransientStoreError)
-from .iterable import LatentIterableDataset
-from .preprocess import Preprocess, load_image, read_dicom, read_image
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (CacheError, CodecError, ConfigError, DicomError, ImageReadError, LatentdsError, ManifestError,
+                     MissingExtraError, ShardError, SourceError, StoreAccessError, TransientStoreError)
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (imported on first use)
+_LAZY: dict[str, str] = {
+    "Codec": ".codecs", "create_codec": ".codecs", "list_codecs": ".codecs", "register_codec": ".codecs",
+    "encode": ".bulk", "LatentDataset": ".dataset", "LatentIterableDataset": ".iterable",
+    "Preprocess": ".preprocess", "load_image": ".preprocess", "read_dicom": ".preprocess", "read_image": ".preprocess",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below does the import
+    from .bulk import encode
+    from .codecs import Codec, create_codec, list_codecs, register_codec
+    from .dataset import LatentDataset
+    from .iterable import LatentIterableDataset
+    from .preprocess import Preprocess, load_image, read_dicom, read_image
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'latentds' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CacheError",
     "Codec",
     "CodecError",
+    "ConfigError",
     "DicomError",
     "ImageReadError",
     "LatentDataset",
     "LatentIterableDataset",
     "LatentdsError",
     "ManifestError",
+    "MissingExtraError",
     "ShardError",
+    "SourceError",
     "StoreAccessError",
     "TransientStoreError",
     "Preprocess",

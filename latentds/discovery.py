@@ -13,8 +13,15 @@ from typing import Any, Callable
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes as tv_find_classes
 from torchvision.datasets.folder import has_file_allowed_extension, make_dataset as tv_make_dataset
 
+from .errors import SourceError
 from .preprocess import DICOM_EXTENSIONS
 from .storage import Location
+
+__all__ = ["DEFAULT_EXTENSIONS", "LAYOUT_HINT", "check_nonempty", "find_classes", "is_remote", "make_dataset"]
+
+#: Appended to every discovery error: what layout is expected and how to fix the tree.
+LAYOUT_HINT = ("Expected an ImageFolder tree: ROOT/<class>/<image>.dcm|.png|... (one sub-folder per class); "
+               "a flat folder or a CSV/Parquet table of paths is accepted by `latentds encode` too.")
 
 #: Default extensions: ImageFolder's plus DICOM's, so a tree of PNGs is discovered exactly as
 #: ImageFolder discovers it and DICOM files are accepted too.
@@ -29,12 +36,15 @@ def is_remote(root: str | os.PathLike[str]) -> bool:
 def find_classes(directory: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
                  ) -> tuple[list[str], dict[str, int]]:
     if not is_remote(directory):
-        return tv_find_classes(_local(directory))
+        try:
+            return tv_find_classes(_local(directory))
+        except FileNotFoundError as exc:  # torchvision's own message first, then how to fix it
+            raise SourceError(f"{exc} {_missing(directory)}{LAYOUT_HINT}") from None
     loc = Location(os.fspath(directory), dict(storage_options or {}))
     entries = loc.fs.ls(loc.path, detail=True) if loc.fs.exists(loc.path) else []
     classes = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
     if not classes:
-        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        raise SourceError(f"Couldn't find any class folder in {directory}. {LAYOUT_HINT}")
     return classes, {c: i for i, c in enumerate(classes)}
 
 
@@ -47,7 +57,12 @@ def make_dataset(
     storage_options: dict[str, Any] | None = None,
 ) -> list[tuple[str, int]]:
     if not is_remote(directory):
-        return tv_make_dataset(_local(directory), class_to_idx, extensions, is_valid_file, allow_empty=allow_empty)
+        try:
+            return tv_make_dataset(_local(directory), class_to_idx, extensions, is_valid_file,
+                                   allow_empty=allow_empty)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{exc} (in {directory}) Add images to those class folders, remove the "
+                              "empty folders, or pass allow_empty=True.") from None
     if class_to_idx is None:
         _, class_to_idx = find_classes(directory, storage_options)
     elif not class_to_idx:
@@ -79,8 +94,29 @@ def make_dataset(
         msg = f"Found no valid file for the classes {', '.join(sorted(empty))}. "
         if extensions is not None:
             msg += f"Supported extensions are: {extensions if isinstance(extensions, str) else ', '.join(extensions)}"
-        raise FileNotFoundError(msg)
+        raise SourceError(f"{directory}: {msg} Add images to those class folders, remove the empty folders, "
+                          "or pass allow_empty=True.")
     return instances
+
+
+def check_nonempty(source: str, classes: list[str], targets: list[int], *, extensions: tuple[str, ...],
+                   allow_empty: bool = False) -> None:
+    """Reject what ``ImageFolder`` rejects, for listings made outside it (the Dask bulk path), so
+    that ``latentds encode`` accepts and refuses exactly the same sources with or without
+    ``--workers``: no sample at all, or (ImageFolder layout) a class folder with no image."""
+    if not targets and not classes:
+        raise SourceError(f"{source}: no image files found (extensions: {', '.join(extensions)}). {LAYOUT_HINT}")
+    if classes and not allow_empty:
+        present = set(targets)
+        empty = [c for i, c in enumerate(classes) if i not in present]
+        if empty:
+            raise SourceError(f"{source}: Found no valid file for the classes {', '.join(sorted(empty))}. "
+                              f"Supported extensions are: {', '.join(extensions)} Add images to those class "
+                              "folders, remove the empty folders, or pass allow_empty=True.")
+
+
+def _missing(directory: str | os.PathLike[str]) -> str:
+    return "" if os.path.isdir(_local(directory)) else "(no such folder) "
 
 
 def _local(directory: str | os.PathLike[str]) -> str:

@@ -19,6 +19,8 @@ from .errors import CacheError
 from .storage import Location, call, write_atomic
 from .store import ShardedStore
 
+__all__ = ["ExportReport", "class_names", "export_webdataset", "export_zarr"]
+
 
 @dataclass
 class ExportReport:
@@ -32,6 +34,12 @@ def _require_manifest(store: ShardedStore) -> Any:
     if m is None or len(m) == 0:
         raise CacheError(f"{store.manifests.pointer_path}: nothing committed to export; run `latentds compact` first")
     return m
+
+
+def class_names(store: ShardedStore) -> list[str]:
+    """The class name of each target (``classes[target]``), as recorded by the writer of the
+    namespace (``info.json``); empty for caches written before class names were recorded."""
+    return [str(c) for c in store.cache.read_info().get("classes") or []]
 
 
 def export_webdataset(store: ShardedStore, dest: str, storage_options: dict[str, Any] | None = None) -> ExportReport:
@@ -48,8 +56,9 @@ def export_webdataset(store: ShardedStore, dest: str, storage_options: dict[str,
         target = out.join(shard)
         call(lambda: write_atomic(dst_fs, target, data), target, storage_options=out.storage_options)
         entries.append({"url": shard, "nsamples": counts[shard], "filesize": len(data)})
+    # ``classes``: the name of each ``<key>.cls`` value, so a stock reader gets "benign", not 0
     doc = {"__kind__": "wids-shard-index-v1", "name": store.cache.namespace, "wids_version": 1,
-           "shardlist": entries, "stats": m.stats}
+           "shardlist": entries, "stats": m.stats, "classes": class_names(store)}
     listing = out.join("shardlist.json")
     write_atomic(dst_fs, listing, json.dumps(doc, indent=1).encode())
     return ExportReport(len(m), len(entries) + 1, out.url)
@@ -84,5 +93,6 @@ def export_zarr(store: ShardedStore, dest: str, storage_options: dict[str, Any] 
             batch = []
     root.create_array("targets", shape=(n,), dtype="int64")[:] = targets
     root.create_array("keys", shape=(n,), dtype=str)[:] = np.asarray(keys, dtype=object)
-    root.attrs.update({"namespace": store.cache.namespace, "generation": m.generation, "stats": m.stats})
+    root.attrs.update({"namespace": store.cache.namespace, "generation": m.generation, "stats": m.stats,
+                       "classes": class_names(store)})  # targets[i] names classes[targets[i]]
     return ExportReport(n, 3, dest)
