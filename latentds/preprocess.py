@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Union
@@ -462,9 +463,10 @@ def read_image(
         except LatentdsError:
             raise
         except Exception as exc:
-            raise ImageReadError(
-                f"{label}: cannot read as PNG/JPEG/TIFF: {type(exc).__name__}: {exc}"
-            ) from exc
+            # Pillow puts the file object's repr in its message (<_io.BytesIO object at 0x...>): the
+            # label already names the file, so say "the file" instead of leaking a useless repr.
+            text = re.sub(r"\s*<_io\.\w+[^>]*>", "", str(exc))
+            raise ImageReadError(f"{label}: cannot read as PNG/JPEG/TIFF: {type(exc).__name__}: {text}") from exc
     return _finish(img, crop_roi, size, label, ImageReadError)
 
 
