@@ -173,6 +173,7 @@
     const st = S.state; setProgress(st);
     if (st.done) { show("done-view"); $("done-text").textContent = `All ${st.total} cases are done. Thank you.`; return; }
     show("study-view");
+    delete document.body.dataset.ready;
     S.img = null; S.off = {}; S.view = {fit: true, zoom: 1, cx: 0, cy: 0}; S.wl = {level: 32768, width: 65536};
     $("case-error").hidden = true; $("rating-form").hidden = false; resetForm(); draw();
     const orig = st.original_side, rec = orig === "left" ? "right" : "left";
@@ -184,11 +185,11 @@
       if (o.w !== r.w || o.h !== r.h) throw new Error("the two images of this case differ in size; tell the study owner");
       S.img = {w: o.w, h: o.h}; S.img[orig] = o.px; S.img[rec] = r.px;
       S.t0 = performance.now(); rewindow(); updateSubmit();
-      document.body.dataset.trial = trial;  // a stable hook: which case is on screen
+      document.body.dataset.ready = trial;  // a stable hook: this case is on screen and can be rated
     } catch (e) {
       if (e.status === 401 || e.status === 403) return signedOut(e.message);
       $("case-error-text").textContent = e.message; $("case-error").hidden = false; $("rating-form").hidden = true;
-      document.body.dataset.trial = trial;
+      document.body.dataset.ready = trial;
     }
   }
 
