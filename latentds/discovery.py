@@ -110,9 +110,10 @@ def check_nonempty(source: str, classes: list[str], targets: list[int], *, exten
         present = set(targets)
         empty = [c for i, c in enumerate(classes) if i not in present]
         if empty:
-            raise SourceError(f"{source}: Found no valid file for the classes {', '.join(sorted(empty))}. "
-                              f"Supported extensions are: {', '.join(extensions)} Add images to those class "
-                              "folders, remove the empty folders, or pass allow_empty=True.")
+            # word for word what LatentDataset (ImageFolder) says for the same tree
+            raise SourceError(f"Found no valid file for the classes {', '.join(sorted(empty))}. "
+                              f"Supported extensions are: {', '.join(extensions)} (in {source}) Add images to "
+                              "those class folders, remove the empty folders, or pass allow_empty=True.")
 
 
 def _missing(directory: str | os.PathLike[str]) -> str:
