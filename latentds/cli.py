@@ -96,7 +96,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print("SYNTHETIC fine-grained task (calcification clusters of 1-3 px); small CNN; test half of the data.")
     print(format_table(rows))
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; data and cache under {args.workdir}/")
+    from .demo_figure import finding_crop_figure
+
+    methods = [r.method for r in rows if getattr(r, "f", 1) != 1]
+    picture = finding_crop_figure(methods, os.path.join(args.workdir, "demo-crops.png"),
+                                  shape=(args.height, args.width))
+    print(f"\npicture: {picture} (a crop around one finding: original beside each codec's reconstruction)")
+    print(f"total {time.perf_counter() - t0:.0f} s; data and cache under {args.workdir}/")
     return 0
 
 

@@ -247,3 +247,23 @@ def test_missing_extra_is_named_in_one_line(trees, tmp_path) -> None:
                          env=env)
     err = out.stderr.strip()
     assert out.returncode == 2 and len(err.splitlines()) == 1 and "latentds[train]" in err, err
+
+
+def test_demo_picture_shows_the_finding(tmp_path) -> None:
+    """The demo's crop is centred on the finding and has one panel per codec with weights."""
+    from PIL import Image
+
+    from latentds.demo_figure import finding_crop_figure, locate_finding
+    from latentds.synthetic import phantom_with_finding
+
+    pos, _ = phantom_with_finding(3, (192, 160), positive=True)
+    neg, _ = phantom_with_finding(3, (192, 160), positive=False)
+    cy, cx = locate_finding(pos, neg)
+    assert abs(pos[cy - 6:cy + 7, cx - 6:cx + 7] - neg[cy - 6:cy + 7, cx - 6:cx + 7]).max() > 0.05
+    out = finding_crop_figure(["bicubic-f4", "s2d-f4c16"],
+                              tmp_path / "crops.png", crop=40, zoom=2)
+    img = np.asarray(Image.open(out))
+    assert img.shape == (16 + 80, 3 * (80 + 6))
+    tiles = [img[16:, i * 86:i * 86 + 80].astype(float) for i in range(3)]
+    assert np.array_equal(tiles[0], tiles[2])  # s2d at C = f^2 is lossless: same pixels as the original
+    assert not np.array_equal(tiles[0], tiles[1])  # bicubic-f4 is not
