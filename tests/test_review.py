@@ -178,6 +178,7 @@ def test_server_refuses_bad_requests_with_json_4xx(study_dir, tmp_path):
     assert AnswerDB(st.db_path).rows() == []
     r = c.post("/api/answer", json=ok, headers=h)
     assert r.status_code == 201 and r.json["answered"] == 1 and r.json["trial"] != t
+    assert list(c.get("/api/study").json["items"]) == ["fidelity", "diagnostic", "artifacts"]  # the paper's order
     # no codec name, case id or file name reaches the page
     page = b"".join(c.get(p).data for p in ("/", "/static/app.js", "/api/study")) + json.dumps(s).encode()
     for leak in [b"bicubic", *(v["case"].encode() for v in st.trials.values())]:
@@ -297,3 +298,23 @@ def test_answers_survive_a_killed_server_and_readers_resume(study_dir, tmp_path)
     assert sorted(x[0] for x in a) == sorted(x[0] for x in b) == sorted(load_study(root).trials)
     assert [tuple(x) for x in a] != [tuple(x) for x in b]
     assert os.path.getsize(root / "answers.sqlite") > 0
+
+
+def test_create_from_an_s3_source_matches_the_local_one(source, study_dir, s3_env, tmp_path, capsys):
+    import s3fs
+
+    bucket = s3_env.new_bucket()
+    opts = s3_env.options()
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    for f in sorted(source.rglob("*.dcm")):
+        fs.put_file(str(f), f"{bucket}/src/{f.parent.name}/{f.name}")
+    argv = ["review", "create", str(tmp_path / "s3study"), "--source", f"s3://{bucket}/src", "--codec", "bicubic-f8",
+            "--codec", "bicubic-f4", "--n", "4", "--seed", "2", "--storage-options", json.dumps(opts)]
+    assert latentds_main(argv) == 0, capsys.readouterr().err
+    remote, local = load_study(tmp_path / "s3study"), load_study(study_dir)
+    # same sorted source list and seed -> the same cases, rendered to the same bytes
+    assert sorted(c["original"]["sha256"] for c in remote.cases.values()) == \
+        sorted(c["original"]["sha256"] for c in local.cases.values())
+    assert sorted(t["reconstruction"]["sha256"] for t in remote.trials.values()) == \
+        sorted(t["reconstruction"]["sha256"] for t in local.trials.values())
+    assert bucket.encode() not in b"".join(p.read_bytes() for p in (tmp_path / "s3study").rglob("*") if p.is_file())

@@ -55,7 +55,7 @@ def create_app(study: Study, *, allow_remote: bool = False) -> Any:
 
     app = Flask("latentds.review", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # an answer is a few hundred bytes
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # keep the Likert items in the paper's order on the page
 
     def fail(status: int, message: str) -> _ApiError:
         return _ApiError(status, message)

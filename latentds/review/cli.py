@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key-file", metavar="CSV",
                    help="write the case -> source path map here (outside the study folder; keep it private)")
     c.add_argument("--device", default="cpu", help="torch device for the codecs (default cpu)")
+    c.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="fsspec options for a --source URL, e.g. '{\"endpoint_url\": \"http://minio:9000\"}'")
 
     s = sub.add_parser("serve", help="serve the rating page", epilog=_EPILOG_SERVE, formatter_class=fmt,
                        description="Serve STUDY's rating page. Answers are written to STUDY/answers.sqlite at "
@@ -70,12 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
 def _create(args: argparse.Namespace) -> int:
     from .study import create_study
 
     st = create_study(args.study, args.source, args.codec, n=args.n, seed=args.seed, size=args.size,
                       crop_roi=not args.no_crop_roi, readers=args.reader, key_file=args.key_file,
-                      device=args.device)
+                      device=args.device, storage_options=args.storage_options)
     print(f"wrote {st.root}: {len(st.cases)} cases x {len(st.codecs)} codecs = {len(st.trials)} ratings per reader")
     print(f"next: latentds review serve {st.root}")
     return 0

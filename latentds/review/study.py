@@ -206,13 +206,13 @@ def _pick_cases(targets: list[int], n: int, rng: np.random.Generator) -> list[li
     return [[int(i) for i in order[c]] + [take[c]] for c in classes]  # last element: how many
 
 
-def _read_source(url: str) -> bytes:
+def _read_source(url: str, storage_options: dict[str, Any]) -> bytes:
     from .. import discovery
 
     if discovery.is_remote(url):
         import fsspec
 
-        with fsspec.open(url, "rb") as fh:
+        with fsspec.open(url, "rb", **storage_options) as fh:
             return fh.read()
     with open(discovery._local(url), "rb") as fh:
         return fh.read()
@@ -314,7 +314,7 @@ def create_study(
                 break
             item = sl.items[idx]
             try:
-                img = pre(io.BytesIO(_read_source(item.url)), name=item.rel)
+                img = pre(io.BytesIO(_read_source(item.url, dict(storage_options or {}))), name=item.rel)
             except LatentdsError as exc:
                 failures += 1
                 log(f"latentds review create: skipped a source that cannot be used ({exc}); drew another")
