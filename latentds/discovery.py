@@ -13,7 +13,7 @@ from typing import Any, Callable
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes as tv_find_classes
 from torchvision.datasets.folder import has_file_allowed_extension, make_dataset as tv_make_dataset
 
-from .errors import SourceError
+from .errors import ConfigError, SourceError
 from .preprocess import DICOM_EXTENSIONS
 from .storage import Location
 
@@ -66,11 +66,11 @@ def make_dataset(
     if class_to_idx is None:
         _, class_to_idx = find_classes(directory, storage_options)
     elif not class_to_idx:
-        raise ValueError("'class_to_index' must have at least one entry to collect any samples.")
+        raise ConfigError("'class_to_index' must have at least one entry to collect any samples.")
     both_none = extensions is None and is_valid_file is None
     both_something = extensions is not None and is_valid_file is not None
     if both_none or both_something:
-        raise ValueError("Both extensions and is_valid_file cannot be None or not None at the same time")
+        raise ConfigError("Both extensions and is_valid_file cannot be None or not None at the same time")
     if extensions is not None:
         exts = extensions
 
