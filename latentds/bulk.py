@@ -36,6 +36,7 @@ import numpy as np
 
 from .cache import Entry, LatentCache, _array_digest, canonical_json, namespace_id
 from .dataset import Failure
+from .errors import LatentdsError
 from .sources import SourceItem, SourceList, list_sources
 from .storage import Location, call, write_atomic
 
@@ -152,11 +153,8 @@ def partition_id(namespace: str, keys: Sequence[str]) -> str:
 
 # -- the task ---------------------------------------------------------------------------------
 
-def _load(spec: Spec, item: SourceItem) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read + preprocess one file (LatentDataset.load_source, minus the dataset)."""
+def _read(spec: Spec, item: SourceItem) -> tuple[bytes, str]:
     from . import discovery
-    from .dataset import fit_image
-    from .preprocess import Preprocess
 
     if discovery.is_remote(item.url):
         loc = Location(item.url, spec.source_options)
@@ -166,7 +164,17 @@ def _load(spec: Spec, item: SourceItem) -> tuple[np.ndarray, dict[str, Any]]:
     else:
         with open(discovery._local(item.url), "rb") as fh:
             data = fh.read()
-    digest = hashlib.sha256(data).hexdigest()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _load(spec: Spec, item: SourceItem, data: bytes | None = None, digest: str | None = None
+          ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read + preprocess one file (LatentDataset.load_source, minus the dataset)."""
+    from .dataset import fit_image
+    from .preprocess import Preprocess
+
+    if data is None or digest is None:
+        data, digest = _read(spec, item)
     img = Preprocess(crop_roi=spec.crop_roi, size=spec.size)(io.BytesIO(data), name=item.url)
     content_shape = list(img.shape)
     img = fit_image(img, spec.image_size, spec.fit)  # type: ignore[arg-type]
@@ -174,8 +182,33 @@ def _load(spec: Spec, item: SourceItem) -> tuple[np.ndarray, dict[str, Any]]:
                  "relpath_hash": item.relpath_hash}
 
 
-def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str, Any]:
-    """One Dask task: read, encode, write one shard + index; return its rows (nothing committed)."""
+def _adopt(spec: Spec, where: tuple, digest: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]] | None:
+    """The committed latent of a cache written before the source root entered the key, if it was
+    made from these very bytes (its content sha256 is the source's); see LatentDataset._adopt_legacy."""
+    from .shards import decode_sample
+
+    shard_path, off, length, mlen, soff, sha, content_sha, meta_off, meta_len = where
+    if content_sha != digest:
+        return None
+    loc = spec.cache().location
+    fs, so = loc.fs, loc.storage_options
+    try:
+        buf = call(lambda: fs.cat_file(shard_path, start=off, end=off + length), shard_path, storage_options=so)
+        raw = call(lambda: fs.cat_file(shard_path, start=meta_off, end=meta_off + meta_len), shard_path,
+                   storage_options=so)
+        mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=shard_path)
+        meta = json.loads(raw)
+    except (OSError, ValueError, LatentdsError):
+        return None  # an unreadable old copy is no reason not to encode afresh
+    return np.array(mean), (np.array(std) if std is not None else None), meta
+
+
+def encode_partition(spec: Spec, pid: str, items: list[SourceItem], adopt: dict[int, tuple] | None = None
+                     ) -> dict[str, Any]:
+    """One Dask task: read, encode, write one shard + index; return its rows (nothing committed).
+
+    ``adopt``: item index -> where its pre-issue-11 (legacy key) copy is committed; taken instead of
+    encoding when the stored content hash equals the file's."""
     import torch
 
     from .shards import build_shard, index_document, shard_name
@@ -223,7 +256,12 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str,
 
     def load(i: int) -> tuple[int, Any, Any]:
         try:
-            return i, _load(spec, items[i]), None
+            data, digest = _read(spec, items[i])
+            if adopt and i in adopt:
+                old = _adopt(spec, adopt[i], digest)
+                if old is not None:
+                    return i, old, None
+            return i, _load(spec, items[i], data, digest), None
         except Exception as exc:  # any error of one file is that file's failure
             return i, None, exc
 
@@ -231,6 +269,14 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str,
         for i, res, exc in ex.map(load, range(len(items))):
             if exc is not None:
                 failures.append((i, type(exc).__name__, str(exc)))
+                continue
+            if len(res) == 3:  # adopted from an old cache: no encoding
+                m, s, meta = res
+                item = items[i]
+                meta = {k: v for k, v in meta.items() if k not in ("sha256", "shape", "dtype", "shard")}
+                full = dict(meta, key=item.key, target=int(item.target), sha256=_array_digest(m, s),
+                            shape=list(m.shape), dtype=str(m.dtype))
+                entries.append((item.key, Entry(m, s, full)))
                 continue
             img, meta = res
             pending.setdefault(img.shape, []).append((i, img, meta))
@@ -264,6 +310,36 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem]) -> dict[str,
 
 
 # -- the client -------------------------------------------------------------------------------
+
+def _legacy_copies(store: Any, todo: list[tuple[str, list[SourceItem]]]) -> dict[str, dict[int, tuple]]:
+    """Per partition: items not committed under their key whose pre-issue-11 key (no source root)
+    is, with where that copy lives, so the task can take it instead of encoding (after checking
+    the content hash). An old cache is thus re-keyed by a bulk re-run without encoding again."""
+    if not todo:
+        return {}
+    try:
+        m = store.refresh()
+    except LatentdsError:
+        return {}  # a broken manifest is reported by the commit; no shortcut then
+    if m is None:
+        return {}
+    out: dict[str, dict[int, tuple]] = {}
+    content = meta_off = meta_len = None
+    for pid, chunk in todo:
+        for i, it in enumerate(chunk):
+            if m.find(it.key) >= 0:
+                continue
+            r = m.find(it.legacy_key)
+            if r < 0:
+                continue
+            if content is None:
+                content = m.column("content_sha256")
+                meta_off, meta_len = m.column("meta_offset"), m.column("meta_length")
+            shard, off, length, mlen, soff, sha, _ = m.locate(r)
+            out.setdefault(pid, {})[i] = (store.shard_path(shard), off, length, mlen, soff, sha,
+                                          str(content[r].as_py()), int(meta_off[r].as_py()), int(meta_len[r].as_py()))
+    return out
+
 
 def _redact(msg: str, item: SourceItem) -> str:
     return msg.replace(item.url, "<source>").replace(item.rel, "<source>")
@@ -342,13 +418,15 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
            crop_roi: bool = True, size: int | None = None, image_size: tuple[int, int] | None = None,
            fit: str = "pad", extensions: Sequence[str] | None = None, split: str | None = None,
            retry_failed: bool = False, progress: bool = True, max_in_flight: int | None = None,
-           temp_grace_s: float = 3600.0, _crash_marker: str | None = None) -> BulkReport:
+           temp_grace_s: float = 3600.0, source_id: str | None = None,
+           _crash_marker: str | None = None) -> BulkReport:
     """Encode every sample of ``source`` into ``cache`` on Dask; resumable, idempotent.
 
     ``client``: a ``distributed.Client``; else ``scheduler`` (an address) is connected to; else a
     ``LocalCluster(n_workers, threads_per_worker, processes=True)`` is started and closed.
     ``shard_samples`` files make one partition = one task = one shard. ``retry_failed`` encodes
-    only the files recorded as failed. Returns a :class:`BulkReport`; ``report.failures`` lists
+    only the files recorded as failed. ``source_id``: the tree's identity in every sample key, as
+    ``LatentDataset(source_id=...)`` (default: the resolved root path or URL). Returns a :class:`BulkReport`; ``report.failures`` lists
     every failure still outstanding for this source (real paths; the cache holds only hashes).
     """
     from dask.distributed import Client, LocalCluster, as_completed
@@ -376,7 +454,8 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
                 tuple(image_size) if image_size is not None else None, fit, batch_size, prefetch, torch_threads,
                 _crash_marker)
 
-    srcs: SourceList = list_sources(source, storage_options=so, extensions=extensions, split=split)
+    srcs: SourceList = list_sources(source, storage_options=so, extensions=extensions, split=split,
+                                    source_id=source_id)
     items = srcs.items
     report = BulkReport(total=len(items), namespace=ns)
     by_hash = {it.relpath_hash: it for it in items}
@@ -395,6 +474,7 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
         parts.append((pid, chunk))
     report.partitions = len(parts)
     todo = [(pid, chunk) for pid, chunk in parts if retry_failed or pid not in done_parts]
+    adopt = _legacy_copies(store, todo)
     report.skipped_partitions = len(parts) - len(todo)
 
     own_cluster = own_client = None
@@ -420,8 +500,8 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
             queue = list(todo)
             futures = []
             for pid, chunk in queue[:limit]:
-                futures.append(client.submit(encode_partition, spec, pid, chunk, key=f"lds-{pid}", pure=False,
-                                             retries=2))
+                futures.append(client.submit(encode_partition, spec, pid, chunk, adopt.get(pid), key=f"lds-{pid}",
+                                             pure=False, retries=2))
             queue = queue[limit:]
             ac = as_completed(futures)
             for batch in ac.batches():
@@ -476,8 +556,8 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
                 bar.set_postfix(failures=new_failures, refresh=False)
                 while queue and ac.count() < limit:
                     pid, chunk = queue.pop(0)
-                    ac.add(client.submit(encode_partition, spec, pid, chunk, key=f"lds-{pid}", pure=False,
-                                         retries=2))
+                    ac.add(client.submit(encode_partition, spec, pid, chunk, adopt.get(pid), key=f"lds-{pid}",
+                                         pure=False, retries=2))
         bar.close()
     finally:
         if own_client is not None:

@@ -24,6 +24,7 @@ from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
 from .errors import CacheError, LatentdsError
 from .preprocess import Preprocess
+from .sources import legacy_key, root_identity
 from .storage import Location
 from .store import CompactReport, ShardedStore
 
@@ -97,6 +98,12 @@ class LatentDataset(DatasetFolder):
             (``compact()`` computes them); raises ``CacheError`` if none were committed yet.
         local_cache, local_cache_bytes: an optional bounded local read-through cache (directory,
             size) of sample bytes read from a remote store, for repeated epochs.
+        source_id: which tree this is, in every sample key (default: the root's resolved path
+            or ``protocol://bucket/prefix``), so several trees can share one cache without
+            ever serving each other's latents. Give a stable name (and the same one to
+            ``latentds.encode``) when the tree is mounted at different paths on different nodes.
+        max_pixels: refuse a source whose declared size exceeds this many pixels before decoding
+            it (default ``LATENTDS_MAX_PIXELS`` or 8192 x 8192); not part of the fingerprint.
     """
 
     def __init__(
@@ -123,10 +130,12 @@ class LatentDataset(DatasetFolder):
         normalize: bool = False,
         local_cache: str | os.PathLike[str] | None = None,
         local_cache_bytes: int = 4 << 30,
+        source_id: str | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.storage_options = dict(storage_options or {})
         self._custom_loader = loader
-        self.preprocess = Preprocess(crop_roi=crop_roi, size=size)
+        self.preprocess = Preprocess(crop_roi=crop_roi, size=size, max_pixels=max_pixels)
         self.image_size = tuple(image_size) if image_size is not None else None
         self.fit: Fit = fit
         if fit not in ("pad", "resize"):
@@ -142,6 +151,7 @@ class LatentDataset(DatasetFolder):
         )
         self.imgs = self.samples
         self._source = Location(self.root, self.storage_options)
+        self._root_id = str(source_id) if source_id is not None else root_identity(self.root, self.storage_options)
 
         self._codec_kwargs = dict(codec_kwargs or {})
         self._device = str(device)
@@ -157,6 +167,7 @@ class LatentDataset(DatasetFolder):
         self._cache_info = {
             "codec": self._codec_name, "codec_fingerprint": fingerprint, "f": self.codec.f,
             "latent_channels": self.codec.latent_channels, "preprocessing": preprocessing,
+            "classes": list(self.classes),  # names of the targets, for exports and stock readers
         }
         self._info_written = False
         self._sharded = ShardedStore(self._cache, local_cache=local_cache, local_cache_bytes=local_cache_bytes)
@@ -207,6 +218,11 @@ class LatentDataset(DatasetFolder):
     def namespace(self) -> str:
         return self._cache.namespace
 
+    @property
+    def latent_channels(self) -> int:
+        """C of the codec: the input channels of a model trained on these latents (kl-f8c4 -> 4)."""
+        return int(self.codec.latent_channels)
+
     def _preprocessing_spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"preprocess": self.preprocess.to_dict(), "image_size": self.image_size,
                                 "fit": self.fit if self.image_size else None}
@@ -226,16 +242,22 @@ class LatentDataset(DatasetFolder):
         rel = os.path.relpath(path, root) if not discovery.is_remote(self.root) else path[len(root):]
         return rel.replace(os.sep, "/").lstrip("/")
 
+    @property
+    def source_id(self) -> str:
+        """The tree's identity in every sample key (see ``source_id`` in the class docs)."""
+        return self._root_id
+
     def source_identity(self, index: int) -> dict[str, Any]:
-        """What decides a hit: relative path, size, and mtime (local) or ETag (object stores)."""
+        """What decides a hit: the tree (``root``), relative path, size, and mtime (local) or
+        ETag (object stores)."""
         path = self.samples[index][0]
         rel = self.relative_path(index)
         if not discovery.is_remote(path):
             st = os.stat(discovery._local(path))
-            return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "root": self._root_id}
         info = self._source.fs.info(path)
         tag = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if info.get(k)), None)
-        return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag)}
+        return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag), "root": self._root_id}
 
     def key(self, index: int) -> str:
         path = self.samples[index][0]
@@ -247,22 +269,30 @@ class LatentDataset(DatasetFolder):
         memo = self._key_memo.get(index)
         if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
             return memo[2]
-        k = sample_key({"path": self.relative_path(index), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        k = sample_key({"path": self.relative_path(index), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        "root": self._root_id})
         self._key_memo[index] = (st.st_size, st.st_mtime_ns, k)
         return k
 
     # -- encoding ------------------------------------------------------------------------------
     def load_source(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Read and preprocess one source image; returns the image and source metadata."""
-        path, _ = self.samples[index]
-        rel = self.relative_path(index)
+        data, digest = self._read_source(index)
+        return self._prepare(index, data, digest)
+
+    def _read_source(self, index: int) -> tuple[bytes, str]:
+        path = self.samples[index][0]
         if discovery.is_remote(path):
             # one GET of the whole object; cat_file also avoids buffered-file quirks of some stores
             data = self._source.fs.cat_file(path)
         else:
             with open(discovery._local(path), "rb") as fh:
                 data = fh.read()
-        digest = hashlib.sha256(data).hexdigest()
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _prepare(self, index: int, data: bytes, digest: str) -> tuple[np.ndarray, dict[str, Any]]:
+        path = self.samples[index][0]
+        rel = self.relative_path(index)
         if self._custom_loader is not None:
             img = _to_float_image(self._custom_loader(path), path)
         else:
@@ -285,10 +315,40 @@ class LatentDataset(DatasetFolder):
         return Entry(m, s, meta)
 
     def _encode_one(self, index: int, key: str) -> Entry:
-        img, src_meta = self.load_source(index)
+        data, digest = self._read_source(index)
+        adopted = self._adopt_legacy(index, key, digest)
+        if adopted is not None:
+            return adopted
+        img, src_meta = self._prepare(index, data, digest)
         x = torch.from_numpy(img)[None, None].to(self.codec.device)
         mean, std = self.codec.encode_dist(x)
         return self._store(index, key, mean[0], std[0], src_meta)
+
+    def _adopt_legacy(self, index: int, key: str, digest: str) -> Entry | None:
+        """A miss may be a sample of a cache written before the source root entered the key
+        (see :func:`latentds.sources.legacy_key`). Its old entry is taken, with no encoding, only
+        if it was made from these very bytes (stored content sha256 == the source's): an old
+        entry of another tree's file with the same relative path, size and mtime is never served.
+        The latent is copied to a staging object under the new key, so the next compaction
+        commits it and later reads are ordinary hits."""
+        old = legacy_key({k: v for k, v in self.source_identity(index).items()})
+        try:
+            hit = self._sharded.get(old)
+            if hit is None:
+                return None
+            meta = self._sharded.read_meta(old) if "content_sha256" not in hit.meta else hit.meta
+        except LatentdsError:
+            return None  # an unreadable old entry is no reason not to encode afresh
+        if meta.get("content_sha256") != digest:
+            return None
+        meta = dict(meta, key=key, target=int(self.targets[index]))
+        for k in ("sha256", "shape", "dtype", "shard"):  # recomputed by encode_entry
+            meta.pop(k, None)
+        if not self._info_written:
+            self._cache.write_info(self._cache_info)
+            self._info_written = True
+        self._cache.put(key, hit.mean, hit.std, meta)
+        return Entry(hit.mean, hit.std, meta)
 
     def entry(self, index: int) -> Entry:
         """The cache entry of sample ``index``, encoding it on a miss."""
@@ -389,7 +449,11 @@ class LatentDataset(DatasetFolder):
                 if self._sharded.has(key):
                     report.cached += 1
                     continue
-                img, meta = self.load_source(index)
+                data, digest = self._read_source(index)
+                if self._adopt_legacy(index, key, digest) is not None:
+                    report.cached += 1
+                    continue
+                img, meta = self._prepare(index, data, digest)
             except (LatentdsError, OSError) as exc:
                 report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
                 self._record_failure(index, exc)

@@ -6,6 +6,12 @@ DataLoader workers of each rank, so every committed sample is read exactly once 
 across the whole job. With ``shuffle=True`` the shard order is permuted per epoch from
 ``seed + epoch`` (the same on every rank, so the split stays a partition) and samples are
 shuffled within each shard.
+
+:meth:`LatentIterableDataset.from_dataset` streams exactly that dataset's samples (their keys,
+resolved when it is called) with the dataset's targets: a namespace shared with other trees
+(train and val in one cache), rows superseded by a changed source, and targets stored at encode
+time under an older ``class_to_idx`` are never yielded (issue 11, item 2). A sample of the
+dataset that is not committed yet is an error, not a silently shorter epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .cache import LatentCache
-from .errors import CacheError
-from .shards import decode_sample, iter_tar_samples
+from .errors import CacheError, ShardError
+from .manifest import Manifest
+from .shards import decode_sample
 from .storage import call
 from .store import ShardedStore
 
@@ -39,64 +46,106 @@ class LatentIterableDataset(IterableDataset):
         rank, world_size: default from ``torch.distributed`` or the ``RANK``/``WORLD_SIZE`` env.
         shuffle, seed: per-epoch shard order and within-shard order; call :meth:`set_epoch`.
         transform: applied to the latent tensor.
+        samples: optional ``{key: target}``: stream only these samples, with these targets
+            (what :meth:`from_dataset` passes). Without it every committed sample of the
+            namespace is streamed with the target stored when it was encoded.
+        target_transform: applied to the target.
     """
 
     def __init__(self, cache: str, namespace: str, *, storage_options: dict[str, Any] | None = None,
                  rank: int | None = None, world_size: int | None = None, shuffle: bool = False, seed: int = 0,
-                 transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], Any] | None = None,
+                 samples: dict[str, int] | None = None,
+                 target_transform: Callable[[int], Any] | None = None) -> None:
         super().__init__()
         self.store = ShardedStore(LatentCache(cache, namespace, storage_options=storage_options))
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.transform = transform
+        self.target_transform = target_transform
+        self.samples = dict(samples) if samples is not None else None
 
     @classmethod
     def from_dataset(cls, ds: Any, **kwargs: Any) -> "LatentIterableDataset":
+        """Stream exactly ``ds``'s samples with ``ds``'s current targets (keys resolved now, as
+        ``ImageFolder`` scans at construction; call again after the files change)."""
         loc = ds.cache.root
-        return cls(loc.url, ds.namespace, storage_options=loc.storage_options, transform=ds.transform, **kwargs)
+        samples = {ds.key(i): int(t) for i, t in enumerate(ds.targets)}
+        kwargs.setdefault("transform", ds.transform)
+        kwargs.setdefault("target_transform", ds.target_transform)
+        return cls(loc.url, ds.namespace, storage_options=loc.storage_options, samples=samples, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def shards(self) -> list[str]:
+    def _plan(self) -> tuple[Manifest, dict[str, list[int]]]:
+        """The manifest generation this epoch reads and, per shard, the rows it yields there."""
         m = self.store.refresh()
         if m is None:
             raise CacheError(f"{self.store.manifests.pointer_path}: no committed shards; run compact first")
-        names = sorted(m.shards)
+        if self.samples is None:
+            rows: Any = range(len(m))
+        else:
+            found = [(k, m.find(k)) for k in self.samples]
+            missing = [k for k, r in found if r < 0]
+            if missing:
+                raise CacheError(
+                    f"{self.store.manifests.pointer_path}: {len(missing)} of {len(found)} samples of the dataset "
+                    f"are not in committed shards (e.g. key {missing[0]}); run dataset.fill() and "
+                    f"dataset.compact() (or `latentds encode` / `latentds compact`) first")
+            rows = sorted(r for _, r in found)
+        shard_ids = m.read_plan()[0][:, 0] if len(m) else np.empty(0, np.int64)
+        names = m.shards
+        by_shard: dict[str, list[int]] = {}
+        for r in rows:
+            by_shard.setdefault(names[int(shard_ids[r])], []).append(int(r))
+        return m, by_shard
+
+    def shards(self) -> list[str]:
+        return self._order(sorted(self._plan()[1]))
+
+    def _order(self, names: list[str]) -> list[str]:
         if self.shuffle:
             names = [names[i] for i in np.random.default_rng(self.seed + self.epoch).permutation(len(names))]
         return names
 
-    def my_shards(self) -> list[str]:
+    def _split(self, names: list[str]) -> list[str]:
         rank, world = _dist_rank_world()
         rank = self.rank if self.rank is not None else rank
         world = self.world_size if self.world_size is not None else world
-        mine = self.shards()[rank::world]
+        mine = names[rank::world]
         info = get_worker_info()
         if info is not None:
             mine = mine[info.id::info.num_workers]
         return mine
 
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
-        m = self.store.manifest()
-        assert m is not None
+    def my_shards(self) -> list[str]:
+        return self._split(self.shards())
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        # one generation for the whole epoch: the shard list and the rows come from the same one
+        m, by_shard = self._plan()
         fs, so = self.store.location.fs, self.store.location.storage_options
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
-        for shard in self.my_shards():
+        for shard in self._split(self._order(sorted(by_shard))):
             path = self.store.shard_path(shard)
             data = call(lambda: fs.cat_file(path), path, storage_options=so)
-            samples = list(iter_tar_samples(data, path))
+            # walk the manifest's rows of this shard (not the tar's members): the shard may also
+            # hold samples that are not this dataset's, or that the manifest no longer names
+            rows = by_shard[shard]
             if self.shuffle:
-                samples = [samples[i] for i in rng.permutation(len(samples))]
-            for key, fields in samples:
-                row = m.find(key)
-                if row < 0:  # in the shard but not committed (a merged-away duplicate): skip
-                    continue
-                owner, off, length, mlen, soff, sha, target = m.locate(row)
-                if owner != shard:  # committed from another shard: yield it there, once
-                    continue
+                rows = [rows[i] for i in rng.permutation(len(rows))]
+            for row in rows:
+                _, off, length, mlen, soff, sha, stored_target = m.locate(row)
+                key = m.key_at(row)
+                if off < 0 or length < 0 or off + length > len(data):
+                    raise ShardError(f"{path} (sample {key}): shard is truncated (bytes {off}..{off + length} of "
+                                     f"{len(data)}); run `latentds verify`")
                 mean, _ = decode_sample(data[off:off + length], mean_length=mlen, std_offset=soff, sha256=sha,
                                         name=f"{path} (sample {key})")
+                target: Any = self.samples[key] if self.samples is not None else stored_target
+                if self.target_transform is not None:
+                    target = self.target_transform(target)
                 z = torch.tensor(mean)
                 yield (self.transform(z) if self.transform else z), target
 

@@ -30,6 +30,13 @@ Decisions
   (and whose alpha, if any, is opaque) are accepted as grayscale; real colour, transparency,
   float and multi-page images raise :class:`~latentds.errors.ImageReadError`.
 * Resizing is bicubic with antialiasing (torch), clipped back to [0, 1].
+* Memory is bounded before any decoder runs: the declared size (DICOM Rows x Columns, a
+  PNG/JPEG/TIFF header) must not exceed a pixel limit (``max_pixels``; default
+  :data:`DEFAULT_MAX_PIXELS`, or the ``LATENTDS_MAX_PIXELS`` environment variable), and a
+  compressed DICOM frame's own header (JPEG / JPEG-LS SOF, JPEG 2000 SIZ) must state the same
+  size as the data set. Decoders allocate from one of those two sizes, so a 970-byte file
+  declaring 30000 x 30000 is refused in microseconds instead of taking 23 GB, and a 4000 x 4000
+  header over a tiny JPEG is refused instead of decoding into a garbage image (issue 11, item 3).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import numpy as np
 from latentds.errors import DicomError, ImageReadError, LatentdsError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "PIPELINE_VERSION",
@@ -58,6 +66,7 @@ __all__ = [
     "invert_if_monochrome1",
     "is_dicom",
     "load_image",
+    "pixel_limit",
     "read_dicom",
     "read_image",
     "resize_longest",
@@ -70,6 +79,25 @@ DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Bump whenever a stage changes its output: it is part of every cache fingerprint.
 PIPELINE_VERSION = 1
+#: Largest image accepted (pixels), 8192 x 8192: about 2 GB peak through decode + LUT + float
+#: stages. The largest radiographs (a 4096 x 5625 mammogram) are far below it.
+DEFAULT_MAX_PIXELS = 1 << 26
+
+
+def pixel_limit(limit: int | None = None) -> int:
+    """The pixel limit in force: ``limit`` if given, else ``LATENTDS_MAX_PIXELS``, else the default."""
+    if limit is not None:
+        return int(limit)
+    env = os.environ.get("LATENTDS_MAX_PIXELS")
+    if env:
+        try:
+            value = int(env)
+            if value < 1:
+                raise ValueError
+            return value
+        except ValueError:
+            raise ValueError(f"LATENTDS_MAX_PIXELS={env!r}: expected a positive integer number of pixels") from None
+    return DEFAULT_MAX_PIXELS
 
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF")
 _REQUIRED = (
@@ -89,6 +117,8 @@ class Preprocess:
 
     crop_roi: bool = True
     size: int | None = None  # longest side after resize; None keeps the size
+    # Not part of the fingerprint: it changes which files are refused, never an accepted image.
+    max_pixels: int | None = None  # None: LATENTDS_MAX_PIXELS or DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if not isinstance(self.crop_roi, bool):
@@ -97,12 +127,17 @@ class Preprocess:
             isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1
         ):
             raise ValueError(f"Preprocess.size must be a positive int or None, got {self.size!r}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                                            or self.max_pixels < 1):
+            raise ValueError(f"Preprocess.max_pixels must be a positive int or None, got {self.max_pixels!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": PIPELINE_VERSION, **asdict(self)}
+        d = asdict(self)
+        d.pop("max_pixels")  # a safety limit, not an output-changing stage: caches stay valid
+        return {"version": PIPELINE_VERSION, **d}
 
     def __call__(self, src: Source, *, name: str | None = None) -> np.ndarray:
-        return load_image(src, crop_roi=self.crop_roi, size=self.size, name=name)
+        return load_image(src, crop_roi=self.crop_roi, size=self.size, name=name, max_pixels=self.max_pixels)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -260,21 +295,84 @@ def _check_codestream_end(ds: Any, tsyntax: Any, name: str) -> None:
         )
 
 
-def decode_pixels(ds: Any, name: str) -> np.ndarray:
+def _sof_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG or JPEG-LS frame header (SOFn / SOF55), or None."""
+    i, n = 2, len(frame)
+    if frame[:2] != b"\xff\xd8":
+        return None
+    while i + 4 <= n:
+        if frame[i] != 0xFF:
+            return None
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        seg = int.from_bytes(frame[i + 2:i + 4], "big")
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(frame[i + 5:i + 7], "big"), int.from_bytes(frame[i + 7:i + 9], "big")
+        if marker in (0xDA, 0xD9) or seg < 2:  # scan data or end before any frame header
+            return None
+        i += 2 + seg
+    return None
+
+
+def _siz_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG 2000 codestream's SIZ segment (bare or inside JP2 boxes)."""
+    at = frame.find(b"\xff\x4f\xff\x51", 0, 1 << 16)
+    if at < 0 or at + 24 > len(frame):
+        return None
+    siz = frame[at + 4:at + 24]  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz
+    xsiz, ysiz = int.from_bytes(siz[4:8], "big"), int.from_bytes(siz[8:12], "big")
+    xo, yo = int.from_bytes(siz[12:16], "big"), int.from_bytes(siz[16:20], "big")
+    return ysiz - yo, xsiz - xo
+
+
+def _check_codestream_size(ds: Any, tsyntax: Any, rows: int, cols: int, name: str) -> None:
+    """A compressed frame's decoder sizes its output from the frame's own header; a data set
+    that declares another size gets either a huge allocation or a garbage image. Both sizes
+    must agree (and the declared one is already within the pixel limit)."""
+    from pydicom import uid
+    from pydicom.encaps import generate_frames
+
+    if tsyntax in uid.JPEG2000TransferSyntaxes:
+        reader, what = _siz_size, "JPEG 2000 SIZ"
+    elif tsyntax in (*uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes):
+        reader, what = _sof_size, "JPEG frame header (SOF)"
+    else:
+        return  # RLE and deflate decode to exactly Rows x Columns: the pixel limit covers them
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise DicomError(f"{name}: malformed encapsulated pixel data: {exc}") from exc
+    found = reader(bytes(frame[: 1 << 16]))
+    if found is None:
+        raise DicomError(f"{name}: compressed frame ({tsyntax.name}) has no readable {what}; the "
+                         "codestream is corrupt (refused before decoding)")
+    if found != (rows, cols):
+        raise DicomError(f"{name}: the compressed frame is {found[0]}x{found[1]} ({what}) but the data set "
+                         f"declares Rows={rows} Columns={cols}; refused before decoding (corrupt or crafted file)")
+
+
+def decode_pixels(ds: Any, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Stored values of a single-frame grayscale image as a native-endian 2-D integer array.
 
     Validates everything that can make pydicom fail or, worse, return a wrong image, and
     raises :class:`DicomError` naming ``name``. May add a file meta with the inferred
-    transfer syntax to ``ds`` (see module docstring)."""
+    transfer syntax to ``ds`` (see module docstring). ``max_pixels``: see :func:`pixel_limit`."""
     try:
-        return _decode_pixels(ds, name)
+        return _decode_pixels(ds, name, max_pixels)
     except LatentdsError:
         raise
     except Exception as exc:  # pydicom parses elements lazily: bad values raise on access
         raise DicomError(f"{name}: invalid DICOM data: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode_pixels(ds: Any, name: str) -> np.ndarray:
+def _decode_pixels(ds: Any, name: str, limit: int | None = None) -> np.ndarray:
     from pydicom.pixels import get_decoder
 
     if "PixelData" not in ds:
@@ -311,6 +409,13 @@ def _decode_pixels(ds: Any, name: str) -> np.ndarray:
             f"{name}: invalid image geometry Rows={rows} Columns={cols} "
             f"BitsAllocated={bits_alloc} BitsStored={bits_stored}"
         )
+    limit = pixel_limit(limit)
+    if rows * cols > limit:
+        raise DicomError(
+            f"{name}: declares {rows}x{cols} = {rows * cols:,} pixels, over the limit of {limit:,}; refused "
+            "before decoding. Raise it with Preprocess(max_pixels=...) / LatentDataset(max_pixels=...) or "
+            "the LATENTDS_MAX_PIXELS environment variable if the image is genuine"
+        )
 
     tsyntax = _transfer_syntax(ds, name)
     try:
@@ -327,6 +432,7 @@ def _decode_pixels(ds: Any, name: str) -> np.ndarray:
 
     if ds["PixelData"].is_undefined_length:
         _check_codestream_end(ds, tsyntax, name)
+        _check_codestream_size(ds, tsyntax, rows, cols, name)
     else:
         expected = rows * cols * bits_alloc // 8
         actual = len(ds.PixelData)
@@ -401,12 +507,13 @@ def invert_if_monochrome1(img: np.ndarray, ds: Any) -> np.ndarray:
 
 
 def read_dicom(
-    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None
+    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Read a single-frame grayscale DICOM into a float32 2-D array in [0, 1]."""
     label = _label(src, name)
     ds = _read_dataset(src, label)
-    arr = decode_pixels(ds, label)
+    arr = decode_pixels(ds, label, max_pixels)
     try:
         img = invert_if_monochrome1(apply_voi(apply_modality(arr, ds), ds), ds)
     except Exception as exc:  # malformed LUTs / windows surface here as pydicom errors
@@ -447,15 +554,22 @@ def _pil_to_unit(im: Any, label: str) -> np.ndarray:
 
 
 def read_image(
-    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None
+    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Read a grayscale PNG / JPEG / TIFF into a float32 2-D array in [0, 1]."""
     from PIL import Image
 
     label = _label(src, name)
+    limit = pixel_limit(max_pixels)
     with _open(src, label, ImageReadError) as fp:
         try:
             with Image.open(fp, formats=_PIL_FORMATS) as im:
+                w, h = im.size  # from the header: nothing is decoded yet
+                if w * h > limit:
+                    raise ImageReadError(
+                        f"{label}: declares {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; refused "
+                        "before decoding (raise it with max_pixels= or LATENTDS_MAX_PIXELS if genuine)")
                 if getattr(im, "n_frames", 1) != 1:
                     raise ImageReadError(f"{label}: {im.n_frames} frames; only single images")
                 im.load()  # decode fully now: a truncated file must raise, not pad
@@ -471,15 +585,17 @@ def read_image(
 
 
 def load_image(
-    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None
+    src: Source, *, crop_roi: bool = True, size: int | None = None, name: str | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
-    """Read DICOM (by extension or content, see :func:`is_dicom`) or PNG/JPEG/TIFF."""
+    """Read DICOM (by extension or content, see :func:`is_dicom`) or PNG/JPEG/TIFF.
+    ``max_pixels``: refuse larger images before decoding (see :func:`pixel_limit`)."""
     label = _label(src, name)
     by_name = os.path.splitext(label)[1].lower() in DICOM_EXTENSIONS
     with _open(src, label, DicomError if by_name else ImageReadError) as fp:
         # fp is seekable here, so is_dicom can look at the content; the name was judged above.
         reader = read_dicom if by_name or is_dicom(fp) else read_image
-        return reader(fp, crop_roi=crop_roi, size=size, name=label)
+        return reader(fp, crop_roi=crop_roi, size=size, name=label, max_pixels=max_pixels)
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -19,7 +19,34 @@ from . import discovery
 from .cache import sample_key
 from .storage import Location
 
+__all__ = ["SourceItem", "SourceList", "list_sources", "root_identity", "legacy_key"]
+
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def root_identity(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str:
+    """Which tree a relative path is relative to: part of every sample key.
+
+    Without it ``train/benign/x.dcm`` and ``val/benign/x.dcm`` (relative path ``benign/x.dcm``
+    in both) with equal size and mtime, as after unpacking an archive of fixed-size DICOMs, would
+    share one cache entry and val would be served train's latents (issue 11, item 1). Local
+    roots: the resolved absolute path (``realpath``, so a symlinked or relative spelling of the
+    same folder gives the same key); object stores: ``protocol://bucket/prefix``. Moving or
+    renaming the tree therefore makes every sample a miss; pass ``source_id=`` (the same string
+    wherever the tree is mounted) to key a tree by a name of your choosing instead."""
+    s = os.fspath(root)
+    if not discovery.is_remote(s):
+        return os.path.realpath(discovery._local(s))
+    loc = Location(s, dict(storage_options or {}))
+    return f"{s.split('://', 1)[0]}://{loc.fs._strip_protocol(s).rstrip('/')}"
+
+
+def legacy_key(identity: dict[str, Any]) -> str:
+    """The key a sample had before the source root entered the key (caches written before
+    issue 11). Readers look it up only on a miss and accept it only when the stored content
+    hash equals the source's (see ``LatentDataset.entry``), so an old cache is still read
+    without encoding and a colliding old entry is never served."""
+    return sample_key({k: v for k, v in identity.items() if k != "root"})
 
 
 @dataclass(frozen=True)
@@ -29,12 +56,16 @@ class SourceItem:
     url: str                  # local absolute path or fsspec URL
     rel: str                  # relative path (to the folder, or as written in the table)
     target: int               # class index, -1 when the source has no labels
-    identity: tuple[tuple[str, Any], ...]
+    identity: tuple[tuple[str, Any], ...]  # (relative path, size, mtime_ns or etag, root identity)
     split: str | None = None
 
     @property
     def key(self) -> str:
         return sample_key(dict(self.identity))
+
+    @property
+    def legacy_key(self) -> str:
+        return legacy_key(dict(self.identity))
 
     @property
     def relpath_hash(self) -> str:
@@ -55,40 +86,47 @@ def _etag(info: dict[str, Any]) -> str:
     return str(tag)
 
 
-def _identity(url: str, rel: str, loc: Location | None, info: dict[str, Any] | None = None) -> tuple:
+def _identity(url: str, rel: str, root: str, loc: Location | None, info: dict[str, Any] | None = None) -> tuple:
+    # keys in sorted order: dict(identity) then serialises exactly as LatentDataset's identity
     if not discovery.is_remote(url):
         st = os.stat(discovery._local(url))
-        return (("mtime_ns", st.st_mtime_ns), ("path", rel), ("size", st.st_size))
+        return (("mtime_ns", st.st_mtime_ns), ("path", rel), ("root", root), ("size", st.st_size))
     assert loc is not None
     if info is None or not info.get("size") and info.get("size") != 0:
         info = loc.fs.info(url)
-    return (("etag", _etag(info)), ("path", rel), ("size", int(info.get("size", 0))))
+    return (("etag", _etag(info)), ("path", rel), ("root", root), ("size", int(info.get("size", 0))))
 
 
-def _identities(pairs: list[tuple[str, str]], loc: Location | None, infos: dict[str, dict] | None = None,
+def _identities(pairs: list[tuple[str, str, str]], loc: Location | None, infos: dict[str, dict] | None = None,
                 threads: int = 16) -> list[tuple]:
     if loc is None or infos is not None:
-        return [_identity(u, r, loc, (infos or {}).get(u)) for u, r in pairs]
+        return [_identity(u, r, root, loc, (infos or {}).get(u)) for u, r, root in pairs]
     with ThreadPoolExecutor(threads) as ex:  # object stores: one HEAD per file, in parallel
-        return list(ex.map(lambda p: _identity(p[0], p[1], loc), pairs))
+        return list(ex.map(lambda p: _identity(p[0], p[1], p[2], loc), pairs))
 
 
 def list_sources(source: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-                 extensions: Sequence[str] | None = None, split: str | None = None) -> SourceList:
-    """Discover the samples of ``source`` sorted by relative path (deterministic partitions)."""
+                 extensions: Sequence[str] | None = None, split: str | None = None,
+                 source_id: str | None = None) -> SourceList:
+    """Discover the samples of ``source`` sorted by relative path (deterministic partitions).
+
+    ``source_id``: the tree's identity in every key (default :func:`root_identity` of the
+    folder, or of the directory a table's relative paths are relative to); give the same
+    value as to ``LatentDataset(source_id=...)``."""
     src = os.fspath(source)
     so = dict(storage_options or {})
     exts = tuple(e.lower() for e in (extensions or discovery.DEFAULT_EXTENSIONS))
     if src.lower().endswith(TABLE_SUFFIXES):
-        out = _from_table(src, so, split)
+        out = _from_table(src, so, split, source_id)
     else:
-        out = _from_folder(src, so, exts)
+        out = _from_folder(src, so, exts, source_id)
     out.items.sort(key=lambda it: it.rel)
     return out
 
 
-def _from_folder(src: str, so: dict[str, Any], exts: tuple[str, ...]) -> SourceList:
+def _from_folder(src: str, so: dict[str, Any], exts: tuple[str, ...], source_id: str | None) -> SourceList:
     remote = discovery.is_remote(src)
+    root_id = source_id if source_id is not None else root_identity(src, so)
     loc = Location(src, so) if remote else None
     root_local = os.path.abspath(discovery._local(src)) if not remote else None
     try:
@@ -127,7 +165,7 @@ def _from_folder(src: str, so: dict[str, Any], exts: tuple[str, ...]) -> SourceL
         # one listing with details instead of a HEAD per object
         protocol = src.split("://", 1)[0]
         infos = {f"{protocol}://{p}": i for p, i in loc.fs.find(loc.path, detail=True).items()}
-    ids = _identities([(u, r) for u, r, _ in pairs], loc, infos)
+    ids = _identities([(u, r, root_id) for u, r, _ in pairs], loc, infos)
     items = [SourceItem(u, r, t, i) for (u, r, t), i in zip(pairs, ids)]
     return SourceList(items, classes, src, kind)
 
@@ -142,7 +180,7 @@ def _rel(url: str, root: str, loc: Location | None, root_local: str | None) -> s
     return rel.replace(os.sep, "/").lstrip("/")
 
 
-def _from_table(src: str, so: dict[str, Any], split: str | None) -> SourceList:
+def _from_table(src: str, so: dict[str, Any], split: str | None, source_id: str | None) -> SourceList:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -176,26 +214,33 @@ def _from_table(src: str, so: dict[str, Any], split: str | None) -> SourceList:
     numeric = all(s.lstrip("-").isdigit() for s in str_labels)
     classes = [] if numeric else str_labels
     class_to_idx = {c: i for i, c in enumerate(classes)}
-    rows: list[tuple[str, str, int, str | None]] = []
+    rows: list[tuple[str, str, int, str | None, str]] = []
     src_loc = Location(base_url, so) if remote else None
+    # what each row's relative path is relative to: the table's folder for relative paths (the
+    # ImageFolder root when the table sits there, so the keys equal LatentDataset's), the
+    # filesystem root for absolute paths, the protocol for URLs
+    base_id = source_id if source_id is not None else root_identity(base_url, so)
     for p, lab, sp in zip(paths, labels, splits):
         if split is not None and (sp is None or str(sp) != split):
             continue
         if "://" in p:
             url, rel = p, p.split("://", 1)[1]
+            root_id = source_id if source_id is not None else p.split("://", 1)[0] + "://"
         elif os.path.isabs(p):
             url, rel = p, p.lstrip("/")
+            root_id = source_id if source_id is not None else "/"
         else:
             url = f"{base_url}/{p}" if remote else os.path.join(base_url, p)
             rel = p.replace(os.sep, "/").lstrip("/")
+            root_id = base_id
         if lab is None or str(lab) == "":
             target = -1
         else:
             target = int(str(lab)) if numeric else class_to_idx[str(lab)]
-        rows.append((url, rel, target, None if sp is None else str(sp)))
+        rows.append((url, rel, target, None if sp is None else str(sp), root_id))
     item_loc = src_loc if remote or any(discovery.is_remote(r[0]) for r in rows) else None
     if item_loc is None and any(discovery.is_remote(r[0]) for r in rows):
         item_loc = Location(rows[0][0], so)
-    ids = _identities([(u, r) for u, r, _, _ in rows], item_loc)
-    items = [SourceItem(u, r, t, i, sp) for (u, r, t, sp), i in zip(rows, ids)]
+    ids = _identities([(u, r, root_id) for u, r, _, _, root_id in rows], item_loc)
+    items = [SourceItem(u, r, t, i, sp) for (u, r, t, sp, _), i in zip(rows, ids)]
     return SourceList(items, classes, src, "table")
