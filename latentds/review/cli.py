@@ -22,12 +22,20 @@ _EPILOG_ANALYZE = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the project's one-line style (exit 2), like the rest of `latentds`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"latentds: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentds review",
+    p = _Parser(prog="latentds review",
                                 description="The expert reader study of the paper (section 3.2): readers rate "
                                             "each codec's reconstruction against the original on three 5-point "
                                             "Likert items, blinded to the codec. See docs/review.md.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
 
     c = sub.add_parser("create", help="pick cases and write a self-contained study folder",
@@ -89,7 +97,7 @@ def _create(args: argparse.Namespace) -> int:
 
     st = create_study(args.study, args.source, args.codec, n=args.n, seed=args.seed, size=args.size,
                       crop_roi=not args.no_crop_roi, readers=args.reader, key_file=args.key_file,
-                      device=args.device, storage_options=args.storage_options)
+                      device=args.device, storage_options=args.storage_options, progress=True)
     print(f"wrote {st.root}: {len(st.cases)} cases x {len(st.codecs)} codecs = {len(st.trials)} ratings per reader")
     print(f"next: latentds review serve {st.root}")
     return 0
@@ -102,7 +110,12 @@ def _serve(args: argparse.Namespace) -> int:
     st = load_study(args.study)
     srv = make_server(st, args.host, args.port, allow_remote=args.allow_remote)
     remote = args.host not in LOOPBACK_HOSTS
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    shown = args.host
+    if args.host in ("0.0.0.0", "::", ""):  # all interfaces: give readers a name they can reach
+        import socket
+
+        shown = socket.getfqdn() or socket.gethostname()
+    shown = f"[{shown}]" if ":" in shown else shown
     url = f"http://{shown}:{srv.port}/" + (f"?token={st.token()}" if remote else "")
     print(f"latentds review: {len(st.trials)} ratings per reader; answers -> {st.db_path}", flush=True)
     print(f"open {url}" + ("   (share this link only with the readers)" if remote else ""), flush=True)

@@ -232,12 +232,13 @@ def create_study(
     storage_options: dict[str, Any] | None = None,
     device: str = "cpu",
     log=None,
+    progress: bool = False,
 ) -> Study:
     """Write a study folder; see the module docstring for its layout.
 
     ``n`` cases are drawn (stratified by class when ``source`` has class folders); a case whose
     source cannot be read or preprocessed is reported on ``log`` and replaced by another of
-    its class. ``key_file`` (outside the study folder) receives the case -> source path map
+    its class (``progress``: a progress bar on stderr). ``key_file`` (outside the study folder) receives the case -> source path map
     for the study owner; the study folder itself never holds a path."""
     import torch
 
@@ -306,6 +307,11 @@ def create_study(
     plan = _pick_cases(targets, n, rng)
     chosen: list[int] = []
     failures = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="review create", unit="case")
     for row in plan:
         want, order = row[-1], row[:-1]
         got = 0
@@ -333,11 +339,15 @@ def create_study(
                     rec = c.decode(mean)[0, 0].float().cpu().numpy()
                 recs.append(rec[: img.shape[0], : img.shape[1]])
             cases[f"pending{len(cases)}"] = {"_img": img, "_recs": recs, "_item": item}
+            if bar is not None:
+                bar.update(1)
         if got < want:
             raise StudyError(f"{source}: only {got} usable images in class "
                              f"{sl.classes[targets[order[0]]] if sl.classes else '(none)'} for the {want} "
                              f"cases asked for ({failures} unreadable sources so far); lower --n")
 
+    if bar is not None:
+        bar.close()
     # Case ids are assigned in a shuffled order, so "c01" says nothing about class or source order.
     pending = list(cases.values())
     cases = {}
