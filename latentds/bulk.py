@@ -444,8 +444,8 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
     pre = preprocessing_spec(crop_roi, size, image_size, fit)
     ns = namespace_id(c.fingerprint, pre)
     lcache = LatentCache(os.fspath(cache), ns, storage_options=cso)
-    lcache.write_info({"codec": codec, "codec_fingerprint": c.fingerprint, "f": c.f,
-                       "latent_channels": c.latent_channels, "preprocessing": pre})
+    info = {"codec": codec, "codec_fingerprint": c.fingerprint, "f": c.f, "latent_channels": c.latent_channels,
+            "preprocessing": pre}
     del c
     store = ShardedStore(lcache)
     loc = lcache.location
@@ -457,6 +457,15 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
     srcs: SourceList = list_sources(source, storage_options=so, extensions=extensions, split=split,
                                     source_id=source_id)
     items = srcs.items
+    # Accept and refuse exactly what the in-process path (ImageFolder) does: no sample at all, or
+    # an ImageFolder tree with an empty class folder, is the user's mistake, not "0 files done".
+    from .discovery import DEFAULT_EXTENSIONS, check_nonempty
+
+    check_nonempty(os.fspath(source), list(srcs.classes) if srcs.kind == "imagefolder" else [],
+                   [it.target for it in items], extensions=tuple(extensions or DEFAULT_EXTENSIONS),
+                   allow_empty=retry_failed)
+    # written after listing so the class names (the meaning of each target) go with it
+    lcache.write_info(dict(info, classes=list(srcs.classes)))
     report = BulkReport(total=len(items), namespace=ns)
     by_hash = {it.relpath_hash: it for it in items}
     known_failures = read_failures(loc)
