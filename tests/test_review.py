@@ -94,8 +94,9 @@ def test_create_skips_unreadable_sources_and_reports_them(tmp_path):
     items = list_sources(src).items
     bad = next(i for i, it in enumerate(items) if it.rel.endswith("broken.dcm"))
     # a seed whose draw includes the broken file, so it must be skipped and replaced
+    targets = [it.target for it in items]
     seed = next(s for s in range(100)
-                if bad in (row := _pick_cases([it.target for it in items], 6, np.random.default_rng(s))[0])[:row[-1]])
+                if bad in (neg := _pick_cases(targets, 6, np.random.default_rng(s))[0])[0][:neg[1]])
     msgs: list[str] = []
     st = create_study(tmp_path / "st", src, ["bicubic-f4"], n=6, seed=seed, log=msgs.append)
     assert len(st.cases) == 6

@@ -190,7 +190,7 @@ def read_png16(path: Path, sha256: str | None = None) -> np.ndarray:
 # ----------------------------------------------------------------------------- create
 
 
-def _pick_cases(targets: list[int], n: int, rng: np.random.Generator) -> list[list[int]]:
+def _pick_cases(targets: list[int], n: int, rng: np.random.Generator) -> list[tuple[list[int], int]]:
     """Per class, a random order of its samples and how many to take (proportional
     allocation, largest remainders, at least one per class when n allows)."""
     classes = sorted(set(targets))
@@ -203,7 +203,7 @@ def _pick_cases(targets: list[int], n: int, rng: np.random.Generator) -> list[li
             break
         take[c] += 1
     order = {c: list(rng.permutation(by_class[c])) for c in classes}
-    return [[int(i) for i in order[c]] + [take[c]] for c in classes]  # last element: how many
+    return [([int(i) for i in order[c]], take[c]) for c in classes]
 
 
 def _read_source(url: str, storage_options: dict[str, Any]) -> bytes:
@@ -301,19 +301,15 @@ def create_study(
                 used_names.add(nm)
                 return nm
 
-    cases: dict[str, dict[str, Any]] = {}
-    trials: dict[str, dict[str, Any]] = {}
-    key_rows: list[tuple[str, str]] = []
+    pending: list[tuple[Any, np.ndarray, list[np.ndarray]]] = []  # (source item, original, reconstructions)
     plan = _pick_cases(targets, n, rng)
-    chosen: list[int] = []
     failures = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="review create", unit="case")
-    for row in plan:
-        want, order = row[-1], row[:-1]
+    for order, want in plan:
         got = 0
         for idx in order:
             if got >= want:
@@ -329,7 +325,6 @@ def create_study(
                 failures += 1
                 log(f"latentds review create: skipped {item.rel}: cannot be read ({exc}); drew another")
                 continue
-            chosen.append(idx)
             got += 1
             recs = []
             x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
@@ -338,7 +333,7 @@ def create_study(
                     mean, _ = c.encode_dist(x.to(c.device))  # the stored latent is the posterior mean
                     rec = c.decode(mean)[0, 0].float().cpu().numpy()
                 recs.append(rec[: img.shape[0], : img.shape[1]])
-            cases[f"pending{len(cases)}"] = {"_img": img, "_recs": recs, "_item": item}
+            pending.append((item, img, recs))
             if bar is not None:
                 bar.update(1)
         if got < want:
@@ -349,24 +344,24 @@ def create_study(
     if bar is not None:
         bar.close()
     # Case ids are assigned in a shuffled order, so "c01" says nothing about class or source order.
-    pending = list(cases.values())
-    cases = {}
+    cases: dict[str, dict[str, Any]] = {}
+    trials: dict[str, dict[str, Any]] = {}
+    key_rows: list[tuple[str, str]] = []
     perm = rng.permutation(len(pending))
     width = max(2, len(str(len(pending))))
     for k, j in enumerate(perm, start=1):
-        p = pending[int(j)]
+        item, img, recs = pending[int(j)]
         cid = f"c{k:0{width}d}"
-        item = p["_item"]
-        h, w = p["_img"].shape
+        h, w = img.shape
         oname = fresh_name()
-        osha = write_png16(root / "images" / oname, p["_img"])
+        osha = write_png16(root / "images" / oname, img)
         cases[cid] = {
             "label": sl.classes[item.target] if sl.classes and item.target >= 0 else None,
             "shape": [int(h), int(w)],
             "original": {"file": oname, "sha256": osha},
         }
         key_rows.append((cid, item.rel))
-        for c, rec in zip(built, p["_recs"]):
+        for c, rec in zip(built, recs):
             rname = fresh_name()
             rsha = write_png16(root / "images" / rname, rec)
             trials[f"t{secrets.token_hex(6)}"] = {"case": cid, "codec": c.name,
