@@ -319,3 +319,14 @@ def test_create_from_an_s3_source_matches_the_local_one(source, study_dir, s3_en
     assert sorted(t["reconstruction"]["sha256"] for t in remote.trials.values()) == \
         sorted(t["reconstruction"]["sha256"] for t in local.trials.values())
     assert bucket.encode() not in b"".join(p.read_bytes() for p in (tmp_path / "s3study").rglob("*") if p.is_file())
+
+
+def test_damaged_answers_database_is_a_clear_error(study_dir, tmp_path, capsys):
+    root = _fresh(study_dir, tmp_path)
+    (root / "answers.sqlite").write_bytes(b"not a database " * 20)
+    with pytest.raises(StudyError, match="cannot open the answers database"):
+        create_app(load_study(root))
+    assert latentds_main(["review", "analyze", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "answers.sqlite" in err and "never deleted" in err
+    assert (root / "answers.sqlite").read_bytes().startswith(b"not a database")  # left as it was

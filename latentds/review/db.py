@@ -70,9 +70,16 @@ class AnswerDB:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        with closing(self.connect()) as con:
-            con.executescript(_SCHEMA)
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            with closing(self.connect()) as con:
+                con.executescript(_SCHEMA)
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            from .study import StudyError
+
+            raise StudyError(f"{self.path}: cannot open the answers database ({exc}); the study folder must be "
+                             f"writable, and a damaged file must be restored from a backup (never deleted: it "
+                             f"holds the readers' answers)") from exc
 
     def connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit BEGIN
