@@ -33,7 +33,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import LatentdsError
+
 aten = torch.ops.aten
+
+
+class FlopCountError(LatentdsError):
+    """A model's forward failed while its MACs were counted (the message says which model,
+    input shape and rule were not counted)."""
+
 
 #: The rule that reproduces the paper's figures: fvcore's counts with batch norm in train mode.
 PAPER_RULE = "fvcore-train"
@@ -173,30 +181,48 @@ def count_macs(model: torch.nn.Module, input_shape: Sequence[int], *, rule: str 
     :func:`torch.func.functional_call` with meta stand-ins for its parameters and buffers,
     so its weights and running statistics are left untouched. ``device=None`` runs the model
     where it is, on a real zero input (for models whose forward cannot run on meta).
-    The model's train/eval mode is used as it is (it only matters to rule ``fvcore``).
+    The count runs in eval mode (restored after) under every rule but ``fvcore``, whose batch
+    norm count follows the model's mode: the count cannot then fail on an input the model takes
+    in eval mode. A forward that fails raises :class:`FlopCountError`, naming the model and shape.
     """
     mapping = formulas(rule)
     shape = _full_shape(input_shape)
+    if device is not None and torch.device(device).type != "meta":
+        raise ValueError(f"device must be 'meta' or None, got {device!r}")
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with torch.no_grad():
-        if device is None:
-            ref = next(iter([*model.parameters(), *model.buffers()]), None)
-            x = torch.zeros(shape, device=ref.device if ref is not None else "cpu")
-            with counter:
-                model(x)
-        elif torch.device(device).type == "meta":
-            x = torch.zeros(shape, device="meta")
-            if _on_meta(model):
+    # Under every rule but "fvcore" the count does not depend on the mode, so it runs in eval
+    # mode: training-mode batch norm refuses a batch of one on a 1x1 map (HRNet's lowest branch
+    # at 32x32 inputs), a valid input that must not fail the count. Modes are restored after.
+    flags = {m: m.training for m in model.modules()}
+    try:
+        if rule != "fvcore":
+            model.eval()
+        with torch.no_grad():
+            if device is None:
+                ref = next(iter([*model.parameters(), *model.buffers()]), None)
+                x = torch.zeros(shape, device=ref.device if ref is not None else "cpu")
                 with counter:
                     model(x)
             else:
-                stand_ins = {name: torch.empty_like(t, device="meta")
-                             for name, t in [*model.named_parameters(remove_duplicate=False),
-                                             *model.named_buffers(remove_duplicate=False)]}
-                with counter:
-                    torch.func.functional_call(model, stand_ins, (x,), tie_weights=True, strict=False)
-        else:
-            raise ValueError(f"device must be 'meta' or None, got {device!r}")
+                x = torch.zeros(shape, device="meta")
+                if _on_meta(model):
+                    with counter:
+                        model(x)
+                else:
+                    stand_ins = {name: torch.empty_like(t, device="meta")
+                                 for name, t in [*model.named_parameters(remove_duplicate=False),
+                                                 *model.named_buffers(remove_duplicate=False)]}
+                    with counter:
+                        torch.func.functional_call(model, stand_ins, (x,), tie_weights=True, strict=False)
+    except Exception as exc:  # noqa: BLE001 - reported as what was not counted
+        where = "on the meta device" if device is not None else "on a real zero input"
+        lines = str(exc).strip().splitlines()
+        raise FlopCountError(
+            f"the MACs of {type(model).__name__} at input {'x'.join(map(str, shape))} ({rule} rule, {where}) "
+            f"were not counted: {type(exc).__name__}: {lines[0] if lines else ''}") from exc
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
     by_op = {str(k): int(v) // 2 for k, v in counter.get_flop_counts().get("Global", {}).items()}
     return MacCount(total=int(counter.get_total_flops()) // 2, by_op=by_op, rule=rule)
 
@@ -291,6 +317,6 @@ def table1(*, rule: str = PAPER_RULE, image_size: int = 1024, model_name: str = 
 
 
 __all__ = [
-    "MacCount", "PAPER_RULE", "RULES", "TABLE1", "Table1Row", "count_macs", "create_meta_model",
+    "FlopCountError", "MacCount", "PAPER_RULE", "RULES", "TABLE1", "Table1Row", "count_macs", "create_meta_model",
     "formulas", "gmacs", "hrnet_gmacs", "table1",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 import torch
 from torch import nn
@@ -12,16 +14,21 @@ from .model import ProbeModel
 
 class ProbeModule(L.LightningModule):
     """Trains a :class:`ProbeModel` with AdamW (paper B.1: lr 1e-4). Binary tasks: one logit,
-    BCE; multiclass: K logits, cross-entropy. ``flip`` adds random horizontal flips."""
+    BCE; multiclass: K logits, cross-entropy. ``flip`` adds random horizontal flips.
+    ``input_fit`` / ``input_shape``: see :class:`ProbeModel` (the shape is checked here, at
+    construction, so a backbone that cannot take it fails before any training)."""
 
     def __init__(self, backbone: str = "hrnet_w64", in_chans: int = 1, num_classes: int = 2, *,
                  mode: str = "full", lr: float = 1e-4, weight_decay: float = 0.01, flip: bool = True,
-                 standardize: bool = True, backbone_kwargs: dict | None = None) -> None:
+                 standardize: bool = True, backbone_kwargs: dict | None = None, input_fit: str = "pad",
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__()
+        if input_shape is not None:  # a list: saved hyper-parameters load with weights_only=True
+            input_shape = [int(s) for s in input_shape]
         self.save_hyperparameters()
         self.num_classes = int(num_classes)
         self.model = ProbeModel(backbone, in_chans, num_classes, mode=mode, standardize=standardize,
-                                backbone_kwargs=backbone_kwargs)
+                                backbone_kwargs=backbone_kwargs, input_fit=input_fit, input_shape=input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .metrics import bootstrap_auroc
-from .model import MODES
+from .model import INPUT_FITS, MODES
 from .module import Indexed, ProbeModule
 
 #: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "mode": "full",            # full | linear (frozen backbone + linear head)
         "standardize": True,       # per-image, per-channel standardisation (no weights)
         "kwargs": {},              # extra timm.create_model keyword arguments
+        "input_fit": "pad",        # pad | resize | none: fit inputs to the backbone's required multiple
     },
     "data": {
         "root": None,              # ImageFolder-style folder or fsspec URL (classes = sub-folders)
@@ -98,6 +99,8 @@ def load_config(paths: Iterable[str | os.PathLike] = (), overrides: Iterable[str
         _merge(cfg, top)
     if cfg["model"]["mode"] not in MODES:
         raise ValueError(f"model.mode must be one of {MODES}, got {cfg['model']['mode']!r}")
+    if cfg["model"]["input_fit"] not in INPUT_FITS:
+        raise ValueError(f"model.input_fit must be one of {INPUT_FITS}, got {cfg['model']['input_fit']!r}")
     return cfg
 
 
@@ -189,9 +192,11 @@ class ProbeResult:
     num_classes: int
     backbone: str
     mode: str
-    input_shape: tuple[int, ...]
-    gmacs: float               # backbone + head, one input, latentds.flops rule
+    input_shape: tuple[int, ...]   # one input as the dataset gives it (C, H, W)
+    gmacs: float               # backbone + head at backbone_input_shape, latentds.flops rule; NaN: not counted
     seconds: float             # training + evaluation wall time
+    input_fit: str = "none"    # pad | resize | none: how inputs were fitted to the backbone
+    backbone_input_shape: tuple[int, ...] = ()  # what the backbone sees (after padding / resizing)
     extra: dict[str, Any] = field(default_factory=dict)
     module: Any = field(default=None, repr=False)
     scores: Any = field(default=None, repr=False)   # test-set scores (N, or N×K), test-set order
@@ -201,6 +206,9 @@ class ProbeResult:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("module", "scores", "targets")}  # no deepcopy of the model
         out["input_shape"] = list(self.input_shape)
+        out["backbone_input_shape"] = list(self.backbone_input_shape)
+        if self.gmacs != self.gmacs:  # NaN (not counted) is not JSON: null, with extra.gmacs_error
+            out["gmacs"] = None
         return out
 
 
@@ -220,17 +228,65 @@ def predict(module: ProbeModule, dataset: Dataset, *, batch_size: int = 128, num
     return torch.cat(scores), torch.cat(targets)
 
 
+def _shape_of(dataset: Dataset, what: str) -> tuple[int, ...]:
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"the {what} set is empty")
+    x0, _ = dataset[0]
+    return tuple(int(s) for s in torch.as_tensor(x0).shape)
+
+
+def count_probe_gmacs(module: ProbeModule, input_shape: Sequence[int]) -> tuple[float, str | None]:
+    """(GMACs, None) of backbone + head on one input of ``input_shape`` (C, H, W) as the backbone
+    sees it (after padding / resizing), under the paper's rule (``latentds.flops``, eval mode,
+    meta device); ``(nan, message)`` if the count failed, the message saying what was not counted."""
+    from latentds.flops import FlopCountError, gmacs
+
+    fitted = module.model.backbone_input_shape(input_shape)
+    counted = torch.nn.Sequential(module.model.backbone, module.model.head)
+    try:
+        return gmacs(counted, (1, *fitted)), None
+    except FlopCountError as exc:
+        return float("nan"), (f"GMACs of {module.model.backbone_label()} + head at input "
+                               f"1x{'x'.join(map(str, fitted))} not counted: {exc}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int, backbone: str = "hrnet_w64",
               mode: str = "full", epochs: int = 100, batch_size: int = 128, lr: float = 1e-4,
               weight_decay: float = 0.01, flip: bool = True, standardize: bool = True,
               backbone_kwargs: dict | None = None, seed: int = 0, num_workers: int = 0,
               accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
               precision: str = "auto", bootstrap: int = 1000, level: float = 0.95, val: Dataset | None = None,
-              progress: bool = False, module: ProbeModule | None = None) -> ProbeResult:
+              progress: bool = False, module: ProbeModule | None = None, input_fit: str = "pad",
+              output: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None) -> ProbeResult:
     """Train a probe on ``train`` with Lightning and score AUROC (bootstrap CI) on ``test``.
 
     Items are ``(C×H×W tensor, int target)``. ``module``: a prepared :class:`ProbeModule` to
-    train instead of a fresh one (the model arguments are then ignored).
+    train instead of a fresh one (the model arguments, ``input_fit`` included, are then ignored).
+
+    Shapes: inputs are fitted to the backbone's required multiple (``input_fit``: ``pad``,
+    ``resize`` or ``none``; see :class:`~trainers.probe.model.ProbeModel`). The train and test
+    shapes are checked before any training: a backbone that cannot take them raises
+    :class:`~trainers.probe.model.ProbeShapeError`. GMACs count the input the backbone sees
+    (padded / resized), in eval mode under the paper's rule; a count that fails anyway gives
+    ``gmacs`` NaN, ``extra["gmacs_error"]`` (what was not counted) and a warning, never a lost run.
+    A training batch of one is never formed where batch norm would refuse it (the last,
+    one-sample batch of an epoch is dropped then; with shuffling, a different sample each epoch).
+
+    ``output``: a folder (global rank 0 writes it) that receives each output as soon as it
+    exists: ``probe.pt`` after training, ``predictions.csv`` after the test pass, then
+    ``result.json`` (``{"config": config, "result": ...}``), so a late failure loses nothing
+    already computed.
 
     DDP (``strategy="ddp"``, ``devices``/``num_nodes``): every rank ends training with rank 0's
     weights (checked; the per-rank state-dict hashes are in ``extra["rank_state_hashes"]``). The
@@ -241,84 +297,119 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
     broadcast: every rank returns the same result (``extra["global_rank"]`` tells which one it
     is; ``extra["n_test_gathered"]`` is the count before de-duplication). ``result.scores`` /
     ``result.targets``: the test predictions in test-set order."""
+    import warnings
+
     import lightning as L
 
-    from latentds.flops import gmacs
-
     t0 = time.perf_counter()
+    shape = _shape_of(train, "training")
+    test_shape = _shape_of(test, "test")
     L.seed_everything(seed, workers=True, verbose=False)
-    module = module if module is not None else ProbeModule(backbone, in_chans, num_classes, mode=mode, lr=lr, weight_decay=weight_decay, flip=flip,
-                         standardize=standardize, backbone_kwargs=backbone_kwargs)
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=gen,
-                              persistent_workers=num_workers > 0)
-    val_loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers) if val is not None else None
+    if module is None:  # the shape is checked at construction, before any training
+        module = ProbeModule(backbone, in_chans, num_classes, mode=mode, lr=lr, weight_decay=weight_decay, flip=flip,
+                             standardize=standardize, backbone_kwargs=backbone_kwargs, input_fit=input_fit,
+                             input_shape=shape)
+    else:
+        module.model.check_input(shape)
+    if test_shape != shape:
+        module.model.check_input(test_shape)
+    fitted = module.model.backbone_input_shape(shape)
+    # Counted now (the count needs no trained weights): a failure is known before training,
+    # and is recorded rather than raised, so that it can never cost the run.
+    macs, macs_error = count_probe_gmacs(module, shape)
+    if macs_error:
+        warnings.warn(macs_error, RuntimeWarning, stacklevel=2)
+    out_dir = Path(output) if output else None
+
     trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=strategy, precision=resolve_precision(precision, accelerator), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
                         num_sanity_val_steps=0, limit_val_batches=1.0 if val is not None else 0)
+    per_rank = -(-len(train) // max(1, trainer.world_size))  # type: ignore[arg-type]
+    drop_last = per_rank > 1 and per_rank % batch_size == 1 and module.model.needs_batch_of_two(shape)
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=gen,
+                              persistent_workers=num_workers > 0, drop_last=drop_last)
+    val_loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers) if val is not None else None
     trainer.fit(module, train_loader, val_loader)
+    if out_dir is not None and trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_probe(module, out_dir / "probe.pt")
     num_classes = module.num_classes
     module.test_size = len(test)
     test_loader = DataLoader(Indexed(test), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     trainer.test(module, test_loader, verbose=False)
     scores, targets = module.test_predictions
+    if out_dir is not None and trainer.is_global_zero:
+        write_predictions(scores, targets, out_dir / "predictions.csv")
     ci = bootstrap_auroc(scores, targets, num_classes, n_boot=bootstrap, level=level, seed=seed) \
         if trainer.is_global_zero else None
     ci = trainer.strategy.broadcast(ci, src=0)
-    x0, _ = test[0]
-    shape = tuple(int(s) for s in x0.shape)
-    counted = torch.nn.Sequential(module.model.backbone, module.model.head).cpu()
-    macs = gmacs(counted, (1, *shape))
     hp = module.hparams
     extra = {"world_size": trainer.world_size, "global_rank": trainer.global_rank, "n_boot_used": ci.n_boot,
              "n_test_gathered": module.test_gathered,
-             "rank_state_hashes": list(getattr(module, "rank_state_hashes", []))}
-    return ProbeResult(ci.auroc, ci.lo, ci.hi, level, len(train), len(test), num_classes, hp.backbone, hp.mode, shape,
-                       macs, time.perf_counter() - t0, extra=extra, module=module, scores=scores, targets=targets)
+             "rank_state_hashes": list(getattr(module, "rank_state_hashes", [])),
+             "multiple": module.model.multiple, "dropped_last_batch_of_one": drop_last}
+    if macs_error:
+        extra["gmacs_error"] = macs_error
+    result = ProbeResult(ci.auroc, ci.lo, ci.hi, level, len(train), len(test), num_classes, hp.backbone, hp.mode,
+                         shape, macs, time.perf_counter() - t0, module.model.input_fit, fitted, extra=extra,
+                         module=module, scores=scores, targets=targets)
+    if out_dir is not None and trainer.is_global_zero:
+        write_result(result, out_dir / "result.json", config)
+    return result
 
 
 def run_from_config(cfg: Mapping[str, Any]) -> ProbeResult:
+    """Datasets from ``cfg["data"]``, then :func:`fit_probe`; ``cfg["output"]`` receives
+    ``probe.pt``, ``predictions.csv`` and ``result.json`` as each exists."""
     train, test, in_chans, num_classes = build_datasets(cfg)
     m, o, t, e = cfg["model"], cfg["optim"], cfg["trainer"], cfg["eval"]
-    result = fit_probe(train, test, in_chans=in_chans, num_classes=num_classes, backbone=m["backbone"],
-                       mode=m["mode"], standardize=m["standardize"], backbone_kwargs=m["kwargs"] or None,
-                       epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], weight_decay=o["weight_decay"],
-                       flip=o["flip"], seed=cfg["seed"], num_workers=cfg["data"]["num_workers"],
-                       accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
-                       strategy=t["strategy"], precision=t["precision"], bootstrap=e["bootstrap"],
-                       level=e["level"], progress=True)
-    if cfg["output"] and result.extra.get("global_rank", 0) == 0:
-        out = Path(cfg["output"])
-        out.mkdir(parents=True, exist_ok=True)
-        save_probe(result.module, out / "probe.pt")
-        save_predictions(result, out / "predictions.csv")
-        (out / "result.json").write_text(json.dumps({"config": cfg, "result": result.to_dict()}, indent=2, default=str))
-    return result
+    return fit_probe(train, test, in_chans=in_chans, num_classes=num_classes, backbone=m["backbone"],
+                     mode=m["mode"], standardize=m["standardize"], backbone_kwargs=m["kwargs"] or None,
+                     input_fit=m["input_fit"], epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"],
+                     weight_decay=o["weight_decay"], flip=o["flip"], seed=cfg["seed"],
+                     num_workers=cfg["data"]["num_workers"], accelerator=t["accelerator"], devices=t["devices"],
+                     num_nodes=t["num_nodes"], strategy=t["strategy"], precision=t["precision"],
+                     bootstrap=e["bootstrap"], level=e["level"], progress=True, output=cfg["output"], config=cfg)
 
 
 def save_probe(module: ProbeModule, path: str | os.PathLike) -> None:
     """``{"hparams": ..., "state_dict": ...}`` of the trained probe; :func:`load_probe` reads it."""
-    torch.save({"hparams": dict(module.hparams), "state_dict": module.model.state_dict()}, path)
+    _atomic_write(Path(path), lambda tmp: torch.save({"hparams": dict(module.hparams),
+                                                      "state_dict": module.model.state_dict()}, tmp))
 
 
 def load_probe(path: str | os.PathLike, map_location: Any = "cpu") -> ProbeModule:
     """The :class:`ProbeModule` saved by :func:`save_probe` (``output: DIR`` → ``DIR/probe.pt``)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     hp = dict(ckpt["hparams"])
+    hp.setdefault("input_fit", "none")  # probes saved before input fitting existed saw inputs as they were
     module = ProbeModule(hp.pop("backbone"), hp.pop("in_chans"), hp.pop("num_classes"), **hp)
     module.model.load_state_dict(ckpt["state_dict"])
     return module
 
 
-def save_predictions(result: ProbeResult, path: str | os.PathLike) -> None:
+def write_predictions(scores: torch.Tensor, targets: torch.Tensor, path: str | os.PathLike) -> None:
     """``index,target,score`` (binary) or ``index,target,score_0..score_{K-1}``, one row per test sample."""
-    s = result.scores.reshape(len(result.targets), -1)
+    s = scores.reshape(len(targets), -1)
     cols = ["score"] if s.shape[1] == 1 else [f"score_{k}" for k in range(s.shape[1])]
     lines = [",".join(["index", "target", *cols])]
     lines += [",".join([str(i), str(int(t)), *(repr(float(v)) for v in row)])
-              for i, (t, row) in enumerate(zip(result.targets.tolist(), s.tolist()))]
-    Path(path).write_text("\n".join(lines) + "\n")
+              for i, (t, row) in enumerate(zip(targets.tolist(), s.tolist()))]
+    text = "\n".join(lines) + "\n"
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def save_predictions(result: ProbeResult, path: str | os.PathLike) -> None:
+    """:func:`write_predictions` of a :class:`ProbeResult`."""
+    write_predictions(result.scores, result.targets, path)
+
+
+def write_result(result: ProbeResult, path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> None:
+    """``{"config": config, "result": result.to_dict()}`` as JSON (``gmacs`` null if not counted)."""
+    text = json.dumps({"config": config, "result": result.to_dict()}, indent=2, default=str)
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,15 +424,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a user error (a backbone that cannot take the inputs, ...) is one line
+    on stderr and exit status 2, as in ``latentds``. A run whose GMACs could not be counted is
+    saved whole and reported, then exits with status 2 too."""
+    import sys
+
+    from latentds.errors import LatentdsError
+
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
-    r = run_from_config(cfg)
+    try:
+        r = run_from_config(cfg)
+    except LatentdsError as exc:
+        print(f"latentds: error: {exc}", file=sys.stderr)
+        return 2
     if r.extra.get("global_rank", 0) != 0:
         return 0
+    shape = "x".join(map(str, r.input_shape))
+    if tuple(r.backbone_input_shape) != tuple(r.input_shape):
+        shape += f" ({r.input_fit} -> {'x'.join(map(str, r.backbone_input_shape[1:]))})"
+    macs = "GMACs not counted" if r.extra.get("gmacs_error") else f"{r.gmacs:.4f} GMACs"
     print(f"AUROC {r.auroc:.4f} [{r.ci_lo:.4f}, {r.ci_hi:.4f}] ({int(r.ci_level * 100)}% bootstrap CI); "
-          f"{r.backbone} {r.mode}; input {'x'.join(map(str, r.input_shape))}; {r.gmacs:.4f} GMACs; "
+          f"{r.backbone} {r.mode}; input {shape}; {macs}; "
           f"{r.n_train} train / {r.n_test} test; {r.seconds:.1f} s")
+    if r.extra.get("gmacs_error"):
+        saved = f"; the probe, predictions and result are saved in {cfg['output']}" if cfg["output"] else ""
+        print(f"latentds: error: {r.extra['gmacs_error']}{saved}", file=sys.stderr)
+        return 2
     return 0
