@@ -43,7 +43,11 @@ __all__ = [
     "KINDS",
     "TRANSFER_SYNTAXES",
     "SYNTHETIC_LABEL",
+    "GRADED",
     "phantom",
+    "phantom_with_finding",
+    "FINDINGS_FILE",
+    "read_findings",
     "write_dicom",
     "make_dataset",
 ]
@@ -65,6 +69,19 @@ _SOP_CLASSES = {
     "MG": ("1.2.840.10008.5.1.4.1.1.1.2", "Digital Mammography X-Ray Image Storage - For Presentation"),
     "DX": ("1.2.840.10008.5.1.4.1.1.1.1", "Digital X-Ray Image Storage - For Presentation"),
     "CR": ("1.2.840.10008.5.1.4.1.1.1", "Computed Radiography Image Storage"),
+}
+
+#: The graded task: per image, one finding size (px; log-uniform in the range) and one
+#: contrast (uniform). Calcification: the diameter of every speck of the cluster (+-15 %);
+#: fracture: the width of the lucent line. Sizes span the downsizing factors 4, 8 and 16, so
+#: a codec's f erases some findings and keeps others (the fine task, sizes 1-3 px, is a
+#: cliff: full size ~1.0, every f >= 4 ~ chance). The calcification ranges were set by
+#: measurement at 192x160, 128 images per class (benchmarks/RESULTS.md, "graded task"):
+#: small-cnn full size 0.97-0.99, bicubic f=4 ~0.77, f=8 ~0.67, f=16 ~0.47 (4 seeds). The
+#: fracture ranges are less calibrated (full size was unstable across seeds there).
+GRADED = {
+    "calcification": {"size": (1.5, 24.0), "contrast": (0.1, 0.3)},
+    "fracture": {"size": (1.0, 20.0), "contrast": (0.06, 0.2)},
 }
 
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs are hashed from entropy sources
@@ -126,6 +143,8 @@ def _spot(img: np.ndarray, cy: float, cx: float, diameter: float, amp: float) ->
     r = diameter / 2.0
     y0, y1 = max(int(np.floor(cy - r - 1)), 0), min(int(np.ceil(cy + r + 1)) + 1, img.shape[0])
     x0, x1 = max(int(np.floor(cx - r - 1)), 0), min(int(np.ceil(cx + r + 1)) + 1, img.shape[1])
+    if y0 >= y1 or x0 >= x1:  # wholly outside the image (a large graded cluster near the edge of a small one)
+        return
     yy, xx = np.mgrid[y0:y1, x0:x1]
     d = np.hypot(yy - cy, xx - cx)
     img[y0:y1, x0:x1] += amp * np.clip(r + 0.5 - d, 0.0, 1.0)
@@ -202,7 +221,7 @@ def _limb(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray,
     return img, bone_map, bones
 
 
-def _calcification_cluster(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> None:
+def _calcification_cluster(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> dict:
     h, w = img.shape
     # cluster centre well inside the tissue, away from the image border
     cand = np.argwhere(tissue[16:h - 16, 16:w - 16] > 0.97) + 16
@@ -221,13 +240,18 @@ def _calcification_cluster(img: np.ndarray, tissue: np.ndarray, rng: np.random.G
         if dy * dy + dx * dx > spread * spread or any((dy - a) ** 2 + (dx - b) ** 2 < 9.0 for a, b in placed):
             continue
         placed.append((dy, dx))
+    sizes, amps = [], []
     for dy, dx in placed:
         diameter = rng.uniform(1.0, 3.0)
         amp = rng.uniform(0.12, 0.2)  # modest contrast: tissue is ~0.3-0.75
         _spot(img, cy + dy, cx + dx, diameter, amp)
+        sizes.append(diameter)
+        amps.append(amp)
+    return {"size_px": float(np.mean(sizes)) if sizes else 0.0, "contrast": float(np.mean(amps)) if amps else 0.0,
+            "count": len(placed)}
 
 
-def _fracture_line(img: np.ndarray, bones: list, rng: np.random.Generator) -> None:
+def _fracture_line(img: np.ndarray, bones: list, rng: np.random.Generator) -> dict:
     h, w = img.shape
     xc, R = bones[int(rng.integers(len(bones)))]
     y0 = rng.uniform(0.2, 0.8) * h
@@ -247,6 +271,59 @@ def _fracture_line(img: np.ndarray, bones: list, rng: np.random.Generator) -> No
     d = np.abs(xx - xc[ya:yb, None])
     this_bone = _smoothstep((R + 0.5 - d) / 1.5)  # only the chosen bone, not its neighbour
     img[ya:yb, xa:xb] -= amp * weight * this_bone
+    return {"size_px": 1.0, "contrast": float(amp), "count": 1}
+
+
+def _graded_draw(rng: np.random.Generator, kind: str) -> tuple[float, float]:
+    lo, hi = GRADED[kind]["size"]
+    size = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    contrast = float(rng.uniform(*GRADED[kind]["contrast"]))
+    return size, contrast
+
+
+def _graded_cluster(img: np.ndarray, tissue: np.ndarray, rng: np.random.Generator) -> dict:
+    """A cluster of 3-8 specks, all about ``size`` px across (+-15 %), spaced by >= size + 2 px."""
+    h, w = img.shape
+    size, contrast = _graded_draw(rng, "calcification")
+    n = int(rng.integers(3, 9))
+    spread = min(max(6.0, 2.2 * size) * rng.uniform(1.0, 1.4), min(h, w) / 4)
+    m = int(min(spread + size, min(h, w) / 4))  # keep the cluster inside the tissue and the image
+    cand = np.argwhere(tissue[m:h - m, m:w - m] > 0.97) + m
+    if len(cand) == 0:
+        cand = np.array([[h // 2, w // 2]])
+    cy, cx = cand[int(rng.integers(len(cand)))].astype(float)
+    placed: list[tuple[float, float]] = []
+    gap2 = (size + 2.0) ** 2
+    for _ in range(400):
+        if len(placed) == n:
+            break
+        dy, dx = rng.uniform(-spread, spread, size=2)
+        if dy * dy + dx * dx > spread * spread or any((dy - a) ** 2 + (dx - b) ** 2 < gap2 for a, b in placed):
+            continue
+        placed.append((dy, dx))
+    for dy, dx in placed:
+        _spot(img, cy + dy, cx + dx, size * rng.uniform(0.85, 1.15), contrast * rng.uniform(0.9, 1.1))
+    return {"size_px": size, "contrast": contrast, "count": len(placed)}
+
+
+def _graded_fracture(img: np.ndarray, bones: list, rng: np.random.Generator) -> dict:
+    """A sharp-edged lucent line ``size`` px wide across one bone."""
+    h, w = img.shape
+    size, contrast = _graded_draw(rng, "fracture")
+    xc, R = bones[int(rng.integers(len(bones)))]
+    y0 = rng.uniform(0.2, 0.8) * h
+    x0 = float(xc[int(y0)])
+    ang = np.deg2rad(rng.uniform(-35.0, 35.0))
+    ext = int(np.ceil(R * 1.6 + size + 4))
+    ya, yb = max(int(y0) - ext, 0), min(int(y0) + ext + 1, h)
+    xa, xb = max(int(x0) - ext, 0), min(int(x0) + ext + 1, w)
+    yy, xx = np.mgrid[ya:yb, xa:xb].astype(np.float64)
+    across = -(xx - x0) * np.sin(ang) + (yy - y0) * np.cos(ang)
+    weight = np.clip(size / 2.0 + 0.5 - np.abs(across), 0.0, 1.0)  # antialiased band
+    d = np.abs(xx - xc[ya:yb, None])
+    this_bone = _smoothstep((R + 0.5 - d) / 1.5)
+    img[ya:yb, xa:xb] -= contrast * weight * this_bone
+    return {"size_px": size, "contrast": contrast, "count": 1}
 
 
 def _decoys(img: np.ndarray, where: np.ndarray, rng: np.random.Generator, kind: str,
@@ -274,7 +351,7 @@ def _decoys(img: np.ndarray, where: np.ndarray, rng: np.random.Generator, kind: 
 
 
 def phantom(seed: int, shape: tuple[int, int] = (512, 416), *, positive: bool,
-            kind: str = "calcification") -> np.ndarray:
+            kind: str = "calcification", graded: bool = False) -> np.ndarray:
     """A SYNTHETIC radiograph-like phantom: float32, 2-D, values in [0, 1].
 
     ``kind="calcification"``: a mammogram-like breast (chest wall on the left) with
@@ -284,30 +361,40 @@ def phantom(seed: int, shape: tuple[int, int] = (512, 416), *, positive: bool,
     adds a ~1 px hairline lucent line (-0.12..0.2) across one bone.
     Both classes get the same decoys for a given seed (blurry 6-10 px blobs, broad lucent
     bands), so the positive and negative image of one seed differ only at the finding.
+    ``graded=True``: the finding's size and contrast are drawn from :data:`GRADED` instead
+    (see :func:`phantom_with_finding`, which also returns them).
     """
+    return phantom_with_finding(seed, shape, positive=positive, kind=kind, graded=graded)[0]
+
+
+def phantom_with_finding(seed: int, shape: tuple[int, int] = (512, 416), *, positive: bool,
+                         kind: str = "calcification", graded: bool = False) -> tuple[np.ndarray, dict]:
+    """:func:`phantom` and a description of its finding: ``{"size_px", "contrast", "count"}``
+    (``size_px`` 0 for a negative; for the fine task the mean speck diameter / 1 px line)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     h, w = (int(shape[0]), int(shape[1]))
     if h < 32 or w < 32:
         raise ValueError(f"shape must be at least 32x32, got {shape!r}")
     r_anat, r_decoy, r_find = _rngs(seed, kind)
+    info = {"size_px": 0.0, "contrast": 0.0, "count": 0}
     if kind == "calcification":
         img, tissue, _ = _breast((h, w), r_anat)
         where = tissue
         _decoys(img, where, r_decoy, kind)
         if positive:
-            _calcification_cluster(img, tissue, r_find)
+            info = _graded_cluster(img, tissue, r_find) if graded else _calcification_cluster(img, tissue, r_find)
     else:
         img, bone_map, bones = _limb((h, w), r_anat)
         where = bone_map
         _decoys(img, where, r_decoy, kind, bones)
         if positive:
-            _fracture_line(img, bones, r_find)
+            info = _graded_fracture(img, bones, r_find) if graded else _fracture_line(img, bones, r_find)
     # mild quantum-like noise (signal dependent) on top of a dark, not quite black, background
     noise = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 7, KINDS.index(kind)]))
     img = 0.02 + img
     img = img + (0.004 + 0.008 * np.sqrt(np.clip(img, 0.0, None))) * noise.standard_normal((h, w))
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32), info
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -488,7 +575,8 @@ def _covering_window(bits_stored: int, rescale: tuple[float, float] | None) -> t
 def make_dataset(root, *, n_per_class: int = 8, shape: tuple[int, int] = (512, 416), seed: int = 0,
                  kind: str = "calcification", modalities: tuple[str, ...] = ("MG", "DX", "CR"),
                  transfer_syntaxes: tuple[str, ...] = ("explicit-le", "implicit-le", "rle", "jpeg2000-lossless"),
-                 bits: tuple[int, ...] = (12, 14, 16), progress: bool = False) -> list[tuple[Path, int]]:
+                 bits: tuple[int, ...] = (12, 14, 16), progress: bool = False,
+                 graded: bool = False) -> list[tuple[Path, int]]:
     """Write a SYNTHETIC ImageFolder-layout DICOM dataset: ``root/negative/sNNNNN.dcm`` and
     ``root/positive/sNNNNN.dcm`` (ids unique across classes) plus ``root/README.txt``.
 
@@ -498,6 +586,11 @@ def make_dataset(root, *, n_per_class: int = 8, shape: tuple[int, int] = (512, 4
     covering window -- the same options for both classes, so the format never predicts the
     label. Returns ``[(path, class_index)]`` sorted by path. Same arguments -> byte-identical
     files.
+
+    ``graded=True`` writes the graded task (finding size and contrast drawn from
+    :data:`GRADED`). Either way ``root/findings.csv`` records each image's finding
+    (``path,class,size_px,contrast,count``; size 0 for negatives), read back by
+    :func:`read_findings`, so that results can be broken down by finding size.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -523,9 +616,11 @@ def make_dataset(root, *, n_per_class: int = 8, shape: tuple[int, int] = (512, 4
 
         it = tqdm(jobs, desc="synthetic DICOM", unit="img")
     out: list[tuple[Path, int]] = []
+    findings = []
     for cls, i, path in it:
         s = _sample_seed(seed, cls, i)
-        img = phantom(s, shape, positive=bool(cls), kind=kind)
+        img, info = phantom_with_finding(s, shape, positive=bool(cls), kind=kind, graded=graded)
+        findings.append((path.relative_to(root).as_posix(), cls, info))
         b = int(bits[(i + i // len(transfer_syntaxes)) % len(bits)])
         rescale = _RESCALES[(i // 2) % len(_RESCALES)]
         window = _covering_window(b, rescale) if (i % 5) in (1, 2, 4) else None
@@ -545,6 +640,9 @@ def make_dataset(root, *, n_per_class: int = 8, shape: tuple[int, int] = (512, 4
         "no real patients; patient tags are fake: PatientName SYNTHETIC^PHANTOM).\n\n"
         f"task: {kind} ({'microcalcification cluster' if kind == 'calcification' else 'hairline fracture'}"
         " present in 'positive', absent in 'negative')\n"
+        + (f"graded: finding size {GRADED[kind]['size'][0]:g}-{GRADED[kind]['size'][1]:g} px (log-uniform), "
+           f"contrast {GRADED[kind]['contrast'][0]:g}-{GRADED[kind]['contrast'][1]:g}; per image in findings.csv\n"
+           if graded else "") +
         f"classes: {', '.join(CLASSES)} (class index = position)\n"
         f"samples per class: {n_per_class}\nshape: {tuple(int(v) for v in shape)}\nseed: {seed}\n"
         f"modalities: {', '.join(modalities)}\ntransfer syntaxes: {', '.join(transfer_syntaxes)}\n"
@@ -554,4 +652,24 @@ def make_dataset(root, *, n_per_class: int = 8, shape: tuple[int, int] = (512, 4
         "keeps fine detail; its numbers say nothing about clinical performance.\n"
     )
     (root / "README.txt").write_text(readme, encoding="utf-8")
+    lines = ["path,class,size_px,contrast,count"]
+    lines += [f"{rel},{cls},{info['size_px']:.4f},{info['contrast']:.4f},{info['count']}"
+              for rel, cls, info in sorted(findings, key=lambda t: t[0])]
+    (root / FINDINGS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return sorted(out, key=lambda pc: str(pc[0]))
+
+
+FINDINGS_FILE = "findings.csv"
+
+
+def read_findings(root) -> dict[str, dict] | None:
+    """``{relative path: {"class", "size_px", "contrast", "count"}}`` from ``root/findings.csv``
+    (written by :func:`make_dataset`), or None when the folder has none (a task not made here)."""
+    import csv
+
+    path = Path(root) / FINDINGS_FILE
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["path"]: {"class": int(r["class"]), "size_px": float(r["size_px"]),
+                            "contrast": float(r["contrast"]), "count": int(r["count"])} for r in csv.DictReader(fh)}

@@ -294,7 +294,7 @@ def test_make_dataset(tmp_path):
     root = tmp_path / "a"
 
     assert CLASSES == ("negative", "positive")
-    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "negative", "positive"]
+    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "findings.csv", "negative", "positive"]
     readme = (root / "README.txt").read_text()
     assert "SYNTHETIC" in readme and "not patient data" in readme.lower()
 
