@@ -31,8 +31,8 @@ def test_ddp_two_ranks_identical_weights_and_unpadded_auroc(tmp_path: Path) -> N
     first = sorted((tmp_path / "test" / "positive").glob("*.dcm"))[0]
     first.unlink()  # 11 test samples: 2 ranks get 6 each, one of them a padding duplicate
     # resnet10t has batch norm: without the buffer sync in ProbeModule.on_train_end the ranks' running
-    # statistics differ. 256x192 images -> 64x48 latents (the GMACs count runs one input in train
-    # mode, which batch norm refuses at 1x1 spatial size)
+    # statistics differ. 256x192 images -> 64x48 latents, which the probe pads to 64x64 (resnet10t's
+    # feature_info reductions go to 32)
     cfg = {"model": {"backbone": "resnet10t", "mode": "full"},
            "data": {"root": str(tmp_path / "train"), "test_root": str(tmp_path / "test"),
                     "cache": str(tmp_path / "cache"), "codec": "bicubic-f4", "image_size": [256, 192],
@@ -55,6 +55,7 @@ def test_ddp_two_ranks_identical_weights_and_unpadded_auroc(tmp_path: Path) -> N
     hashes = extra["rank_state_hashes"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     assert res["n_train"] == 12 and res["n_test"] == 11
+    assert res["input_fit"] == "pad" and res["input_shape"] == [1, 64, 48] and res["backbone_input_shape"] == [1, 64, 64]
     assert extra["n_test_gathered"] == 12  # the sampler did pad: one duplicate was dropped
 
     # single-process evaluation of the saved weights on the whole test set
