@@ -213,6 +213,9 @@ class KLCodec(Codec):
     (latents are the raw posterior mean; scaling/standardising is the consumer's job).
     """
 
+    #: "plain" (the paper's / ldm's AutoencoderKL) or "residual-s2d" (ResidualKLCodec).
+    arch_kind = "plain"
+
     def __init__(
         self,
         name: str,
@@ -413,6 +416,53 @@ class KLCodec(Codec):
         return y.clamp_(0.0, 1.0).contiguous()
 
 
+class ResidualKLCodec(KLCodec):
+    """The residual-s2d KL autoencoder (:mod:`latentds.codecs.residual`) as a codec:
+    ``mean = s2d(x) + α·g(x)``, ``decode(z) = s2d⁻¹(z) + α·h(z)``. With α = 0, or with
+    untrained zero-initialised last layers, it computes exactly ``s2d-f{f}c{C}``."""
+
+    def __init__(self, name: str, model: AutoencoderKL, *, alpha: float = 1.0, **kwargs: Any) -> None:
+        from latentds.codecs.s2d import s2d_channels
+
+        if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise CodecError(f"codec {name!r}: residual alpha must be a number in [0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+        super().__init__(name, model, **kwargs)
+        if self.in_channels != 1 or self.out_channels != 1:
+            raise CodecError(f"codec {name!r}: residual-s2d models have 1 input and 1 output channel")
+        if self.latent_channels not in s2d_channels(self.f):
+            raise CodecError(
+                f"codec {name!r}: residual-s2d needs C in {s2d_channels(self.f)} at f={self.f} "
+                f"(a square whose root divides f), got C={self.latent_channels}"
+            )
+
+    arch_kind = "residual-s2d"
+
+    @property
+    def fingerprint(self) -> str:
+        arch = {k: v for k, v in self.config.items() if k not in _OUTPUT_NEUTRAL_CONFIG}
+        arch["latentds_arch_kind"] = self.arch_kind
+        arch["residual_alpha"] = self.alpha
+        arch["residual_base"] = f"s2d-f{self.f}c{self.latent_channels}"
+        return compute_fingerprint(
+            name=self.name, arch=arch, weights_sha256=self._weights_sha256, preprocessing=self.preprocessing
+        )
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        from latentds.codecs.s2d import s2d_encode
+
+        base = s2d_encode(x.float(), self.f, self.latent_channels)
+        g, logvar = torch.chunk(super()._moments(x), 2, dim=1)
+        return torch.cat([base + self.alpha * g, logvar], dim=1)
+
+    def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
+        from latentds.codecs.s2d import s2d_decode
+
+        base = s2d_decode(z.float(), self.f, self.latent_channels)  # before the lean decoder sees z
+        # super() gives (h_raw + 1) / 2; the correction is h_raw / 2 (exactly 0 for h_raw = 0).
+        return base + self.alpha * (super()._decode_tile(z) - 0.5)
+
+
 # --------------------------------------------------------------------------- export format
 
 
@@ -421,22 +471,53 @@ def shipped_kl_defaults() -> list[str]:
     return sorted(p.name[: -len(".safetensors")] for p in PACKAGED_WEIGHTS_DIR.glob("kl-*.safetensors"))
 
 
-def save_kl_codec(codec_or_model: KLCodec | AutoencoderKL, path: str | os.PathLike[str], *, name: str) -> Path:
+def save_kl_codec(
+    codec_or_model: KLCodec | AutoencoderKL | Any,
+    path: str | os.PathLike[str],
+    *,
+    name: str,
+    arch_kind: str | None = None,
+    alpha: float | None = None,
+    tensor_dtype: str = "fp32",
+    extra_metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write weights + architecture as one safetensors file that ``create_codec(path)``
     (and ``create_codec(<kl name>, weights=path)``) can load.
 
     Metadata: ``{"latentds_codec": name, "config": <AutoencoderKL config JSON>,
-    "latentds_codec_format": "<version>"}``. Tensors are stored as float32. The file is
-    written to a temporary name and renamed, so a reader never sees half a file.
+    "latentds_codec_format": "<version>"}``, plus for the residual architecture
+    ``{"latentds_arch_kind": "residual-s2d", "latentds_residual_alpha": "<α>"}`` (a file
+    without ``latentds_arch_kind`` is the plain architecture). ``arch_kind`` / ``alpha``
+    default to what a ResidualKLCodec / ResidualS2DAutoencoder carries. Tensors are
+    stored as float32, or float16 with ``tensor_dtype="fp16"`` (half the size; loaders
+    upcast to float32, and the weights hash is taken after that). The file is written to
+    a temporary name and renamed, so a reader never sees half a file.
     """
     from safetensors.torch import save_file
 
+    from latentds.codecs.residual import ARCH_KINDS, RESIDUAL_S2D, ResidualS2DAutoencoder, residual_metadata
+
     cls = _autoencoder_cls()
-    model = codec_or_model.model if isinstance(codec_or_model, KLCodec) else codec_or_model
-    if not isinstance(model, cls):
-        raise CodecError(
-            f"save_kl_codec expects a KLCodec or a diffusers AutoencoderKL, got {type(codec_or_model).__name__}"
-        )
+    if isinstance(codec_or_model, ResidualKLCodec):
+        arch_kind = arch_kind or RESIDUAL_S2D
+        alpha = codec_or_model.alpha if alpha is None else alpha
+        model = codec_or_model.model
+    elif isinstance(codec_or_model, ResidualS2DAutoencoder):
+        arch_kind = arch_kind or RESIDUAL_S2D
+        alpha = codec_or_model.alpha if alpha is None else alpha
+        model = codec_or_model
+    else:
+        model = codec_or_model.model if isinstance(codec_or_model, KLCodec) else codec_or_model
+        if not isinstance(model, cls):
+            raise CodecError(
+                "save_kl_codec expects a KLCodec, a diffusers AutoencoderKL or a ResidualS2DAutoencoder, got "
+                f"{type(codec_or_model).__name__}"
+            )
+    arch_kind = arch_kind or "plain"
+    if arch_kind not in ARCH_KINDS:
+        raise CodecError(f"save_kl_codec: arch_kind must be one of {ARCH_KINDS}, got {arch_kind!r}")
+    if tensor_dtype not in ("fp32", "fp16"):
+        raise CodecError(f"save_kl_codec: tensor_dtype must be 'fp32' or 'fp16', got {tensor_dtype!r}")
     if not isinstance(name, str) or not name.strip():
         raise CodecError(f"save_kl_codec: name must be a non-empty string, got {name!r}")
     out = Path(path)
@@ -451,12 +532,21 @@ def save_kl_codec(codec_or_model: KLCodec | AutoencoderKL, path: str | os.PathLi
                 f"save_kl_codec: name {name!r} says f={m.group(1)}, C={m.group(2)} but the model has "
                 f"f={f_cfg}, C={config['latent_channels']}; use a matching name"
             )
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    store = torch.float16 if tensor_dtype == "fp16" else torch.float32
+    tensors = {k: v.detach().to("cpu", store).contiguous() for k, v in model.state_dict().items()}
     metadata = {
+        **(extra_metadata or {}),
         _METADATA_NAME_KEY: name,
         _METADATA_CONFIG_KEY: canonical_json(config),
         "latentds_codec_format": str(CODEC_FORMAT_VERSION),
     }
+    if arch_kind == RESIDUAL_S2D:
+        alpha = 1.0 if alpha is None else alpha
+        if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise CodecError(f"save_kl_codec: residual alpha must be a number in [0, 1], got {alpha!r}")
+        metadata.update(residual_metadata(float(alpha)))
+    elif alpha is not None:
+        raise CodecError("save_kl_codec: alpha= applies to arch_kind='residual-s2d' only")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -470,8 +560,9 @@ def save_kl_codec(codec_or_model: KLCodec | AutoencoderKL, path: str | os.PathLi
 
 def _parse_export(
     sd: StateDict, metadata: Mapping[str, str], path: str | os.PathLike[str]
-) -> tuple[str, dict[str, Any]] | None:
-    """(name, config) if the file was written by save_kl_codec, else None."""
+) -> tuple[str, dict[str, Any], float | None] | None:
+    """(name, config, residual α or None for the plain architecture) if the file was
+    written by save_kl_codec, else None."""
     if _METADATA_NAME_KEY not in metadata:
         return None
     try:
@@ -480,7 +571,28 @@ def _parse_export(
         raise CodecError(
             f"{str(path)!r}: latentds codec file has no valid 'config' metadata ({exc}); re-export it"
         ) from exc
-    return metadata[_METADATA_NAME_KEY], config
+    kind = metadata.get("latentds_arch_kind", "plain")
+    if kind == "plain":
+        return metadata[_METADATA_NAME_KEY], config, None
+    if kind != "residual-s2d":
+        raise CodecError(
+            f"{str(path)!r}: unknown architecture kind {kind!r} (this latentds knows plain and residual-s2d); "
+            "upgrade latentds or re-export the file"
+        )
+    try:
+        alpha = float(metadata["latentds_residual_alpha"])
+    except (KeyError, ValueError) as exc:
+        raise CodecError(f"{str(path)!r}: residual-s2d codec file without a valid 'latentds_residual_alpha' ({exc})") from exc
+    if not 0.0 <= alpha <= 1.0:
+        raise CodecError(f"{str(path)!r}: residual alpha {alpha} is outside [0, 1]; re-export the file")
+    return metadata[_METADATA_NAME_KEY], config, alpha
+
+
+def _make_codec(name: str, model: AutoencoderKL, alpha: float | None, **kwargs: Any) -> KLCodec:
+    """A plain KLCodec, or a ResidualKLCodec when the weights file says residual-s2d."""
+    if alpha is None:
+        return KLCodec(name, model, **kwargs)
+    return ResidualKLCodec(name, model, alpha=alpha, **kwargs)
 
 
 _RUNTIME_KWARGS = ("device", "dtype", "autocast", "tile_size", "tile_overlap")
@@ -500,9 +612,9 @@ def load_exported_kl_codec(path: str, **kwargs: Any) -> KLCodec:
             f"{path!r} is not a latentds codec file (no '{_METADATA_NAME_KEY}' metadata). Write it with "
             "save_kl_codec, or load a raw checkpoint with create_codec('<codec name>', weights=path)"
         )
-    name, config = export
+    name, config, alpha = export
     model = load_model(config, sd, where=f"codec file {path!r}")
-    return KLCodec(name, model, source=str(path), **kwargs)
+    return _make_codec(name, model, alpha, source=str(path), **kwargs)
 
 
 # --------------------------------------------------------------------------- factories
@@ -510,7 +622,8 @@ def load_exported_kl_codec(path: str, **kwargs: Any) -> KLCodec:
 
 def _weights_from_path(
     spec: KLSpec, path: str, arch: Mapping[str, Any] | None
-) -> tuple[AutoencoderKL, str, list[str], int]:
+) -> tuple[AutoencoderKL, str, list[str], int, float | None]:
+    """(model, source, ignored keys, LoRA merges, residual α or None)."""
     where = f"codec {spec.name!r}, weights {path!r}"
     p = Path(path)
     if p.is_dir():
@@ -518,11 +631,11 @@ def _weights_from_path(
         if arch:
             config = _merge_arch(config, arch)
         sd, ignored, n_lora = _to_diffusers_state_dict(sd, config)
-        return load_model(config, sd, where=where), str(p), ignored, n_lora
+        return load_model(config, sd, where=where), str(p), ignored, n_lora, None
     sd, metadata = read_weights_file(p)
     export = _parse_export(sd, metadata, p)
     if export is not None:
-        file_name, config = export
+        file_name, config, alpha = export
         if arch:
             raise CodecError(f"{where}: the file carries its own architecture ({file_name!r}); drop arch=")
         cfg = _clean_config(config)
@@ -532,13 +645,13 @@ def _weights_from_path(
                 f"{where}: the file holds {file_name!r} with f={f_file}, C={cfg['latent_channels']}, but "
                 f"{spec.name!r} needs f={spec.f}, C={spec.latent_channels}; use create_codec(path) instead"
             )
-        return load_model(config, sd, where=where), str(p), [], 0
+        return load_model(config, sd, where=where), str(p), [], 0, alpha
     config = _merge_arch(spec.config, arch)
     try:
         sd, ignored, n_lora = _to_diffusers_state_dict(sd, config)
     except CodecError as exc:
         raise CodecError(f"{where}: {exc}") from exc
-    return load_model(config, sd, where=where), str(p), ignored, n_lora
+    return load_model(config, sd, where=where), str(p), ignored, n_lora, None
 
 
 def _hf_sources(spec: KLSpec, repo_id: str | None, filename: str | None, subfolder: str | None) -> list[HFSource]:
@@ -602,9 +715,9 @@ def _kl_factory(spec: KLSpec, **kwargs: Any) -> KLCodec:
         _check_spec(spec, model, "arch=")
         return KLCodec(spec.name, model, source=f"random(seed={seed})", **kwargs)
     if isinstance(weights, str):
-        model, source, ignored, n_lora = _weights_from_path(spec, weights, arch)
+        model, source, ignored, n_lora, alpha = _weights_from_path(spec, weights, arch)
         _check_spec(spec, model, source)
-        return KLCodec(spec.name, model, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
+        return _make_codec(spec.name, model, alpha, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
     if weights is not None:
         raise CodecError(f"codec {spec.name!r}: weights must be a path, 'random' or None, got {type(weights).__name__}")
 
@@ -613,18 +726,18 @@ def _kl_factory(spec: KLSpec, **kwargs: Any) -> KLCodec:
     packaged = PACKAGED_WEIGHTS_DIR / f"{spec.name}.safetensors"
     looked.append(str(packaged))
     if packaged.is_file() and not any(hub.values()):
-        model, source, ignored, n_lora = _weights_from_path(spec, str(packaged), arch)
+        model, source, ignored, n_lora, alpha = _weights_from_path(spec, str(packaged), arch)
         _check_spec(spec, model, source)
-        return KLCodec(spec.name, model, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
+        return _make_codec(spec.name, model, alpha, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
     sources = _hf_sources(spec, hub["repo_id"], hub["filename"], hub["subfolder"])
     cache_dir = hub["cache_dir"] or hf_cache_dir()
     found, hf_looked = find_in_hf_cache(sources, cache_dir=cache_dir, revision=hub["revision"])
     looked += hf_looked
     if found is not None:
         _, local = found
-        model, source, ignored, n_lora = _weights_from_path(spec, local, arch)
+        model, source, ignored, n_lora, alpha = _weights_from_path(spec, local, arch)
         _check_spec(spec, model, source)
-        return KLCodec(spec.name, model, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
+        return _make_codec(spec.name, model, alpha, source=source, ignored_keys=ignored, lora_merged=n_lora, **kwargs)
     hint = spec.notes or (
         f"no default weights are shipped for {spec.name} (shipped: {', '.join(shipped_kl_defaults()) or 'none'}; "
         "train one with `latentds train-vae`); pass weights=PATH "

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {
         "f": 8,                    # downsampling factor per side: 4, 8 or 16
+        "arch_kind": "plain",      # plain (paper / ldm AutoencoderKL) | residual-s2d (s2d baseline + learned correction)
         "latent_channels": 4,      # C
         "base_channels": 128,      # ldm ``ch``; channels per level = base_channels * ch_mult
         "ch_mult": None,           # default: latentds.codecs.kl.CH_MULT[f] (ldm kl-f4/f8/f16)
@@ -35,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "loss": {
         "l1_weight": 1.0,
+        "hf_l1_weight": 0.0,       # extra L1 between high-pass images x - G_sigma*x (detail bicubic removes)
+        "hf_sigma": 1.0,           # Gaussian sigma (px) of that high-pass
         "kl_weight": 1.0e-6,
         "disc_weight": 0.5,
         "disc_start": 50001,       # generator step at which the adversarial terms switch on
@@ -181,6 +184,15 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.f must be 4, 8 or 16, got {m['f']!r}")
     if not isinstance(m["latent_channels"], int) or m["latent_channels"] < 1:
         raise ConfigError(f"model.latent_channels must be a positive int, got {m['latent_channels']!r}")
+    if m.get("arch_kind", "plain") not in ("plain", "residual-s2d"):
+        raise ConfigError(f"model.arch_kind must be plain or residual-s2d, got {m.get('arch_kind')!r}")
+    if m.get("arch_kind") == "residual-s2d":
+        c, f = m["latent_channels"], m["f"]
+        r = int(round(c ** 0.5))
+        if r * r != c or f % r:
+            raise ConfigError(f"model.arch_kind=residual-s2d needs C a square whose root divides f; got f={f}, C={c}")
+    if float(cfg["loss"].get("hf_l1_weight", 0.0)) < 0 or float(cfg["loss"].get("hf_sigma", 1.0)) <= 0:
+        raise ConfigError("loss.hf_l1_weight must be >= 0 and loss.hf_sigma > 0")
     if cfg["perceptual"]["kind"] not in ("auto", "lpips", "ms-ssim", "none"):
         raise ConfigError("perceptual.kind must be auto, lpips, ms-ssim or none")
     if cfg["data"]["crop_mode"] not in ("random", "resized", "mixed"):

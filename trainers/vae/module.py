@@ -59,11 +59,14 @@ def adapt_to_one_channel(sd: dict[str, torch.Tensor], in_channels: int) -> dict[
 
 
 def build_autoencoder(model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] | None, seed: int):
-    """(AutoencoderKL, its config, description of the initialisation)."""
+    """(AutoencoderKL, its config, description of the initialisation). For
+    ``model.arch_kind: residual-s2d`` the AutoencoderKL holds the correction networks and
+    :func:`wrap_architecture` puts the s2d baseline around it."""
     from latentds.codecs import create_codec
     from latentds.codecs.kl import build_model, load_model
 
     init_cfg = init_cfg or {}
+    kind = model_cfg.get("arch_kind", "plain")
     if not init_cfg.get("codec"):
         config = arch_config(model_cfg)
         return build_model(config, seed=seed, where="trainers.vae"), config, f"random (seed {seed})"
@@ -77,6 +80,10 @@ def build_autoencoder(model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] 
         if init_cfg.get("arch"):
             kwargs["arch"] = dict(init_cfg["arch"])
         codec = create_codec(name, **kwargs)
+    src_kind = getattr(codec, "arch_kind", "plain")
+    if src_kind != kind:
+        raise ValueError(f"init.codec {name!r} is a {src_kind} model but model.arch_kind is {kind!r}; "
+                         f"set model.arch_kind={src_kind} (the weights of one architecture mean nothing in the other)")
     src_cfg = dict(codec.config)
     f = 2 ** (len(src_cfg["block_out_channels"]) - 1)
     if (f, src_cfg["latent_channels"]) != (int(model_cfg["f"]), int(model_cfg["latent_channels"])):
@@ -87,6 +94,24 @@ def build_autoencoder(model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] 
     config = {**src_cfg, "in_channels": 1, "out_channels": 1}
     model = load_model(config, sd, where=f"init {name!r}")
     return model, config, f"{name} ({codec.source}; {src_cfg['in_channels']}->1 channel)"
+
+
+def wrap_architecture(vae: torch.nn.Module, model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] | None):
+    """(model the trainer optimises, description). plain: the AutoencoderKL itself.
+    residual-s2d: ResidualS2DAutoencoder around it -- zero-initialised corrections (the
+    model starts as s2d-f{f}c{C}) unless it continues a residual codec given as init.codec."""
+    if model_cfg.get("arch_kind", "plain") == "plain":
+        return vae, ""
+    from latentds.codecs.residual import DEFAULT_RESIDUAL_LOGVAR, ResidualS2DAutoencoder
+
+    fresh = not (init_cfg or {}).get("codec")
+    lv = model_cfg.get("logvar_init")
+    lv = DEFAULT_RESIDUAL_LOGVAR if lv is None else float(lv)
+    model = ResidualS2DAutoencoder(vae, int(model_cfg["f"]), int(model_cfg["latent_channels"]),
+                                   zero_init=fresh, logvar_init=lv)
+    desc = (f", residual-s2d around s2d-f{model_cfg['f']}c{model_cfg['latent_channels']}"
+            + (f" (corrections zero-initialised, posterior log-variance {lv:g})" if fresh else " (continued)"))
+    return model, desc
 
 
 def init_logvar(vae: torch.nn.Module, value: float) -> None:
@@ -127,7 +152,8 @@ class VAEModule(pl.LightningModule):
         super().__init__()
         self.cfg = copy.deepcopy(dict(cfg))
         vae, arch, init_desc = build_autoencoder(self.cfg["model"], self.cfg.get("init"), int(self.cfg["seed"]))
-        if self.cfg["model"].get("logvar_init") is not None:
+        self.arch_kind = self.cfg["model"].get("arch_kind", "plain")
+        if self.cfg["model"].get("logvar_init") is not None and self.arch_kind == "plain":
             init_logvar(vae, float(self.cfg["model"]["logvar_init"]))
             init_desc += f", posterior log-variance initialised to {float(self.cfg['model']['logvar_init']):g}"
         self.save_hyperparameters({"cfg": self.cfg, "arch": arch})
@@ -136,6 +162,8 @@ class VAEModule(pl.LightningModule):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         vae.set_attn_processor(AttnProcessor2_0())
+        vae, wrap_desc = wrap_architecture(vae, self.cfg["model"], self.cfg.get("init"))
+        self.init_desc += wrap_desc
         vae.train().requires_grad_(True)
         self.vae = vae
         d = self.cfg["disc"]
@@ -179,6 +207,15 @@ class VAEModule(pl.LightningModule):
         B = x.shape[0]
         l1 = (x.float() - xrec.float()).abs()
         rec = float(L["l1_weight"]) * l1
+        hf_w = float(L.get("hf_l1_weight", 0.0))
+        if hf_w:
+            # L1 between high-pass images: the error in exactly the detail (specks, thin
+            # lines, edges) that bicubic smooths away, on top of the plain L1.
+            from latentds.codecs.residual import high_pass
+
+            sig = float(L.get("hf_sigma", 1.0))
+            hf = (high_pass(x.float(), sig) - high_pass(xrec.float(), sig)).abs()
+            rec = rec + hf_w * hf
         p = self.perceptual(x.float(), xrec.float()) if float(P["weight"]) else None
         if p is not None:
             rec = rec + float(P["weight"]) * p
@@ -186,6 +223,8 @@ class VAEModule(pl.LightningModule):
         kl = post.kl().float().sum() / B
         loss = nll + float(L["kl_weight"]) * kl
         logs = {"l1": l1.mean().detach(), "nll": nll.detach(), "kl": kl.detach()}
+        if hf_w:
+            logs["hf_l1"] = hf.mean().detach()
         if p is not None:
             logs["perceptual"] = p.mean().detach()
         if disc_on:
@@ -335,7 +374,8 @@ class VAEModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vae_trainer"] = {"gen_step": self.gen_step, "micro_step": self.micro_step,
-                                     "perceptual": self.perceptual_desc, "arch": json.dumps(self.arch)}
+                                     "perceptual": self.perceptual_desc, "arch": json.dumps(self.arch),
+                                     "arch_kind": self.arch_kind}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         st = checkpoint.get("vae_trainer", {})

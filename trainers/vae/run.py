@@ -144,25 +144,61 @@ def _finish(cfg: Mapping[str, Any], run: Path, module: VAEModule, trainer: Any) 
            "gen_step": module.gen_step, "perceptual": module.perceptual_desc, "init": module.init_desc}
     is_zero = trainer is None or trainer.is_global_zero
     if cfg["trainer"].get("export", True) and is_zero:
-        out["codec_last"] = str(export_checkpoint(out["last"], run / "codec-last.safetensors"))
+        val = _validation_images(cfg) if cfg["model"].get("arch_kind", "plain") == "residual-s2d" else None
+        out["codec_last"] = str(export_checkpoint(out["last"], run / "codec-last.safetensors", val_images=val))
         if out["best"]:
-            out["codec_best"] = str(export_checkpoint(out["best"], run / "codec-best.safetensors"))
+            out["codec_best"] = str(export_checkpoint(out["best"], run / "codec-best.safetensors", val_images=val))
         (run / "result.json").write_text(json.dumps(out, indent=2))
     return out
 
 
-def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], *, name: str | None = None) -> Path:
+def _validation_images(cfg: Mapping[str, Any]) -> list[torch.Tensor] | None:
+    """The validation crops as 1×1×h×w tensors in [0, 1] (the residual α guard's data)."""
+    from trainers.vae.data import ValCrops
+
+    _, val_bank = build_banks(cfg["data"], int(cfg["seed"]))
+    if val_bank is None:
+        return None
+    d = cfg["data"]
+    ds = ValCrops(val_bank, int(d.get("val_crop") or d["crop"]), d.get("val_max"))
+    return [((ds[i]["image"][None].float() + 1) / 2).clamp(0, 1) for i in range(len(ds))]
+
+
+def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], *, name: str | None = None,
+                      val_images: list[torch.Tensor] | None = None, alpha: float | None = None) -> Path:
     """Trainer checkpoint (``.ckpt``) -> latentds codec file (safetensors + config) that
-    ``create_codec(out)`` and ``create_codec("kl-f{f}c{C}", weights=out)`` load."""
+    ``create_codec(out)`` and ``create_codec("kl-f{f}c{C}", weights=out)`` load.
+
+    A residual-s2d checkpoint is exported with its correction scale α: ``alpha`` if given,
+    else the α that :func:`latentds.codecs.residual.choose_alpha` picks on ``val_images``
+    (never worse than s2d on any of them), else 1.0 (no validation data: stated in the log)."""
     from latentds.codecs import save_kl_codec
-    from latentds.codecs.kl import load_model
+    from latentds.codecs.kl import ResidualKLCodec, load_model
+    from latentds.codecs.residual import choose_alpha
 
     state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     hp = state.get("hyper_parameters") or {}
     arch = hp.get("arch")
     if arch is None:
         raise ValueError(f"{ckpt}: not a trainers.vae checkpoint (no 'arch' hyper-parameter)")
+    kind = ((hp.get("cfg") or {}).get("model") or {}).get("arch_kind", "plain")
     sd = {k[len("vae."):]: v for k, v in state["state_dict"].items() if k.startswith("vae.")}
     model = load_model(arch, sd, where=f"checkpoint {str(ckpt)!r}")
     f = 2 ** (len(arch["block_out_channels"]) - 1)
-    return save_kl_codec(model, out, name=name or f"kl-f{f}c{arch['latent_channels']}")
+    name = name or f"kl-f{f}c{arch['latent_channels']}"
+    if kind == "plain":
+        return save_kl_codec(model, out, name=name)
+    if alpha is None and val_images:
+        codec = ResidualKLCodec(name, model, alpha=1.0)
+
+        def roundtrip(x: torch.Tensor, a: float) -> torch.Tensor:
+            codec.alpha = a
+            return codec.decode(codec.encode(x))[..., : x.shape[-2], : x.shape[-1]]
+
+        alpha, report = choose_alpha(roundtrip, val_images)
+        log.info("trainers.vae: residual alpha %.2f chosen on %d validation images (%s)", alpha, len(val_images),
+                 json.dumps([r for r in report["grid"] if r["alpha"] == alpha]))
+    elif alpha is None:
+        alpha = 1.0
+        log.warning("trainers.vae: no validation images; residual codec exported with alpha=1.0 (unguarded)")
+    return save_kl_codec(model, out, name=name, arch_kind="residual-s2d", alpha=float(alpha))
