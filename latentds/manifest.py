@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 import uuid
 from typing import Any, Iterator
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ManifestError
-from .shards import Row
+from .shards import KEY_NAME, SHARD_NAME, Row
 from .storage import Location, call, write_atomic
 
 POINTER = "CURRENT.json"
@@ -44,6 +45,11 @@ Layout = tuple[np.dtype, tuple[int, ...], int]  # dtype, shape, element count
 #: What opening a generation decodes; every other column is decoded on first use.
 READER_COLUMNS = ("key", "shard", "offset", "length", "mean_length", "std_offset", "target", "crc32c")
 META_KEY = b"latentds"
+#: Generation names (:func:`new_generation`); a pointer naming anything else is refused, since
+#: the name becomes a path (``manifest/<generation>.parquet``).
+GENERATION_NAME = re.compile(r"g-[0-9]{20}-[0-9a-f]{8}")
+_HEX = np.zeros(256, bool)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = True
 
 SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("length", pa.int64()),
@@ -89,7 +95,8 @@ class Manifest:
     hashes, metadata offsets, shapes) is decoded from them only when first asked for by
     compaction, ``verify``, ``export``, ``decode`` or a legacy row. 1M rows: ~0.2 GB, not ~0.6."""
 
-    def __init__(self, generation: str, source: pa.Table | bytes, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, generation: str, source: pa.Table | bytes, meta: dict[str, Any] | None = None,
+                 *, name: str | None = None) -> None:
         self.generation = generation
         self.meta: dict[str, Any] = dict(meta or {})
         self._raw = source if isinstance(source, bytes) else None
@@ -122,6 +129,18 @@ class Manifest:
         self._cols["crc32c"] = (_int_column(col("crc32c")) if "crc32c" in have
                                 else np.full(self._rows, -1, np.int64))
         self._shards, self._cols["shard"] = _dictionary(col("shard"))
+        # Names become paths (reads, verify, gc, export, compact): every one is checked here, once
+        # per generation, against the exact form latentds writes (issue 11, item 4).
+        where = name or f"manifest generation {generation}"
+        bad = [s for s in self._shards if not SHARD_NAME.fullmatch(s)]
+        if bad:
+            raise ManifestError(f"{where}: names shard {bad[0][:80]!r}, which is not a shard name "
+                                f"(shard-<32 hex digits>.tar); refused, the manifest is corrupt or crafted (such a "
+                                f"name could reach outside the cache). See docs/store.md, 'Recovering'")
+        if len(keys) and (keys.dtype.itemsize != 40 or not _HEX[keys.view(np.uint8)].all()):
+            odd = next((k for k in keys.tolist() if not KEY_NAME.fullmatch(k.decode("latin1"))), b"?")
+            raise ManifestError(f"{where}: holds key {odd[:80]!r}, which is not a sample key (40 hex digits); "
+                                f"refused, the manifest is corrupt or crafted")
         self._sha: np.ndarray | None = None
         pa.default_memory_pool().release_unused()  # decode scratch back to the OS, not kept in RSS
 
@@ -343,6 +362,9 @@ class ManifestStore:
             ptr = json.loads(raw)
             if not isinstance(ptr, dict) or not ptr.get("generation") or not ptr.get("sha256"):
                 raise ValueError("missing generation or sha256")
+            if not isinstance(ptr["generation"], str) or not GENERATION_NAME.fullmatch(ptr["generation"]):
+                raise ValueError(f"generation {str(ptr['generation'])[:80]!r} is not a generation name "
+                                 f"(g-<20 digits>-<8 hex digits>)")
         except ValueError as exc:
             raise ManifestError(f"{path}: corrupt manifest pointer ({exc}); `latentds verify` lists what is "
                                 f"intact, `latentds compact` commits a fresh generation") from exc
@@ -369,7 +391,7 @@ class ManifestStore:
             schema = schema.remove_metadata()
             if not (schema.equals(SCHEMA) or schema.equals(LEGACY_SCHEMA)):
                 raise ValueError(f"unexpected columns {schema.names}")
-            return Manifest(str(ptr["generation"]), bytes(raw), meta)
+            return Manifest(str(ptr["generation"]), bytes(raw), meta, name=path)
         except (pa.ArrowException, ValueError) as exc:
             raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
 

@@ -16,7 +16,7 @@ from typing import Any
 from .cache import LatentCache
 from .errors import CacheError, LatentdsError, ManifestError
 from .manifest import POINTER
-from .shards import INDEX_SUFFIX, SHARD_PREFIX, SHARD_SUFFIX, crc32c, decode_sample
+from .shards import INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, crc32c, decode_sample
 from .storage import RETRY_STATS, call
 from .store import ShardedStore
 
@@ -168,6 +168,9 @@ def _partition_problem(store: ShardedStore, path: str, rec: Any, committed: set[
     shard = rec.get("shard")
     if not shard or shard in shards:
         return None
+    if not isinstance(shard, str) or not SHARD_NAME.fullmatch(shard):  # never made into a path
+        return (f"partition record names {str(shard)[:80]!r}, which is not a shard name (corrupt or crafted); "
+                f"a re-run would skip the partition; `latentds gc` removes the record, then re-run the job")
     loc = store.location
     idx_path = store.shard_path(str(shard)[: -len(SHARD_SUFFIX)] + INDEX_SUFFIX)
     try:

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -34,6 +35,21 @@ from .errors import ShardError
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".tar"
 INDEX_SUFFIX = ".index.json"
+#: The only shard names latentds writes (:func:`shard_name`). Names read from a manifest, a
+#: shard index or a bulk record are checked against it before they become a path: a crafted
+#: ``../../x`` would otherwise make ``export`` write, and reads open, outside the cache.
+SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.tar")
+#: Sample keys (``latentds.cache.sample_key``): 40 hex digits, no separators.
+KEY_NAME = re.compile(r"[0-9a-f]{40}")
+
+
+def check_shard_name(name: Any, where: str) -> str:
+    """``name`` if it is a shard name latentds writes, else :class:`ShardError` naming ``where``."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ShardError(f"{where}: names shard {str(name)[:80]!r}, which is not a shard name "
+                         f"(shard-<32 hex digits>.tar); refused, the file is corrupt or crafted (such a name could "
+                         f"reach outside the cache). Restore it from a good copy or remove it with `latentds gc`")
+    return name
 
 
 @dataclass(frozen=True)

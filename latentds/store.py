@@ -34,7 +34,7 @@ import pyarrow as pa
 from .cache import Entry, LatentCache
 from .errors import CacheError, ManifestError, ShardError
 from .manifest import CommitConflict, Manifest, ManifestStore, rows_table
-from .shards import Row, build_shard, crc32c, decode_sample, index_document, shard_name
+from .shards import Row, build_shard, check_shard_name, crc32c, decode_sample, index_document, shard_name
 from .storage import Location, call, write_atomic
 
 DEFAULT_SHARD_BYTES = 64 << 20
@@ -169,6 +169,10 @@ class ShardedStore:
     def shard_path(self, name: str) -> str:
         p = self._paths.get(name)
         if p is None:  # joining re-strips the protocol each time: measurable on the warm path
+            # every reader (reads, verify, gc, export, compact, bulk records) turns a name into a
+            # path here: a name that is not one latentds writes never becomes a path
+            check_shard_name(name[: -len(".index.json")] + ".tar" if name.endswith(".index.json") else name,
+                             self.location.join("shards"))
             p = self._paths[name] = self.location.join("shards", name)
         return p
 

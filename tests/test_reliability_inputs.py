@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,3 +111,87 @@ def test_pixel_limit_is_configurable_and_covers_png(tmp_path: Path, monkeypatch:
     assert pp.Preprocess(max_pixels=1000)(p).shape[1] <= 16  # an explicit limit wins over the env
     # the limit is not part of the fingerprint: it never changes an accepted image
     assert pp.Preprocess(max_pixels=5).to_dict() == pp.Preprocess().to_dict()
+
+
+# -- item 4: names read from the store never become paths outside it ---------------------------
+
+def _crafted_cache(tmp_path: Path, shard: str | None = None, generation: str | None = None) -> tuple[Any, Path]:
+    """A real cache whose committed manifest was rewritten by someone with write access."""
+    import json
+
+    import pyarrow as pa
+
+    from latentds import LatentDataset
+    from latentds.synthetic import make_dataset
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
+    ds = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    ds.fill(progress=False)
+    ds.compact()
+    store = ds.store
+    m = store.refresh()
+    real = Path(store.shard_path(m.shards[0]))
+    if shard is not None:
+        t = m.table
+        t = t.set_column(t.schema.get_field_index("shard"), "shard", pa.array([shard] * t.num_rows))
+        store.manifests.commit(t, dict(m.meta))
+        # the bytes the crafted name points at, outside the cache: an escaping reader would get them
+        outside = (real.parent / shard).resolve()
+        if str(outside).startswith(str(tmp_path)):  # never plant outside the test's folder
+            outside.parent.mkdir(parents=True, exist_ok=True)
+            outside.write_bytes(real.read_bytes())
+    if generation is not None:
+        ptr = store.manifests.read_pointer()
+        Path(store.manifests.pointer_path).write_text(json.dumps(dict(ptr, generation=generation)))
+    return ds, src
+
+
+@pytest.mark.parametrize("shard", ["../../../escaped.tar", "shard-../../x.tar", "/etc/passwd"])
+def test_crafted_shard_name_is_refused_by_every_reader(tmp_path: Path, shard: str) -> None:
+    from latentds import LatentDataset
+    from latentds.cli import main
+    from latentds.errors import ManifestError
+    from latentds.export import export_webdataset
+    from latentds.ops import gc, verify
+
+    ds, src = _crafted_cache(tmp_path, shard=shard)
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    with pytest.raises(ManifestError, match="is not a shard name"):
+        fresh[0]
+    with pytest.raises(ManifestError, match="is not a shard name"):
+        export_webdataset(fresh.store, str(tmp_path / "export"))
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "export" in p.parts)
+    assert written == []
+    rep = verify(fresh.store)
+    assert not rep.ok and any("is not a shard name" in why for _, why in rep.bad)
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(ManifestError, match="is not a shard name"):
+        gc(fresh.store, grace_s=0)
+    with pytest.raises(ManifestError, match="is not a shard name"):
+        fresh.store.compact()
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing deleted or written
+    assert main(["verify", str(tmp_path / "cache")]) == 1
+
+
+def test_crafted_generation_name_is_refused(tmp_path: Path) -> None:
+    from latentds import LatentDataset
+    from latentds.errors import ManifestError
+
+    ds, src = _crafted_cache(tmp_path, generation="../../../../tmp/evil")
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    with pytest.raises(ManifestError, match="is not a generation name"):
+        fresh[0]
+
+
+def test_crafted_shard_name_in_a_bulk_record_is_a_problem_not_a_path(tmp_path: Path) -> None:
+    import json
+
+    from latentds.ops import verify
+
+    ds, _ = _crafted_cache(tmp_path)
+    rec = ds.store.location.join("bulk", "a" * 32 + ".json")
+    Path(rec).parent.mkdir(parents=True, exist_ok=True)
+    Path(rec).write_text(json.dumps({"partition": "a" * 32, "shard": "../../../../etc/passwd", "samples": 1}))
+    rep = verify(ds.store)
+    assert [why for p, why in rep.bad if p == rec] and "not a shard name" in rep.bad[0][1]

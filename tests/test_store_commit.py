@@ -24,7 +24,7 @@ def store(b: Backend) -> ShardedStore:
 def rows(*keys: str) -> list:
     entries = [(k, Entry(np.full((1, 2, 2), i, np.float32), None, {"target": i % 2})) for i, k in enumerate(keys)]
     _, rs = build_shard(entries)
-    return [("shard-x.tar", r) for r in rs]
+    return [("shard-" + "0" * 32 + ".tar", r) for r in rs]
 
 
 def test_stale_commit_is_refused(backend: Backend) -> None:

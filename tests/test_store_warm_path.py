@@ -136,7 +136,7 @@ def test_manifest_open_keeps_reader_columns_only_and_finds_any_order() -> None:
     rng = np.random.default_rng(0)
     keys = [f"{x:040x}" for x in rng.permutation(n) * 7919]  # unsorted, as a hand-written table
     cols: dict[str, Any] = {
-        "key": keys, "shard": [f"shard-{i % 3}.tar" for i in range(n)], "offset": np.arange(n) * 1024,
+        "key": keys, "shard": [f"shard-{i % 3:032x}.tar" for i in range(n)], "offset": np.arange(n) * 1024,
         "length": np.full(n, 200), "mean_length": np.full(n, 200), "std_offset": np.full(n, -1),
         "shape": [[1, 2, 3]] * n, "dtype": ["float32"] * n, "target": np.arange(n) % 2,
         "sha256": [f"{i:064x}" for i in range(n)], "content_sha256": [""] * n,
@@ -150,7 +150,7 @@ def test_manifest_open_keeps_reader_columns_only_and_finds_any_order() -> None:
         for row, k in enumerate(keys):
             assert m.find(k) == row and m.key_at(row) == k
             shard, off, *_, sha, target = m.locate(row)
-            assert (shard, off, sha, target) == (f"shard-{row % 3}.tar", row * 1024, f"{row:064x}", row % 2)
+            assert (shard, off, sha, target) == (f"shard-{row % 3:032x}.tar", row * 1024, f"{row:064x}", row % 2)
         assert m.read_plan()[0][:, 5].tolist() == list(range(n))
         if isinstance(source, bytes):  # reads decoded single columns, never the full table
             assert m._table is None
