@@ -252,7 +252,7 @@ def test_train_probe_cli_unusable_shape_is_one_line(tmp_path: Path, capsys) -> N
 
 def _docs_example() -> dict:
     text = (ROOT / "docs" / "probe.md").read_text()
-    block = re.search(r"Example config:\s*```yaml\n(.*?)```", text, re.S)
+    block = re.search(r"Example config\b.*?```yaml\n(.*?)```", text, re.S)
     assert block, "docs/probe.md lost its example config"
     return yaml.safe_load(block.group(1))
 
