@@ -113,6 +113,23 @@ class StemmedBackbone(nn.Module):
         super().__init__()
         self.stem, self.backbone, self.flip, self.standardize = stem, backbone, bool(flip), bool(standardize)
         self.num_features = int(backbone.num_features)
+        # a timm backbone behind the stem may need each side a multiple of its stride (HRNet: 32);
+        # the probe model fits inputs to the *stem's* needs (none), so the stem output is padded here
+        try:
+            from trainers.probe.model import required_multiple
+        except ImportError:  # an older probe trainer without input fitting
+            self.multiple = 1
+        else:
+            self.multiple = int(required_multiple(backbone))
+
+    def _fit(self, z: torch.Tensor) -> torch.Tensor:
+        m = self.multiple
+        h, w = z.shape[-2:]
+        H, W = -(-h // m) * m, -(-w // m) * m
+        if (H, W) == (h, w):
+            return z
+        top, left = (H - h) // 2, (W - w) // 2  # zeros after standardising: the image's mean
+        return nn.functional.pad(z, (left, W - w - left, top, H - h - top))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize:
@@ -122,7 +139,7 @@ class StemmedBackbone(nn.Module):
             z = (z - z.mean(dim=(2, 3), keepdim=True)) / (z.std(dim=(2, 3), keepdim=True) + 1e-6)
         if self.training and self.flip and torch.rand(()) < 0.5:
             z = z.flip(-1)
-        return self.backbone(z)
+        return self.backbone(self._fit(z))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ class SweepConfig:
     stem_kernel: int = 1                     # d2s stem: kernel of the convolution before pixel_shuffle
     stem_init: str = "d2s"                   # d2s stem: start as the plain depth-to-space, or "random"
     stem_lr_scale: float = 0.1               # d2s stem: its learning rate relative to lr
+    probe_width: int | None = None           # small-cnn width (None: its default, 16)
     epochs: int = 40
     batch_size: int = 16
     lr: float = 3e-3
@@ -427,7 +428,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None) -> 
             module = make_probe_module(cfg.backbone, C, len(ds.classes), f=f, mode=cfg.mode, lr=cfg.lr,
                                        weight_decay=cfg.weight_decay, stem_chans=cfg.stem_chans,
                                        stem_kernel=cfg.stem_kernel, stem_init=cfg.stem_init,
-                                       stem_lr_scale=cfg.stem_lr_scale)
+                                       stem_lr_scale=cfg.stem_lr_scale,
+                                       backbone_kwargs={"width": cfg.probe_width} if cfg.probe_width else None)
             res = fit_probe(TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te]), in_chans=C,
                             num_classes=len(ds.classes), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, seed=seed, accelerator=cfg.accelerator,

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from latentds.sweep import (FULL, REDUCED, SweepRow, format_markdown, method_family, read_csv, run_sweep,
-                            select_within_budget, write_outputs)
+from latentds.sweep import (CONTROL_FAMILY, FULL, REDUCED, SweepRow, control_results, default_methods,
+                            format_markdown, is_control, mark_controls, method_family, plot, read_csv, run_sweep,
+                            select_within_budget, with_controls, write_outputs)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -29,18 +30,56 @@ TABLE = [
 
 
 def test_budget_selection_on_fixed_table():
-    assert select_within_budget(TABLE, 0.02).method == "kl-f4c1"   # cheapest >= 0.880
-    assert select_within_budget(TABLE, 0.021).method == "kl-f8c4"  # 0.879 now qualifies, 9.50 GMACs
-    assert select_within_budget(TABLE, 0.05).method == "kl-f8c1"   # 9.49 < 9.50
-    assert select_within_budget(TABLE, 0.2).method == "kl-f16c16"
-    assert select_within_budget(TABLE, 0.0).method == FULL          # nothing compressed qualifies
+    sel = lambda b: select_within_budget(TABLE, b, require_control=False).method  # noqa: E731
+    assert sel(0.02) == "kl-f4c1"   # cheapest >= 0.880
+    assert sel(0.021) == "kl-f8c4"  # 0.879 now qualifies, 9.50 GMACs
+    assert sel(0.05) == "kl-f8c1"   # 9.49 < 9.50
+    assert sel(0.2) == "kl-f16c16"
+    assert sel(0.0) == FULL          # nothing compressed qualifies
     with pytest.raises(ValueError):
         select_within_budget(TABLE[1:], 0.02)
+    # by default only rows whose f passed its lossless control count: this table has no controls
+    assert select_within_budget(TABLE, 0.2).method == FULL
 
 
 def test_budget_tie_prefers_higher_compression_then_auroc():
     rows = [_row(FULL, 1, 1, 100, 0.9), _row("a-f8c4", 8, 4, 5.0, 0.89), _row("b-f8c1", 8, 1, 5.0, 0.885)]
-    assert select_within_budget(rows, 0.02).method == "b-f8c1"  # γ 64 beats γ 16 at equal GMACs
+    assert select_within_budget(rows, 0.02, require_control=False).method == "b-f8c1"  # γ 64 beats γ 16
+
+
+# full 0.900 (CI 0.85-0.95); the f=4 control reads its channels, the f=8 one does not
+CONTROLLED = TABLE + [_row("s2d-f4c16", 4, 16, 38.1, 0.890), _row("s2d-f8c64", 8, 64, 9.6, 0.600)]
+
+
+def test_control_flags_and_budget_on_fixed_table(tmp_path):
+    rows = [dataclasses.replace(r) for r in CONTROLLED]
+    res = mark_controls(rows)
+    assert res[4]["passed"] and not res[8]["passed"] and 16 not in res
+    flags = {r.method: r.control for r in rows}
+    assert flags[FULL] == "" and flags["kl-f4c1"] == "pass" and flags["s2d-f4c16"] == "pass"
+    assert flags["kl-f8c1"] == flags["bicubic-f8"] == flags["s2d-f8c64"] == "FAIL"
+    assert flags["kl-f16c16"] == "none"
+    # kl-f8c1 (0.860) would win a 0.05 budget, but f=8 failed its control: the best f=4 row wins
+    assert select_within_budget(rows, 0.05).method == "kl-f4c1"
+    assert select_within_budget(rows, 0.05, require_control=False).method == "kl-f8c1"
+    md = format_markdown(rows, budget=0.05)
+    assert "this probe cannot read 64 channels at f=8" in md and "measure the probe, not the codec" in md
+    assert "f=4: this probe" not in md and "**FAIL**" in md and "**kl-f4c1**" in md
+    assert method_family("s2d-f8c64", 64) == CONTROL_FAMILY and is_control("s2d-f4c16") and not is_control("s2d-f4c4")
+    plot(rows, tmp_path / "p.png", title="t")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_controls_and_baselines_are_added():
+    assert with_controls([FULL, "bicubic-f4", "bicubic-f8"]) == [FULL, "bicubic-f4", "bicubic-f8", "s2d-f4c16",
+                                                                  "s2d-f8c64"]
+    got = with_controls([FULL, "kl-f8c4"])
+    assert got == [FULL, "s2d-f8c64", "s2d-f8c4", "kl-f8c4"]  # control, then the γ-matched s2d baseline
+    assert with_controls(["kl-f8c4=/x/w.safetensors"], baselines=False) == ["s2d-f8c64", "kl-f8c4=/x/w.safetensors"]
+    d = default_methods()
+    for f in (4, 8, 16):
+        assert f"bicubic-f{f}" in d and f"s2d-f{f}c{f * f}" in d
+    assert not any(m.startswith("s2d-") and not is_control(m) and m.replace("s2d", "kl") not in d for m in d)
 
 
 def test_method_family():
@@ -52,30 +91,87 @@ def test_method_family():
 
 
 def test_tiny_sweep_writes_table_csv_plot(tmp_path):
-    cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"), n_per_class=4,
-                              shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, budget=0.02,
-                              methods=(FULL, "bicubic-f4", "bicubic-f8"))
-    rows = run_sweep(cfg, log=lambda *a: None)
-    assert [r.method for r in rows] == [FULL, "bicubic-f4", "bicubic-f8"]
-    assert [(r.f, r.C, r.gamma, r.input) for r in rows] == [(1, 1, 1, "32x32"), (4, 1, 16, "8x8"), (8, 1, 64, "4x4")]
-    assert rows[0].gmacs > rows[1].gmacs > rows[2].gmacs > 0
+    cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"), n_per_class=6,
+                              shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, budget=0.02, seeds=(0, 1),
+                              methods=(FULL, "bicubic-f4"))
+    breakdown = []
+    rows = run_sweep(cfg, log=lambda *a: None, breakdown=breakdown)
+    # the lossless control of every f swept runs by default
+    assert [r.method for r in rows] == [FULL, "bicubic-f4", "s2d-f4c16"]
+    assert [(r.f, r.C, r.gamma, r.input) for r in rows] == [(1, 1, 1, "32x32"), (4, 1, 16, "8x8"), (4, 16, 1, "8x8")]
+    assert rows[0].gmacs > rows[1].gmacs > 0
+    assert rows[2].gmacs > rows[0].gmacs  # the control's probe (stem to full size) is counted whole
     assert rows[1].paper_gmacs == pytest.approx(37.96, rel=1e-3)
     for r in rows:
-        assert 0 <= r.ci_lo <= r.auroc <= r.ci_hi <= 1 and r.bytes_per_image > 0
-    paths = write_outputs(rows, cfg, skipped=["kl-f4c4"])
-    for key in ("md", "csv", "png"):
+        assert 0 <= r.ci_lo <= r.ci_hi <= 1 and r.bytes_per_image > 0
+        assert len(r.aurocs) == 2 and r.auroc == pytest.approx(sum(r.aurocs) / 2)
+        assert r.control in (("",) if r.method == FULL else ("pass", "FAIL"))
+    res = control_results(rows)
+    assert set(res) == {4}
+    for r in rows[1:]:
+        assert r.control == ("pass" if res[r.f]["passed"] else "FAIL")
+    # the synthetic task records finding sizes: one breakdown per method
+    assert [b.method for b in breakdown] == [r.method for r in rows]
+    assert sum(breakdown[0].n_pos) == 2 * 3  # every test positive of both seeds lands in a size bin
+    paths = write_outputs(rows, cfg, skipped=["kl-f4c4"], breakdown=breakdown)
+    for key in ("md", "csv", "png", "size_png", "size_csv"):
         assert paths[key].exists() and paths[key].stat().st_size > 0
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["md"].read_text()
-    assert "SYNTHETIC" in md and "Budget 0.02" in md and "kl-f4c4" in md
+    assert "SYNTHETIC graded" in md and "Budget 0.02" in md and "kl-f4c4" in md and "AUROC by finding size" in md
     back = read_csv(paths["csv"])
     assert [r.method for r in back] == [r.method for r in rows]
-    assert back[1].auroc == pytest.approx(rows[1].auroc, abs=1e-5)
+    assert back[1].auroc == pytest.approx(rows[1].auroc, abs=1e-5) and back[1].aurocs == pytest.approx(rows[1].aurocs)
+    assert [r.control for r in back] == [r.control for r in rows]
+
+
+def _write_png_task(root, n_per_class, size=32, seed=0):
+    """An ImageFolder task of 8-bit PNGs (not made by latentds.synthetic): a flat noisy field,
+    positives carry one bright pixel at a random position (so at a random sub-pixel phase of
+    any space-to-depth)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for cls in ("negative", "positive"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = 100 + rng.normal(0, 3, (size, size))
+            if cls == "positive":
+                y, x = rng.integers(2, size - 2, 2)
+                img[y, x] = 250
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / cls / f"{cls[0]}{i:03d}.png")
+
+
+def test_control_flag_appears_when_the_probe_cannot_read_channels(tmp_path):
+    """Forced: a probe too small to read 64 channels (the plain small CNN at width 2, no
+    stem) on a 1-pixel finding. Full size finds the pixel with any max-pooling detector; on
+    the lossless f=8 control the pixel sits in one of 64 channels, most of them never seen
+    with a finding in 24 training images, so the control falls far below full size, and
+    the f=8 rows are flagged. Also: an ImageFolder task that is not a synthetic one (no
+    findings.csv, so no size breakdown)."""
+    root = tmp_path / "task"
+    _write_png_task(root, 24)
+    cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"),
+                              data_root=str(root), shape=(32, 32), epochs=15, batch_size=8, bootstrap=100,
+                              seeds=(0,), backbone="small-cnn", probe_width=2, budget=0.5,
+                              methods=(FULL, "bicubic-f8"))
+    breakdown = []
+    rows = run_sweep(cfg, log=lambda *a: None, breakdown=breakdown)
+    assert [r.method for r in rows] == [FULL, "bicubic-f8", "s2d-f8c64"] and breakdown == []
+    full, _, control = rows
+    assert full.auroc > 0.9, full
+    assert control.ci_hi < full.auroc, control
+    assert rows[1].control == control.control == "FAIL"
+    md = write_outputs(rows, cfg, breakdown=breakdown)["md"].read_text()
+    assert "this probe cannot read 64 channels at f=8" in md
+    assert "cheapest within budget is **full size**" in md  # f=8 rows may not be picked
+    assert "task at" in md and "SYNTHETIC" not in md
 
 
 def test_markdown_budget_line():
-    md = format_markdown(TABLE, budget=0.02)
-    assert "**kl-f4c1**" in md and md.count("\n|") == len(TABLE) + 1
+    md = format_markdown(CONTROLLED, budget=0.02)
+    assert "**kl-f4c1**" in md and md.count("\n|") == len(CONTROLLED) + 1
 
 
 def test_sweep_cli_parses(tmp_path):
@@ -84,10 +180,14 @@ def test_sweep_cli_parses(tmp_path):
 
     args = build_parser().parse_args(["sweep", "--budget", "0.02", "--paper", "--out", str(tmp_path)])
     cfg = config_from_args(args)
-    assert cfg.budget == 0.02 and cfg.backbone == PAPER.backbone == "hrnet_w64" and cfg.shape == (1024, 1024)
+    assert cfg.budget == 0.02 and cfg.backbone == PAPER.backbone == "d2s+hrnet_w64" and cfg.shape == (1024, 1024)
     assert cfg.batch_size == 128 and cfg.epochs == 100 and cfg.lr == 1e-4
     cfg = config_from_args(build_parser().parse_args(["sweep", "--epochs", "3"]))
-    assert cfg.backbone == "small-cnn" and cfg.epochs == 3
+    assert cfg.backbone == "d2s+small-cnn" and cfg.epochs == 3 and cfg.seeds == (0, 1) and cfg.controls and cfg.graded
+    cfg = config_from_args(build_parser().parse_args(["sweep", "--seeds", "3", "--no-controls", "--fine",
+                                                      "--backbone", "small-cnn", "--stem-lr-scale", "0.5"]))
+    assert cfg.seeds == (3,) and not cfg.controls and not cfg.graded and cfg.backbone == "small-cnn"
+    assert cfg.stem_lr_scale == 0.5
 
 
 def test_sweep_with_own_weights_file(tmp_path):
@@ -103,6 +203,7 @@ def test_sweep_with_own_weights_file(tmp_path):
         parse_method("kl-f8c1=")
     assert "kl-f8c1" not in unavailable_codecs([FULL, f"kl-f8c1={path}"])
     cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"), n_per_class=4,
-                              shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, methods=(f"kl-f8c1={path}",))
+                              shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, methods=(f"kl-f8c1={path}",),
+                              seeds=(0,), controls=False)
     (row,) = run_sweep(cfg, log=lambda *a: None)
     assert (row.method, row.f, row.C, row.input) == ("kl-f8c1", 8, 1, "4x4") and row.bytes_per_image > 0
