@@ -352,3 +352,54 @@ def test_make_dataset_fracture_and_progress(tmp_path, capsys):
     assert "fracture" in (tmp_path / "README.txt").read_text()
     with pytest.raises(ValueError):
         make_dataset(tmp_path / "bad", transfer_syntaxes=("jpeg-ls",))
+
+
+# ----------------------------------------------------------------------------- graded task
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_graded_task_records_each_finding_size(tmp_path, kind):
+    """The graded task draws one finding size and contrast per image from GRADED; make_dataset
+    records them in findings.csv (0 for negatives), and the area the finding changes grows
+    with its recorded size."""
+    from latentds.synthetic import GRADED, phantom_with_finding, read_findings
+
+    items = make_dataset(tmp_path, n_per_class=6, shape=(128, 104), kind=kind, graded=True,
+                         transfer_syntaxes=("explicit-le",), bits=(16,))
+    found = read_findings(tmp_path)
+    assert found is not None and len(found) == len(items) == 12
+    lo, hi = GRADED[kind]["size"]
+    c_lo, c_hi = GRADED[kind]["contrast"]
+    for path, cls in items:
+        rec = found[path.relative_to(tmp_path).as_posix()]
+        assert rec["class"] == cls
+        if cls == 0:
+            assert rec["size_px"] == 0 and rec["count"] == 0
+        else:
+            assert lo <= rec["size_px"] <= hi and c_lo <= rec["contrast"] <= c_hi and rec["count"] >= 1
+        seed = int(dcmread(path).PatientID[3:])
+        _, info = phantom_with_finding(seed, (128, 104), positive=bool(cls), kind=kind, graded=True)
+        assert info["size_px"] == pytest.approx(rec["size_px"], abs=1e-4)
+    assert "graded" in (tmp_path / "README.txt").read_text()
+    assert read_findings(tmp_path / "negative") is None  # a folder without findings.csv
+
+    sizes, areas = [], []
+    for seed in range(12):
+        pos, info = phantom_with_finding(seed, (192, 160), positive=True, kind=kind, graded=True)
+        neg = phantom(seed, (192, 160), positive=False, kind=kind, graded=True)
+        sizes.append(info["size_px"])
+        areas.append(int((np.abs(pos.astype(np.float64) - neg) > 0.02).sum()))
+    assert max(sizes) / min(sizes) > 3  # sizes really spread over the range
+    assert np.corrcoef(np.log(sizes), np.log(np.maximum(areas, 1)))[0, 1] > 0.6
+
+
+def test_graded_sizes_span_the_downsizing_factors():
+    """Log-uniform sizes over GRADED's range: some findings survive f=4, fewer f=8 and f=16."""
+    from latentds.synthetic import _graded_draw, GRADED
+
+    rng = np.random.default_rng(0)
+    sizes = np.array([_graded_draw(rng, "calcification")[0] for _ in range(2000)])
+    lo, hi = GRADED["calcification"]["size"]
+    assert sizes.min() >= lo and sizes.max() <= hi
+    frac = [(sizes >= f).mean() for f in (4, 8, 16)]
+    assert frac[0] > frac[1] > frac[2] > 0.05 and frac[0] < 0.95
