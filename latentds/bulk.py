@@ -162,8 +162,9 @@ def _read(spec: Spec, item: SourceItem) -> tuple[bytes, str]:
         path = fs._strip_protocol(item.url)
         data = call(lambda: fs.cat_file(path), path, storage_options=spec.source_options)  # one GET
     else:
-        with open(discovery._local(item.url), "rb") as fh:
-            data = fh.read()
+        from .sources import read_local
+
+        data = read_local(discovery._local(item.url))  # a FIFO/device is this file's error, not a hang
     return data, hashlib.sha256(data).hexdigest()
 
 

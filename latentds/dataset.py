@@ -24,7 +24,7 @@ from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
 from .errors import CacheError, LatentdsError
 from .preprocess import Preprocess
-from .sources import legacy_key, root_identity
+from .sources import legacy_key, read_local, root_identity
 from .storage import Location
 from .store import CompactReport, ShardedStore
 
@@ -286,8 +286,7 @@ class LatentDataset(DatasetFolder):
             # one GET of the whole object; cat_file also avoids buffered-file quirks of some stores
             data = self._source.fs.cat_file(path)
         else:
-            with open(discovery._local(path), "rb") as fh:
-                data = fh.read()
+            data = read_local(discovery._local(path))  # a FIFO/device is this file's error, not a hang
         return data, hashlib.sha256(data).hexdigest()
 
     def _prepare(self, index: int, data: bytes, digest: str) -> tuple[np.ndarray, dict[str, Any]]:

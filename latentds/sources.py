@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ from . import discovery
 from .cache import sample_key
 from .storage import Location
 
-__all__ = ["SourceItem", "SourceList", "list_sources", "root_identity", "legacy_key"]
+__all__ = ["SourceItem", "SourceList", "legacy_key", "list_sources", "read_local", "root_identity"]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -39,6 +40,31 @@ def root_identity(root: str | os.PathLike[str], storage_options: dict[str, Any] 
         return os.path.realpath(discovery._local(s))
     loc = Location(s, dict(storage_options or {}))
     return f"{s.split('://', 1)[0]}://{loc.fs._strip_protocol(s).rstrip('/')}"
+
+
+def read_local(path: str) -> bytes:
+    """The bytes of a local source file; anything but a regular file is that file's error.
+
+    Opened non-blocking first and checked with ``fstat`` (no race with a swap after a ``stat``):
+    a FIFO named ``x.dcm`` would otherwise block ``open`` or ``read`` forever and hang a whole
+    ``fill()`` or bulk job (issue 11, item 8); a device would stream without end."""
+    from .errors import ImageReadError
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device")
+            raise ImageReadError(f"{path}: not a regular file ({kind}); only regular files are read. "
+                                 f"Remove it from the source tree or exclude it with is_valid_file")
+        os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        return fh.read()
 
 
 def legacy_key(identity: dict[str, Any]) -> str:
@@ -89,7 +115,12 @@ def _etag(info: dict[str, Any]) -> str:
 def _identity(url: str, rel: str, root: str, loc: Location | None, info: dict[str, Any] | None = None) -> tuple:
     # keys in sorted order: dict(identity) then serialises exactly as LatentDataset's identity
     if not discovery.is_remote(url):
-        st = os.stat(discovery._local(url))
+        try:
+            st = os.stat(discovery._local(url))
+        except OSError:
+            # a broken symlink or a file removed since listing: listed with an identity no real
+            # file has, so the job goes on and the read fails as this one file's failure
+            return (("mtime_ns", -1), ("path", rel), ("root", root), ("size", -1))
         return (("mtime_ns", st.st_mtime_ns), ("path", rel), ("root", root), ("size", st.st_size))
     assert loc is not None
     if info is None or not info.get("size") and info.get("size") != 0:

@@ -4,6 +4,7 @@ crafted manifests (item 4), non-regular files (item 8), typed errors for bad off
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -195,3 +196,62 @@ def test_crafted_shard_name_in_a_bulk_record_is_a_problem_not_a_path(tmp_path: P
     Path(rec).write_text(json.dumps({"partition": "a" * 32, "shard": "../../../../etc/passwd", "samples": 1}))
     rep = verify(ds.store)
     assert [why for p, why in rep.bad if p == rec] and "not a shard name" in rep.bad[0][1]
+
+
+# -- item 8: non-regular tree entries are per-file failures, never hangs or aborts --------------
+
+def _tree_with_bad_entries(tmp_path: Path) -> Path:
+    from latentds.synthetic import make_dataset
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
+    os.symlink(tmp_path / "gone.dcm", src / "negative" / "broken.dcm")  # dangling
+    os.mkfifo(src / "positive" / "fifo.dcm")  # no writer: open() or read() blocks for ever
+    return src
+
+
+def _in_thread(fn: Any, timeout: float) -> Any:
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # reported to the test below
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout} s (hangs on a FIFO?)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_fifo_and_broken_symlink_are_failures_in_fill(tmp_path: Path) -> None:
+    from latentds import LatentDataset
+
+    src = _tree_with_bad_entries(tmp_path)
+    ds = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    assert len(ds) == 6  # ImageFolder lists both, as torchvision does
+    rep = _in_thread(lambda: ds.fill(progress=False), 120)
+    assert rep.encoded == 4
+    why = {Path(f.path).name: (f.error_type, f.message) for f in rep.failures}
+    assert set(why) == {"broken.dcm", "fifo.dcm"}
+    assert why["fifo.dcm"][0] == "ImageReadError" and "not a regular file (a FIFO)" in why["fifo.dcm"][1]
+
+
+def test_fifo_and_broken_symlink_are_failures_in_bulk(tmp_path: Path) -> None:
+    from dask.distributed import Client, LocalCluster
+
+    from latentds.bulk import encode
+
+    src = _tree_with_bad_entries(tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cl, \
+            Client(cl) as client:
+        r = _in_thread(lambda: encode(src, "bicubic-f4", tmp_path / "cache", client=client, shard_samples=4,
+                                      progress=False), 180)
+    assert r.total == 6 and r.encoded == 4
+    assert sorted(Path(f.path).name for f in r.failures) == ["broken.dcm", "fifo.dcm"]
