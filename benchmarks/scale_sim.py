@@ -23,7 +23,8 @@ What is REAL and what is SIMULATED (on local disk):
   median), first read plan and a warm read of a real row; ``verify`` (reads the real shards,
   reports the simulated ones missing: its per-row bookkeeping at full size); ``gc --dry-run``
   (listing the namespace with all shards present); an incremental ``compact`` of 4,096 new
-  staging objects into the full manifest (the merge-commit that bulk jobs also run).
+  staging objects (``--compact-new``) into the full manifest (the merge-commit that bulk jobs
+  also run).
 
     python benchmarks/scale_sim.py --rows 1000000 [--dir /tmp/latentds-scale] [--json out.json]
     python benchmarks/scale_sim.py --rows 10000000 --skip-scale-verify --skip-scale-gc --skip-scale-compact
@@ -425,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-scale-verify", action="store_true", help="skip verify on the full-size manifest")
     ap.add_argument("--skip-scale-compact", action="store_true", help="skip the incremental compact at full size")
     ap.add_argument("--skip-scale-gc", action="store_true", help="skip gc at full size")
+    ap.add_argument("--compact-new", type=int, default=4096, help="new staging objects for the incremental compact")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_scale_compact:
         from latentds.cache import sample_key
 
-        new = [sample_key({"sim-new": i}) for i in range(4096)]
+        new = [sample_key({"sim-new": i}) for i in range(args.compact_new)]
         write_staging(store, new, tuple(args.latent_shape), seed=3)
         res["scale_compact"] = child("compact", args.dir)
         print(f"incremental compact measured; {load_state()}", flush=True)

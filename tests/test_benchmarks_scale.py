@@ -82,3 +82,26 @@ def test_gpu_encode_refuses_without_cuda_unless_smoke(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "no CUDA device" in p.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow  # ~1 min on a loaded 2-core machine (staging writes, four fresh interpreters)
+def test_scale_sim_tiny(tmp_path: Path) -> None:
+    """The simulator end to end on a tiny cache: the simulated generation is one the project's
+    reader opens (rows, CRC-checked warm reads of the real rows), verify reads the real shards
+    and names every simulated one as missing, gc lists them, an incremental compact merges."""
+    out = tmp_path / "scale.json"
+    p = subprocess.run([sys.executable, "benchmarks/scale_sim.py", "--rows", "20000", "--real-samples", "512",
+                        "--open-runs", "1", "--compact-new", "256", "--dir", str(tmp_path / "cache"), "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    real, sim = r["real"], r["sim"]
+    assert real["packed"] == 512 and real["compact_vs_copy"] > 0 and real["verify_samples_per_s"] > 0
+    assert sim["rows"] == 20000 and sim["real_rows"] == 512 and sim["sim_shards"] == -(-19488 // 512)
+    (run,) = r["open"]["runs"]
+    assert run["rows"] == 20000 and run["warm_read_us"] > 0
+    v = r["scale_verify"]
+    assert v["samples_checked"] == 512 and v["bad"] == v["bad_missing_shards"] == sim["sim_shards"]
+    assert r["scale_gc"]["files"] >= 2 * sim["sim_shards"]
+    assert r["scale_compact"]["packed"] == 256 and r["scale_compact"]["rows_after"] == 20000 + 256
+    assert not (tmp_path / "cache").exists()  # scratch removed without --keep
