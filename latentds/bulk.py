@@ -116,6 +116,16 @@ class Spec:
     def cache(self) -> LatentCache:
         return LatentCache(self.cache_url, self.namespace, storage_options=self.cache_options)
 
+    def __repr__(self) -> str:
+        # the spec travels to Dask (dashboard, logs, tracebacks): never show the credentials
+        from dataclasses import fields
+
+        from .storage import redact_options
+
+        parts = ", ".join(f"{f.name}={redact_options(getattr(self, f.name))!r}" if f.name.endswith("_options")
+                          else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"Spec({parts})"
+
 
 @dataclass
 class BulkReport:

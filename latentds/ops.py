@@ -78,6 +78,9 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                 rep.samples += 1
                 _, off, length, mlen, soff, sha, _ = m.locate(r)
                 name = f"{path} (sample {keys[r]})"
+                if off < 0 or length < 0:  # a slice would silently count from the end
+                    rep.bad.append((path, f"{name}: manifest row has offset {off}, length {length}; corrupt"))
+                    continue
                 buf = data[off:off + length]
                 if len(buf) != length:
                     rep.bad.append((path, f"{name}: shard is truncated"))

@@ -27,6 +27,21 @@ def strip_protocol_url(url: str | os.PathLike[str]) -> str:
     return s.rstrip("/") or "/"
 
 
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "session", "auth", "sas")
+
+
+def redact_options(options: Any) -> Any:
+    """``storage_options`` fit to print or log: values of secret-looking keys (``key``,
+    ``secret``, ``token``, ``aws_secret_access_key``, ...), at any depth, become ``'***'``.
+    A ``repr`` of a location or a bulk spec ends up in tracebacks, Dask dashboards and logs."""
+    if isinstance(options, dict):
+        return {k: ("***" if isinstance(k, str) and any(w in k.lower() for w in _SECRET_WORDS) and v
+                    and not isinstance(v, (dict, bool)) else redact_options(v)) for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact_options(v) for v in options)
+    return options
+
+
 @dataclass
 class Location:
     """A directory on some fsspec filesystem, opened lazily in each process."""
@@ -38,6 +53,9 @@ class Location:
 
     def __post_init__(self) -> None:
         self.url = strip_protocol_url(self.url)
+
+    def __repr__(self) -> str:  # never the credentials in storage_options (issue 11, item 10)
+        return f"Location(url={self.url!r}, storage_options={redact_options(self.storage_options)!r})"
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:

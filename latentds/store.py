@@ -39,6 +39,9 @@ from .storage import Location, call, write_atomic
 
 DEFAULT_SHARD_BYTES = 64 << 20
 DEFAULT_SHARD_SAMPLES = 4096
+#: No sample's ranged read is larger (a 2 GiB latent is far beyond any codec here): a manifest row
+#: asking for more is corrupt, and is refused by name instead of ending in a MemoryError.
+MAX_SAMPLE_BYTES = 1 << 31
 
 
 @dataclass
@@ -184,11 +187,13 @@ class ShardedStore:
     def refresh(self) -> Manifest | None:
         """Follow the pointer again (cheap: one small read) and load a newer generation."""
         ptr = self.manifests.read_pointer()
-        self._checked_at = time.monotonic()
         if ptr is None:
             self._manifest = None
         elif self._manifest is None or self._manifest.generation != ptr["generation"]:
             self._manifest = self.manifests.load(ptr)
+        # only once the pointer and generation were read: after a ManifestError the next access
+        # raises it again instead of finding "no manifest" and silently re-encoding (issue 11, item 10)
+        self._checked_at = time.monotonic()
         return self._manifest
 
     # -- reads -------------------------------------------------------------------------------
@@ -285,6 +290,10 @@ class ShardedStore:
 
     def _fetch(self, path: str, off: int, length: int, generation: str) -> bytes:
         """Exactly one ranged read; a short read is a truncated shard, never zeros."""
+        if off < 0 or length < 0 or length > MAX_SAMPLE_BYTES:
+            raise ShardError(f"{path}: manifest generation {generation} asks for bytes {off}..{off + length} "
+                             f"(offset {off}, length {length}); not a sample's range, the manifest row is corrupt; "
+                             f"run `latentds verify`")
         self.reads += 1
         if self._local is None:  # decided once: the property re-checks the process id every time
             self._local = self.location.is_local

@@ -255,3 +255,57 @@ def test_fifo_and_broken_symlink_are_failures_in_bulk(tmp_path: Path) -> None:
                                       progress=False), 180)
     assert r.total == 6 and r.encoded == 4
     assert sorted(Path(f.path).name for f in r.failures) == ["broken.dcm", "fifo.dcm"]
+
+
+# -- item 10: errors stay errors, are typed, and never print credentials ------------------------
+
+def test_a_manifest_error_is_raised_on_every_access_not_only_the_first(tmp_path: Path) -> None:
+    from latentds import LatentDataset
+    from latentds.errors import ManifestError
+
+    ds, src = _crafted_cache(tmp_path)
+    ptr = ds.store.manifests.read_pointer()
+    gen = Path(ds.store.manifests.generation_path(ptr["generation"]))
+    gen.write_bytes(gen.read_bytes()[:100])  # the pointer is fine, the generation it names is not
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    calls = [0]
+    orig = fresh.codec.encode_dist
+    fresh.codec.encode_dist = lambda x: (calls.__setitem__(0, calls[0] + 1), orig(x))[1]  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(ManifestError, match="manifest checksum mismatch"):
+            fresh[1]
+    assert calls[0] == 0  # never a silent re-encode behind a broken manifest
+
+
+@pytest.mark.parametrize("offset,length", [(-4096, 100), (0, 1 << 60)])
+def test_impossible_offsets_are_a_shard_error_naming_the_object(tmp_path: Path, offset: int, length: int) -> None:
+    import pyarrow as pa
+
+    from latentds import LatentDataset
+    from latentds.errors import ShardError
+    from latentds.ops import verify
+
+    ds, src = _crafted_cache(tmp_path)
+    m = ds.store.refresh()
+    t = m.table
+    for col, v in (("offset", offset), ("length", length)):
+        t = t.set_column(t.schema.get_field_index(col), col, pa.array([v] * t.num_rows, pa.int64()))
+    ds.store.manifests.commit(t, dict(m.meta))
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    with pytest.raises(ShardError, match=r"shards/shard-[0-9a-f]{32}\.tar: manifest generation .* not a sample's range"):
+        fresh[0]
+    assert not verify(fresh.store).ok
+
+
+def test_reprs_never_show_credentials() -> None:
+    from latentds.bulk import Spec
+    from latentds.storage import Location
+
+    opts = {"key": "AKIAEXAMPLE", "secret": "s3cr3t-value", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+            "config_kwargs": {"aws_session_token": "tok-value"}}
+    loc = Location("s3://bucket/cache", opts)
+    spec = Spec("bicubic-f4", {}, "cpu", "s3://bucket/cache", opts, opts, "ns", True, None, None, "pad", 8, 4, None)
+    for text in (repr(loc), repr(spec), str(spec), repr([loc])):
+        assert "AKIAEXAMPLE" not in text and "s3cr3t-value" not in text and "tok-value" not in text
+        assert "127.0.0.1:9" in text  # what is not a secret stays, for debugging
+    assert loc.storage_options["secret"] == "s3cr3t-value"  # only the printout is redacted
