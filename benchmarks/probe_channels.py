@@ -49,9 +49,12 @@ PROBES = {
     "d2s-k4-3x3-init": ("d2s+small-cnn", 4, 3, 16, "d2s"),
     "d2s-k1-init": ("d2s+small-cnn", 1, 1, 16, "d2s"),
 }
-#: probe label -> (stem_lr_scale, standardize inside the stem backbone); default (1.0, True)
+#: probe label -> (base probe, the stem's lr factor: a number, or "sqrt" / "lin" for 0.1·sqrt(16/C) / 0.1·16/C,
+#: the rule latentds.probes.stem_lr_factor ships)
 PROBE_OPTS = {"d2s-k4-init-slow": ("d2s-k4-init", 0.1), "d2s-k1-init-slow": ("d2s-k1-init", 0.1),
-              "d2s-k4-init-fast": ("d2s-k4-init", 1.0)}
+              "d2s-k4-init-fast": ("d2s-k4-init", 1.0), "d2s-k4-init-frozen": ("d2s-k4-init", 0.0),
+              # stem lr falling with the channels: 0.1 at C = 16, times sqrt(16 / C) or 16 / C
+              "d2s-k4-init-sqrtC": ("d2s-k4-init", "sqrt"), "d2s-k4-init-linC": ("d2s-k4-init", "lin")}
 
 
 def make_task(kind: str, n_per_class: int, shape, seed: int, size=None, contrast=None):
@@ -106,9 +109,15 @@ def run_one(job: dict) -> dict:
     z, f = encode(x, job["method"])
     tr, te = stratified_split(y.tolist(), 0.5, job["seed"])
     base, stem_lr = PROBE_OPTS.get(job["probe"], (job["probe"], 1.0))
+    if stem_lr == "sqrt":
+        stem_lr = 0.1 * (16 / z.shape[1]) ** 0.5
+    elif stem_lr == "lin":
+        stem_lr = 0.1 * 16 / z.shape[1]
     backbone, k, kern, width, init = PROBES[base]
+    # stem_lr is the stem's lr factor itself; make_probe_module applies stem_lr_scale * 16 / C
     module = make_probe_module(backbone, z.shape[1], 2, f=f, lr=job["lr"], stem_chans=k, stem_kernel=kern,
-                               stem_init=init, stem_lr_scale=stem_lr, backbone_kwargs={"width": width})
+                               stem_init=init, stem_lr_scale=stem_lr * z.shape[1] / 16,
+                               backbone_kwargs={"width": width})
     t0 = time.perf_counter()
     res = fit_probe(TensorDataset(z[tr], y[tr]), TensorDataset(z[te], y[te]), in_chans=z.shape[1], num_classes=2,
                     epochs=job["epochs"], batch_size=16, lr=job["lr"], seed=job["seed"], bootstrap=500,
@@ -137,8 +146,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=(0, 1))
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
-    p.add_argument("--grid", default="default", help="default | quick | round2")
+    p.add_argument("--grid", default="final",
+                   help="final (the sweep's defaults) | default (round 1) | round2 | round3 | quick")
     p.add_argument("--workdir", default="/tmp/probe_channels")
+    p.add_argument("--stem-rule", choices=("lin", "const"), default="lin",
+                   help="--grid final: stem lr 0.1·16/C (shipped) or 0.1 at every C (recorded final.jsonl)")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     a = p.parse_args(argv)
 
@@ -152,6 +164,10 @@ def main(argv=None) -> int:
         tasks["frac-b"] = ("fracture", (1.0, 14.0), (0.04, 0.16))
     if a.grid == "round3":
         tasks = {"calc-c": ("calcification", (1.5, 24.0), (0.1, 0.3))}
+    if a.grid == "round4":
+        tasks = {"calc-final": ("calcification", None, None), "frac-final": ("fracture", None, None)}
+    if a.grid == "final":  # the sweep's defaults: GRADED ranges as shipped, the d2s+small-cnn probe
+        tasks = {"calc-final": ("calcification", None, None), "frac-final": ("fracture", None, None)}
     if a.grid == "round2":
         tasks = {"calc": ("calcification", None, None), "frac-b": ("fracture", (1.0, 14.0), (0.04, 0.16)),
                  "calc-c": ("calcification", (1.5, 24.0), (0.1, 0.3)), "calc-d": ("calcification", (1.0, 16.0), (0.1, 0.25)),
@@ -183,7 +199,22 @@ def main(argv=None) -> int:
         for j in jobs:
             j["task"] += f"@lr{j['lr']:g}"
         jobs.sort(key=lambda j: -int(j["method"] == "full size"))
-    for t in tasks if a.grid != "round3" else ():
+    if a.grid == "round4":
+        for t in tasks:
+            add(t, "full size", "small-cnn")
+            for m in ("s2d-f8c64", "s2d-f16c256"):
+                for pr in ("d2s-k4-init-sqrtC", "d2s-k4-init-linC", "d2s-k4-init-frozen"):
+                    add(t, m, pr)
+            add(t, "s2d-f4c16", "d2s-k4-init-linC")
+        jobs.sort(key=lambda j: -int(j["method"] == "full size"))
+    if a.grid == "final":
+        for t in tasks:
+            for m in ("full size", "bicubic-f4", "bicubic-f8", "bicubic-f16"):
+                add(t, m, "small-cnn")  # one channel: d2s+small-cnn builds no stem, i.e. this probe
+            for m in ("s2d-f4c16", "s2d-f8c64", "s2d-f16c256", "s2d-f4c4", "s2d-f8c4"):
+                add(t, m, "d2s-k4-init-slow" if a.stem_rule == "const" else "d2s-k4-init-linC")
+        jobs.sort(key=lambda j: -int(j["method"] == "full size" or j["method"].endswith(("c16", "c64", "c256"))))
+    for t in tasks if a.grid not in ("round3", "final", "round4") else ():
         for m in ("full size", "bicubic-f4", "bicubic-f8", "bicubic-f16"):
             if a.grid != "round2" or t not in ("calc",):
                 add(t, m, "small-cnn")
@@ -195,7 +226,7 @@ def main(argv=None) -> int:
         for m in ("s2d-f4c16", "s2d-f8c64"):
             add("calc", m, "d2s-k4-3x3-init")
         jobs.sort(key=lambda j: -int(j["method"] == "full size"))  # the slow ones first
-    cand = ("small-cnn", "d2s-k4") if a.grid == "quick" else () if a.grid in ("round2", "round3") else tuple(PROBES)[:6]
+    cand = ("small-cnn", "d2s-k4") if a.grid == "quick" else () if a.grid in ("round2", "round3", "final", "round4") else tuple(PROBES)[:6]
     for m in ("s2d-f4c16", "s2d-f8c64"):
         for pr in cand:
             add("calc", m, pr)

@@ -33,8 +33,8 @@ from torch import nn
 
 from .errors import LatentdsError
 
-__all__ = ["STEM_INITS", "STEM_PREFIX", "DepthToSpaceStem", "ProbeSpec", "StemmedBackbone", "build_probe_backbone",
-           "make_probe_module", "parse_probe", "stem_scale"]
+__all__ = ["STEM_INITS", "STEM_PREFIX", "DepthToSpaceStem", "ProbeError", "ProbeSpec", "StemmedBackbone",
+           "build_probe_backbone", "make_probe_module", "parse_probe", "stem_lr_factor", "stem_scale"]
 
 #: "d2s+<backbone>" puts a learned depth-to-space stem in front of <backbone>.
 STEM_PREFIX = "d2s+"
@@ -177,13 +177,24 @@ def build_probe_backbone(name: str, in_chans: int, *, f: int = 1, stem_chans: in
     return StemmedBackbone(stem, inner, flip=flip, standardize=standardize), True
 
 
+def stem_lr_factor(C: int, stem_lr_scale: float = 0.1) -> float:
+    """The stem's learning rate relative to the probe's: ``stem_lr_scale · 16 / C``, at most 1.
+
+    Measured (benchmarks/RESULTS.md, issue 12): with the stem at the full lr 3e-3 the lossless
+    f=8 control (C = 64) fell to 0.70 AUROC against 0.98 at full size; 0.1× for every C passed
+    f=4 and f=8 on calcifications but not f=8 on fractures nor f=16 (C = 256) on either task;
+    0.1 · 16 / C passed f = 4, 8 and 16 on both."""
+    return float(min(1.0, float(stem_lr_scale) * 16.0 / max(int(C), 1)))
+
+
 def _stem_probe_module_class():
     from trainers.probe.module import ProbeModule
 
     class StemProbeModule(ProbeModule):
         """A ProbeModule whose stem trains at ``stem_lr_scale`` times the learning rate: Adam
-        moves every weight by about lr per step whatever its gradient, which at lr 3e-3 and
-        C = 64 inputs per stem output scrambles a depth-to-space in a few hundred steps."""
+        moves every weight by about lr per step whatever its gradient, and each stem output
+        sums C such weights, so at lr 3e-3 a stem scrambles its depth-to-space within a few
+        hundred steps, the faster the more channels (:func:`stem_lr_factor`)."""
 
         stem_lr_scale = 1.0
 
@@ -206,7 +217,7 @@ def make_probe_module(backbone: str, in_chans: int, num_classes: int, *, f: int 
                       backbone_kwargs: dict | None = None):
     """A :class:`trainers.probe.module.ProbeModule` whose backbone is :func:`build_probe_backbone`'s
     (pass it to ``fit_probe(..., module=...)``). With a stem, flips and standardisation move
-    into :class:`StemmedBackbone` and the stem trains at ``stem_lr_scale`` × ``lr``.
+    into :class:`StemmedBackbone` and the stem trains at ``lr × stem_lr_factor(C, stem_lr_scale)``.
     ``mode="linear"`` freezes the whole feature extractor, stem included."""
     from trainers.probe.model import SMALL_CNN, num_outputs
 
@@ -216,7 +227,7 @@ def make_probe_module(backbone: str, in_chans: int, num_classes: int, *, f: int 
     # built around a throw-away small-cnn (cheap), then given the real feature extractor
     module = _stem_probe_module_class()(SMALL_CNN, in_chans, num_classes, mode=mode, lr=lr, weight_decay=weight_decay,
                                         flip=flip and not has_stem, standardize=standardize and not has_stem)
-    module.stem_lr_scale = float(stem_lr_scale)
+    module.stem_lr_scale = stem_lr_factor(in_chans, stem_lr_scale) if has_stem else 1.0
     module.hparams["backbone"] = backbone
     module.model.backbone = feats
     module.model.head = nn.Linear(int(feats.num_features), num_outputs(num_classes))

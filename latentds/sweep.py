@@ -69,7 +69,7 @@ class SweepConfig:
     stem_chans: int = 4                      # d2s stem: channels per output pixel
     stem_kernel: int = 1                     # d2s stem: kernel of the convolution before pixel_shuffle
     stem_init: str = "d2s"                   # d2s stem: start as the plain depth-to-space, or "random"
-    stem_lr_scale: float = 0.1               # d2s stem: its learning rate relative to lr
+    stem_lr_scale: float = 0.1               # d2s stem: lr x stem_lr_scale x 16 / C (probes.stem_lr_factor)
     probe_width: int | None = None           # small-cnn width (None: its default, 16)
     epochs: int = 40
     batch_size: int = 16
@@ -625,7 +625,7 @@ def describe(cfg: SweepConfig) -> str:
             f"{cfg.shape[0]}x{cfg.shape[1]}, {int(cfg.test_fraction * 100)}% held out)") if not cfg.data_root \
         else f"task at {cfg.data_root} (images resized to {cfg.shape[0]}x{cfg.shape[1]})"
     stem = (f" (stem: {cfg.stem_chans} ch/pixel, {cfg.stem_kernel}x{cfg.stem_kernel}, init {cfg.stem_init}, "
-            f"lr x{cfg.stem_lr_scale:g})") if cfg.backbone.startswith("d2s+") else ""
+            f"lr x {cfg.stem_lr_scale:g}·16/C)") if cfg.backbone.startswith("d2s+") else ""
     seeds = tuple(cfg.seeds) or (cfg.seed,)
     return (f"{task}; probe {cfg.backbone}{stem} ({cfg.mode}), AdamW lr {cfg.lr:g}, batch {cfg.batch_size}, "
             f"{cfg.epochs} epochs, seeds {', '.join(map(str, seeds))} (mean reported)")
@@ -690,7 +690,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stem-init", choices=("d2s", "random"), default=None,
                    help=f"d2s stem initialisation (default {d.stem_init})")
     p.add_argument("--stem-lr-scale", type=float, default=None,
-                   help=f"d2s stem learning rate relative to --lr (default {d.stem_lr_scale:g})")
+                   help=f"d2s stem learning rate: --lr x this x 16 / C, at most --lr (default {d.stem_lr_scale:g})")
     p.add_argument("--mode", choices=("full", "linear"), default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

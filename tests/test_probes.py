@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from latentds.errors import LatentdsError
 from latentds.probes import (DepthToSpaceStem, StemmedBackbone, build_probe_backbone, make_probe_module, parse_probe,
-                             stem_scale)
+                             stem_lr_factor, stem_scale)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -68,7 +68,10 @@ def test_probe_module_stem_lr_flip_and_forward():
     assert m.hparams.flip is False and m.model.standardize is False  # moved into the stem backbone
     opt = m.configure_optimizers()
     lrs = sorted(g["lr"] for g in opt.param_groups)
-    assert lrs == pytest.approx([3e-4, 3e-3])
+    assert lrs == pytest.approx([3e-4, 3e-3])  # 0.1 x 16 / C at C = 16
+    wide = make_probe_module("d2s+small-cnn", 64, 2, f=8, lr=3e-3).configure_optimizers()
+    assert sorted(g["lr"] for g in wide.param_groups) == pytest.approx([3e-3 * 0.1 * 16 / 64, 3e-3])
+    assert stem_lr_factor(4) == pytest.approx(0.4) and stem_lr_factor(1, 1.0) == 1.0  # capped at the probe's lr
     n_stem = sum(p.numel() for p in m.model.backbone.stem.parameters())
     assert sum(p.numel() for g in opt.param_groups if g["lr"] < 1e-3 for p in g["params"]) == n_stem
     out = m(torch.rand(3, 16, 12, 10))
