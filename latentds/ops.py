@@ -192,11 +192,32 @@ def _name_of(message: str, default: str) -> str:
     return head if "/" in head else default
 
 
+#: The least grace gc gives what may be work in flight: temp files of live writers, shards not
+#: named by the manifest yet (a compaction or bulk job commits them after writing them all),
+#: superseded manifest generations (a reader may be loading one). With grace 0, gc running beside
+#: a compaction deleted the generation the pointer had just moved to and the shards it named
+#: (issue 11, item 5). Raise the grace above the longest compaction / bulk partition you run.
+#: ``LATENTDS_GC_MIN_GRACE_S`` lowers it (tests on a quiet store only; at your own risk).
+MIN_GRACE_S = 300.0
+
+
+def min_grace_s() -> float:
+    import os
+
+    env = os.environ.get("LATENTDS_GC_MIN_GRACE_S")
+    return float(env) if env else MIN_GRACE_S
+
+
 @dataclass
 class GcReport:
     removed: list[str] = field(default_factory=list)
     kept_young: int = 0
     bytes_freed: int = 0
+    #: the grace applied to temp files, uncommitted shards and superseded generations
+    #: (``max(grace_s, MIN_GRACE_S)``): say so when it is more than was asked for
+    in_flight_grace_s: float = 0.0
+    #: objects that became referenced (or younger) between the listing and their deletion
+    rescued: int = 0
 
 
 def _age_s(info: dict[str, Any], now: float) -> float:
@@ -213,67 +234,120 @@ def _age_s(info: dict[str, Any], now: float) -> float:
     return 0.0  # unknown age counts as young: never delete what we cannot date
 
 
+class _View:
+    """What is committed, re-read whenever the pointer moves (see :func:`gc`)."""
+
+    def __init__(self, store: ShardedStore) -> None:
+        self.store = store
+        self.generation: str | None = None
+        self.shards: set[str] = set()
+        self.committed: set[str] = set()
+        self.ptr: dict[str, Any] | None = None
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        ptr = self.store.manifests.read_pointer()
+        gen = ptr["generation"] if ptr else None
+        if force or gen != self.generation:
+            m = self.store.manifests.load(ptr)  # raises ManifestError naming the file: nothing deleted
+            self.ptr, self.generation = ptr, gen
+            self.shards = set(m.shards) if m is not None else set()
+            self.committed = m.keys() if m is not None else set()
+
+
 def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcReport:
     """Remove, once older than ``grace_s``: temp files of interrupted writers, shards (and their
     indexes) no committed manifest names, superseded manifest generations, staging objects
     whose sample is committed in a shard, bulk partition records that stand for no committed
     work (their samples are not in the manifest, or the record is unreadable: a re-run would skip
     them) and unreadable failure records. Sound partition records (a bulk re-run needs them to
-    skip committed partitions) and failure records (``--retry-failed``, the exit code) are kept. The grace period protects writers and readers still
-    working from an older view. Refuses to run on a corrupt manifest (it could not tell what is
-    referenced)."""
+    skip committed partitions) and failure records (``--retry-failed``, the exit code) are kept.
+
+    Safe beside running compactions, bulk jobs and readers: temp files, unnamed shards and
+    superseded generations get at least :data:`MIN_GRACE_S` whatever ``grace_s`` says (they may
+    be work in flight); a generation at or after the committed one is never removed (a commit
+    may be replacing the pointer); and right before each deletion the pointer is read again (the
+    manifest reloaded if it moved) and the object's membership and age are checked again, so
+    what a commit made since the listing named, or a writer rewrote, is kept. Refuses to run on
+    a corrupt manifest (it could not tell what is referenced)."""
     rep = GcReport()
     loc = store.location
     fs, so = loc.fs, loc.storage_options
     fs.invalidate_cache()
-    ptr = store.manifests.read_pointer()
-    m = store.manifests.load(ptr)  # raises ManifestError naming the file: nothing is deleted then
-    shards = set(m.shards) if m is not None else set()
-    committed = m.keys() if m is not None else set()
-    current = f"{ptr['generation']}.parquet" if ptr else None
+    view = _View(store)
+    in_flight_grace = max(float(grace_s), min_grace_s())
+    rep.in_flight_grace_s = in_flight_grace
     # bulk partition records that stand for no committed work (see _partition_problem) and failure
     # records nobody can read: a re-run needs the sound ones (resume, --retry-failed, exit code)
     stale: set[str] = set()
     for path, rec in _records(store, "bulk"):
-        if _partition_problem(store, path, rec, committed, shards) is not None:
+        if _partition_problem(store, path, rec, view.committed, view.shards) is not None:
             stale.add(path)
     for path, rec in _records(store, "failures"):
         stem = path.rsplit("/", 1)[-1][: -len(".json")]
         if not isinstance(rec, dict) or rec.get("relpath_hash") != stem or "error_type" not in rec:
             stale.add(path)
+
+    def doomed(rel: str, path: str) -> tuple[float, bool] | None:
+        """(grace this object needs before it may go, whether it may be work in flight), or None
+        if it must stay."""
+        base = rel.rsplit("/", 1)[-1]
+        top = rel.split("/", 1)[0]
+        if base.startswith(".tmp-"):
+            return in_flight_grace, True
+        if top == "shards" and base.startswith(SHARD_PREFIX):
+            shard = base[: -len(INDEX_SUFFIX)] + SHARD_SUFFIX if base.endswith(INDEX_SUFFIX) else base
+            return None if shard in view.shards else (in_flight_grace, True)
+        if top == "manifest" and base.endswith(".parquet"):
+            gen = base[: -len(".parquet")]
+            # the committed one, and any newer one (a commit in progress), always stay
+            return None if view.generation is None or gen >= view.generation else (in_flight_grace, True)
+        if top == "staging" and base.endswith(".npz"):
+            return (float(grace_s), False) if base[: -len(".npz")] in view.committed else None
+        if top in ("bulk", "failures"):
+            return (float(grace_s), False) if path in stale else None
+        return None
+
     now = time.time()
     try:
         files = call(lambda: fs.find(loc.path, detail=True), loc.path, storage_options=so)
     except FileNotFoundError:
         return rep
+    prefix = loc.path.rstrip("/") + "/"
     for path, info in sorted(files.items()):
-        rel = path[len(loc.path.rstrip("/")) + 1:]
-        base = rel.rsplit("/", 1)[-1]
-        top = rel.split("/", 1)[0]
-        doomed = False
-        if base.startswith(".tmp-"):
-            doomed = True
-        elif top == "shards" and base.startswith(SHARD_PREFIX):
-            shard = base[: -len(INDEX_SUFFIX)] + SHARD_SUFFIX if base.endswith(INDEX_SUFFIX) else base
-            doomed = shard not in shards
-        elif top == "manifest" and base.endswith(".parquet"):
-            doomed = base != current
-        elif top == "staging" and base.endswith(".npz"):
-            doomed = base[: -len(".npz")] in committed
-        elif top in ("bulk", "failures"):
-            doomed = path in stale
-        if not doomed:
+        rel = path[len(prefix):]
+        verdict = doomed(rel, path)
+        if verdict is None:
             continue
-        if _age_s(info, now) < grace_s:
+        need, in_flight = verdict
+        if _age_s(info, now) < need:
             rep.kept_young += 1
             continue
+        fresh = info
+        if in_flight:
+            # right before deleting what may be work in flight: the pointer again (a compaction
+            # may have committed since the listing) and the object's own age again (a writer may
+            # have rewritten it). Staging objects and records need no re-check: the committed set
+            # only grows, so the listing-time view can only keep more of them, never fewer.
+            view.refresh()
+            if doomed(rel, path) is None:
+                rep.rescued += 1
+                continue
+            try:
+                fs.invalidate_cache(path)
+                fresh = call(lambda: fs.info(path), path, storage_options=so)
+            except FileNotFoundError:
+                continue
+            if _age_s(fresh, time.time()) < need:
+                rep.rescued += 1
+                continue
         if not dry_run:
             try:
                 call(lambda: fs.rm_file(path), path, storage_options=so)
             except FileNotFoundError:
                 continue
         rep.removed.append(path)
-        rep.bytes_freed += int(info.get("size") or 0)
+        rep.bytes_freed += int(fresh.get("size") or info.get("size") or 0)
     return rep
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,74 @@ def test_bulk_rerun_over_an_old_cache_adopts_instead_of_encoding(twins: tuple[Pa
         assert m.find(t2.key(i)) >= 0 and m.find(v2.key(i)) >= 0
         assert torch.equal(t2[i][0], expected[i])
         assert torch.equal(v2[i][0], fresh[i][0])
+
+
+# -- item 5: gc beside a compaction never removes what is (about to be) committed ----------------
+
+def _half_compacted(tmp_path: Path, age_s: float) -> tuple[LatentDataset, list, dict, Path]:
+    """A committed generation plus a shard a compaction has written but not committed yet."""
+    from latentds.shards import build_shard, index_document, shard_name
+    from latentds.store import channel_sums
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=3, shape=SHAPE, seed=0, transfer_syntaxes=("explicit-le",))
+    ds = LatentDataset(src, codec=CODEC, cache=tmp_path / "cache")
+    for i in range(3):
+        ds[i]
+    ds.compact()
+    for i in range(3, len(ds)):
+        ds[i]
+    store = ds.store
+    group = [(k, store.cache.get(k)) for k in store.cache.keys() if store.manifest().find(k) < 0]
+    data, rows = build_shard(group)
+    name = shard_name(data)
+    path = Path(store.shard_path(name))
+    path.write_bytes(data)
+    stats = channel_sums([e.mean for _, e in group])
+    Path(store.shard_path(name[:-4] + ".index.json")).write_bytes(index_document(name, data, rows, stats))
+    t = time.time() - age_s
+    for p in path.parent.iterdir():
+        os.utime(p, (t, t))
+    return ds, [(name, r) for r in rows], {name: stats}, path
+
+
+def test_gc_grace_has_a_floor_for_work_in_flight(tmp_path: Path) -> None:
+    from latentds.ops import MIN_GRACE_S, gc
+
+    ds, rows, stats, shard = _half_compacted(tmp_path, age_s=10)  # written 10 s ago, not committed
+    rep = gc(ds.store, grace_s=0)
+    assert shard.exists() and rep.in_flight_grace_s == MIN_GRACE_S >= 60
+    ds.store.commit_rows(rows, stats)  # the compaction commits: nothing it names is gone
+    fresh = LatentDataset(ds.root, codec=CODEC, cache=ds.cache.root.url)
+    calls = _count_encodes(fresh)
+    gc(fresh.store, grace_s=0)  # staging copies of committed samples may go at any grace
+    for i in range(len(fresh)):
+        fresh[i]
+    assert calls[0] == 0
+
+
+def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentds.ops import gc, verify
+
+    monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")  # isolate the re-check from the floor
+    ds, rows, stats, shard = _half_compacted(tmp_path, age_s=7200)  # an old shard, not named yet
+    store = ds.store
+    fs = store.location.fs
+    real_find = fs.find
+
+    def find_then_commit(*a: Any, **kw: Any) -> Any:
+        listing = real_find(*a, **kw)
+        store.commit_rows(rows, stats)  # a compaction commits right after gc listed the store
+        return listing
+
+    monkeypatch.setattr(fs, "find", find_then_commit)
+    rep = gc(store, grace_s=0)
+    monkeypatch.setattr(fs, "find", real_find)
+    ptr = store.manifests.read_pointer()
+    assert shard.exists() and Path(store.manifests.generation_path(ptr["generation"])).exists()
+    assert rep.rescued >= 1
+    fresh = LatentDataset(ds.root, codec=CODEC, cache=ds.cache.root.url)
+    calls = _count_encodes(fresh)
+    for i in range(len(fresh)):
+        fresh[i]
+    assert calls[0] == 0 and verify(fresh.store).ok
