@@ -16,6 +16,11 @@ once) as fvcore's ``FlopCountAnalysis`` reports them with the model in train mod
 against the paper's 607.33); the rule above gives 607.28 and keeps every one of the 13
 rows within 0.1 % (see ``docs/flops.md`` and ``benchmarks/flops.py``).
 
+The paper's rule charges batch norm its training-mode cost whatever mode the model is in, so
+``count_macs`` runs the model in eval mode (restored after): counting then never fails on an
+input the model takes (training-mode batch norm refuses a batch of one on a 1×1 map, which is
+HRNet's lowest branch at 32×32 inputs).
+
 The counting runs torch's own :class:`~torch.utils.flop_counter.FlopCounterMode` with extra
 formulas registered for the norm, upsampling and pooling ops, on the ``meta`` device by
 default: no arithmetic is done, so ``hrnet_w64`` at 1024² is counted in well under a second

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from latentds.flops import PAPER_RULE, RULES, TABLE1, count_macs, gmacs, hrnet_gmacs, table1
+from latentds.flops import PAPER_RULE, FlopCountError, RULES, TABLE1, count_macs, gmacs, hrnet_gmacs, table1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,22 @@ def test_real_model_is_not_touched_and_matches_real_execution() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)   # running stats, num_batches_tracked
     # running it for real on CPU counts the same ops
     assert count_macs(net, SHAPE, device=None).total == TRAIN
+
+
+def test_count_runs_in_eval_mode_so_a_valid_input_cannot_fail_it() -> None:
+    """Training-mode batch norm refuses one value per channel (batch of one on a 1x1 map, as in
+    HRNet's lowest branch at 32x32): the paper's rule does not depend on the mode, so the count
+    runs in eval mode, charges train-mode batch norm, and leaves every module's mode as it was."""
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4)).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        net(torch.zeros(1, 2, 6, 6))
+    for device in ("meta", None):
+        c = count_macs(net, (1, 2, 6, 6), device=device)
+        assert c.total == 4 * 36 * 2 * 9 + 4 * 36 + 5 * 4      # conv + pool input + BN 5/element
+        assert all(m.training for m in net.modules())
+    with pytest.raises(FlopCountError, match=r"Sequential at input 1x2x6x6 \(fvcore rule, on the meta device\) "
+                                             r"were not counted: ValueError: Expected more than 1 value"):
+        count_macs(net, (1, 2, 6, 6), rule="fvcore")                 # the rule that follows the mode
 
 
 def test_bad_arguments() -> None:

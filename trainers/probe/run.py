@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .metrics import bootstrap_auroc
-from .model import INPUT_FITS, MODES
+from .model import INPUT_FITS, MODES, ProbeShapeError
 from .module import Indexed, ProbeModule
 
 #: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
@@ -230,7 +230,8 @@ def predict(module: ProbeModule, dataset: Dataset, *, batch_size: int = 128, num
 
 def _shape_of(dataset: Dataset, what: str) -> tuple[int, ...]:
     if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError(f"the {what} set is empty")
+        raise ProbeShapeError(f"the {what} set is empty: there is no input to train or score a probe on; "
+                              f"check data.root / data.test_root and data.test_fraction")
     x0, _ = dataset[0]
     return tuple(int(s) for s in torch.as_tensor(x0).shape)
 
