@@ -5,10 +5,10 @@ Layout under ``<cache>/<namespace>/``::
     info.json               what produced this namespace (codec, preprocessing, format version)
     staging/<kk>/<key>.npz  one object per sample, written atomically, never rewritten
 
-The namespace is a hash of everything that changes the latents (DESIGN invariant 2), so a
+The namespace is a hash of everything that changes the latents (docs/design.md invariant 2), so a
 new codec, new weights or new preprocessing can never serve stale latents. A sample key is a
 hash of the source identity (relative path, size, mtime or ETag): a changed source is a miss.
-Objects are ``.npz`` read with ``allow_pickle=False`` (invariant 7) and carry the sha256 of their
+Objects are ``.npz`` read with ``allow_pickle=False`` (docs/design.md invariant 7) and carry the sha256 of their
 arrays, checked on every read so a corrupt latent raises instead of returning garbage.
 
 This is the per-sample (lazy-fill) tier; packing into shards with a manifest builds on it.

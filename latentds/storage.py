@@ -1,4 +1,4 @@
-"""fsspec plumbing: every path is a URL plus ``storage_options`` (DESIGN invariant 9).
+"""fsspec plumbing: every path is a URL plus ``storage_options`` (docs/design.md invariant 9).
 
 Filesystems are created lazily and per process, because some (s3fs) are not fork-safe and a
 DataLoader worker must not reuse its parent's event loop or sockets.

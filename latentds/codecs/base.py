@@ -2,7 +2,7 @@
 (input validation, bottom/right padding, fingerprints).
 
 A codec maps a batch of grayscale images ``B×1×H×W`` in ``[0, 1]`` to latents
-``B×C×ceil(H/f)×ceil(W/f)`` and back. Codecs are deterministic (DESIGN invariant 1):
+``B×C×ceil(H/f)×ceil(W/f)`` and back. Codecs are deterministic (docs/design.md invariant 1):
 ``encode`` returns the posterior *mean*, never a sample.
 """
 
@@ -49,7 +49,7 @@ def compute_fingerprint(
     weights_sha256: str,
     preprocessing: Mapping[str, Any],
 ) -> str:
-    """sha256 over everything that determines a codec's output (DESIGN invariant 2)."""
+    """sha256 over everything that determines a codec's output (docs/design.md invariant 2)."""
     payload = {
         "codec_format_version": CODEC_FORMAT_VERSION,
         "name": name,

@@ -2,7 +2,7 @@
 state dicts: ldm (CompVis / MedVAE) or diffusers key layouts, MedVAE LoRA merging, and
 look-ups in the local Hugging Face cache (never the network).
 
-Only safetensors and ``torch.load(weights_only=True)`` are used (DESIGN invariant 7).
+Only safetensors and ``torch.load(weights_only=True)`` are used (docs/design.md invariant 7).
 """
 
 from __future__ import annotations
