@@ -104,7 +104,7 @@ def check_image_batch(x: torch.Tensor, codec_name: str) -> torch.Tensor:
     if not x.is_floating_point():
         raise CodecError(
             f"codec {codec_name!r}: encode expects float pixels in [0, 1], got dtype {x.dtype}; "
-            "convert with x.float() / max_value (latentds.preprocessing does this)"
+            "convert with x.float() / max_value (latentds.preprocess does this)"
         )
     if x.numel() == 0:
         raise CodecError(f"codec {codec_name!r}: encode got an empty batch of shape {tuple(x.shape)}")
