@@ -266,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
 
     wall0 = time.perf_counter()
     kl, residual, _ = _import_codecs()
+    try:  # fail in seconds, not after loading data, if the diffusers wheel cannot import here
+        from diffusers import AutoencoderKL  # noqa: F401
+    except Exception as exc:
+        print(f"train_six: cannot import diffusers ({type(exc).__name__}: {exc}); install the wheels in .gpu/whl "
+              "with pip --target and put that folder on PYTHONPATH", file=sys.stderr)
+        return 3
     dev = torch.device(a.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
