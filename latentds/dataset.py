@@ -19,7 +19,7 @@ import torch
 from torchvision.datasets import DatasetFolder
 from tqdm.auto import tqdm
 
-from . import discovery
+from . import batch_read, discovery
 from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
 from .errors import CacheError, LatentdsError
@@ -410,6 +410,15 @@ class LatentDataset(DatasetFolder):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return latent, target
+
+    #: coalesce a batch's byte ranges this close into one read (None: latentds.batch_read's defaults)
+    batch_gap_bytes: int | None = None
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
+        """A whole batch, as ``DataLoader`` asks for it: equal to ``[self[i] for i in indices]``,
+        read in coalesced ranges per shard with one concurrent request set (see
+        :mod:`latentds.batch_read`); a ``transform`` keeps the per-sample path."""
+        return batch_read.getitems(self, indices)
 
     def decode(self, index: int) -> torch.Tensor:
         """The codec's reconstruction of sample ``index`` (``1×H×W`` in [0, 1]), for viewing."""
