@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from latentds.sweep import (CONTROL_FAMILY, FULL, REDUCED, SweepRow, control_results, default_methods,
+from latentds.sweep import (CONTROL_FAMILY, FULL, REDUCED, SweepRow, control_results,
                             format_markdown, is_control, mark_controls, method_family, plot, read_csv, run_sweep,
                             select_within_budget, with_controls, write_outputs)
 
@@ -76,10 +76,10 @@ def test_controls_and_baselines_are_added():
     got = with_controls([FULL, "kl-f8c4"])
     assert got == [FULL, "s2d-f8c64", "s2d-f8c4", "kl-f8c4"]  # control, then the γ-matched s2d baseline
     assert with_controls(["kl-f8c4=/x/w.safetensors"], baselines=False) == ["s2d-f8c64", "kl-f8c4=/x/w.safetensors"]
-    d = default_methods()
-    for f in (4, 8, 16):
-        assert f"bicubic-f{f}" in d and f"s2d-f{f}c{f * f}" in d
-    assert not any(m.startswith("s2d-") and not is_control(m) and m.replace("s2d", "kl") not in d for m in d)
+    # what default_methods() builds from the shipped weights (full size, bicubic, kl-f4c4, kl-f8c4)
+    d = with_controls([FULL, "bicubic-f4", "bicubic-f8", "bicubic-f16", "kl-f4c4", "kl-f8c4"])
+    assert d == [FULL, "bicubic-f4", "bicubic-f8", "bicubic-f16", "s2d-f4c16", "s2d-f8c64", "s2d-f16c256",
+                 "s2d-f4c4", "s2d-f8c4", "kl-f4c4", "kl-f8c4"]
 
 
 def test_method_family():
