@@ -1,0 +1,180 @@
+"""The batched read path (``LatentDataset.__getitems__``, issue 15 item 2): exactly what
+per-sample reads return, on local disk and on the loopback S3 server, before and after
+compaction, with the same typed error on a corrupt shard, and few requests per batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from latentds import LatentDataset, synthetic
+from latentds.batch_read import coalesce
+from latentds.errors import ShardError
+
+from conftest import Backend
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("src") / "dcm"
+    synthetic.make_dataset(root, n_per_class=8, shape=(48, 40), seed=5)
+    return root
+
+
+def make(root: Path, b: Backend, **kw: Any) -> LatentDataset:
+    return LatentDataset(root, codec="bicubic-f4", cache=b.url, cache_storage_options=b.options or None, **kw)
+
+
+def same(batch: list[tuple[Any, Any]], single: list[tuple[Any, Any]]) -> None:
+    assert len(batch) == len(single)
+    for (x, t), (y, u) in zip(batch, single):
+        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+        assert t == u
+
+
+def shuffled(ds: LatentDataset, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).permutation(len(ds)).tolist()
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["one-shape", "ragged-shapes"])
+def test_batch_equals_per_sample(src: Path, backend: Backend, fixed: bool) -> None:
+    kw: dict[str, Any] = {"image_size": (48, 40)} if fixed else {}
+    make(src, backend, **kw).fill(progress=False)
+    make(src, backend, **kw).compact(shard_samples=5)  # several shards, so rows group by shard
+    ds = make(src, backend, **kw)
+    idx = shuffled(ds)
+    before = ds.store.reads
+    batch = ds.__getitems__(idx)
+    reads = ds.store.reads - before
+    assert reads <= len(ds.store.manifest().shards) < len(idx)  # coalesced, not one per sample
+    same(batch, [ds[i] for i in idx])
+    # repeated and negative indices, as dataset[i] takes them
+    same(ds.__getitems__([3, 3, -1, 0]), [ds[3], ds[3], ds[-1], ds[0]])
+    # a DataLoader calls __getitems__ and collates its views into the same batches
+    loader = DataLoader(ds, batch_size=7, shuffle=False) if fixed else None
+    if loader is not None:
+        for k, (x, y) in enumerate(loader):
+            ref = [ds[i] for i in range(7 * k, min(len(ds), 7 * k + 7))]
+            assert torch.equal(x, torch.stack([r[0] for r in ref])) and y.tolist() == [r[1] for r in ref]
+
+
+def test_normalize_and_target_transform_match(src: Path, tmp_path: Path) -> None:
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40), "normalize": True, "target_transform": lambda t: t + 10}
+    make(src, b, **kw).fill(progress=False)
+    make(src, b, **kw).compact()
+    ds = make(src, b, **kw)
+    idx = shuffled(ds, 1)
+    same(ds.__getitems__(idx), [ds[i] for i in idx])
+
+
+def test_transform_keeps_the_per_sample_path(src: Path, tmp_path: Path) -> None:
+    b = Backend("local", str(tmp_path / "cache"))
+    seen: list[tuple[int, ...]] = []
+
+    def tf(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))  # called once per sample, with one sample
+        return x * 2
+
+    make(src, b).fill(progress=False)
+    make(src, b).compact()
+    ds = make(src, b, transform=tf)
+    idx = shuffled(ds, 2)[:9]
+    before = ds.store.reads
+    out = ds.__getitems__(idx)
+    assert len(seen) == 9 and ds.store.reads - before == 9  # one read per sample: the per-sample path
+    seen.clear()
+    same(out, [ds[i] for i in idx])
+
+
+def test_staging_and_after_recompaction(src: Path, backend: Backend) -> None:
+    kw = {"image_size": (48, 40)}
+    ds = make(src, backend, **kw)
+    ds.fill(indices=range(0, len(ds), 2), progress=False)
+    ds.compact()
+    ds.fill(progress=False)  # the odd samples stay in staging: uncommitted
+    ds = make(src, backend, **kw)
+    idx = shuffled(ds, 3)
+    same(ds.__getitems__(idx), [ds[i] for i in idx])
+    ds.compact(shard_samples=4)  # a new generation: rows are resolved again
+    assert len(ds.store.manifest()) == len(ds)
+    before = ds.store.reads
+    batch = ds.__getitems__(idx)
+    assert ds.store.reads - before <= len(ds.store.manifest().shards)
+    same(batch, [ds[i] for i in idx])
+    fresh = make(src, backend, **kw)
+    same(fresh.__getitems__(idx), batch)
+
+
+def _corrupt(ds: LatentDataset, index: int, *, truncate: bool = False) -> None:
+    m = ds.store.manifest()
+    row = m.find(ds.key(index))
+    shard, off, length, *_ = m.locate(row)
+    path = ds.store.shard_path(shard)
+    fs = ds.store.location.fs
+    data = bytearray(fs.cat_file(path))
+    if truncate:
+        data = data[: off + length // 2]
+    else:
+        data[off + length - 3] ^= 0x40  # a bit flip inside the latent's bytes
+    if ds.store.location.is_local:
+        os.chmod(path, 0o644)
+    fs.pipe_file(path, bytes(data))
+    ds.store.close()
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["bit-flip", "truncated"])
+def test_corrupt_shard_raises_the_per_sample_error(src: Path, backend: Backend, truncate: bool) -> None:
+    kw = {"image_size": (48, 40)}
+    make(src, backend, **kw).fill(progress=False)
+    make(src, backend, **kw).compact()
+    ds = make(src, backend, **kw)
+    idx = shuffled(ds, 4)
+    bad = idx[5]
+    ds[bad]
+    _corrupt(ds, bad, truncate=truncate)
+    with pytest.raises(ShardError) as per_sample:
+        for i in idx:
+            ds[i]
+    fresh = make(src, backend, **kw)
+    with pytest.raises(ShardError) as batched:
+        fresh.__getitems__(idx)
+    assert str(batched.value) == str(per_sample.value)
+    assert ("checksum mismatch" in str(batched.value)) != truncate
+    # a batch without the bad sample still reads (the error is that sample's, not the batch's)
+    if not truncate:
+        rest = [i for i in idx if i != bad]
+        same(fresh.__getitems__(rest), [fresh[i] for i in rest])
+
+
+def test_s3_requests_per_batch_at_most_shards_touched(src: Path, backend: Backend) -> None:
+    if backend.env is None:
+        pytest.skip("counts requests through the loopback S3 proxy")
+    kw = {"image_size": (48, 40)}
+    make(src, backend, **kw).fill(progress=False)
+    make(src, backend, **kw).compact(shard_samples=6)
+    ds = make(src, backend, **kw)
+    ds[0]  # the manifest is loaded once per process, not per batch
+    m = ds.store.manifest()
+    idx = shuffled(ds, 5)[:16]
+    touched = len({m.locate(m.find(ds.key(i)))[0] for i in idx})
+    backend.env.proxy.reset_counts()
+    batch = ds.__getitems__(idx)
+    assert sum(backend.env.proxy.counts.values()) == backend.env.proxy.counts["GET"] <= touched
+    backend.env.proxy.reset_counts()
+    single = [ds[i] for i in idx]
+    assert backend.env.proxy.counts["GET"] == len(idx)
+    same(batch, single)
+
+
+def test_coalesce_merges_only_close_ranges() -> None:
+    starts, ends = np.array([0, 100, 1000, 1045]), np.array([90, 200, 1040, 1100])
+    assert coalesce(starts, ends, 9) == [(0, 90, [0]), (100, 200, [1]), (1000, 1100, [2, 3])]
+    assert coalesce(starts, ends, 800) == [(0, 1100, [0, 1, 2, 3])]
+    assert coalesce(starts, ends, 0) == [(0, 90, [0]), (100, 200, [1]), (1000, 1040, [2]), (1045, 1100, [3])]
