@@ -162,95 +162,120 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     if owner is not m:
         plan_paths = [store.shard_path(name) for name in paths]
         store._plan_paths = (m, plan_paths)
-    # headers[k]: the 512 bytes before sample k's member; members[k]: its bytes (data aside)
+    # heads[k]: the 512-byte tar header in front of sample k's member (its name is checked)
+    heads = np.empty((len(rows), TAR_HEADER), np.uint8)
     crcs = np.zeros(len(rows), np.int64)
-    headers: list[bytes] = [b""] * len(rows)
     groups: list[tuple[int, int, int, list[int]]] = []  # (shard, start, end, samples)
     for s in np.unique(shard).tolist():
         ks = np.flatnonzero(shard == s)
         ks = ks[np.argsort(start[ks], kind="stable")]
         for a, b, members in coalesce(start[ks], end[ks], gap):
             groups.append((s, a, b, ks[members].tolist()))
-    if local:
-        _read_local(store, groups, plan_paths, start, off, length, mean_data, layout, slots, bufs, nbytes,
-                    headers, crcs)
-    else:
-        _read_remote(store, groups, plan_paths, start, off, length, mean_data, layout, slots, bufs, nbytes,
-                     headers, crcs)
-    # checks in batch order: the first bad sample is the one the per-sample loop would hit
-    for k in range(len(rows)):
-        key = m.key_bytes(int(rows[k]))
-        try:
-            check_member(headers[k], key, ".npy", "batch")
-        except LatentdsError:
-            raise _Mismatch() from None
-        if crcs[k] != crc[k]:
+    reader = _read_local if local else _read_remote
+    reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
+           slots.tolist(), bufs, nbytes, heads, crcs)
+    # every check before anything is returned; on a failure the per-sample loop re-reads the
+    # batch and raises for the first bad sample in batch order, as it would have alone
+    keys = [m.key_bytes(r) + b".npy" for r in rows.tolist()]
+    width = len(keys[0])
+    if all(len(k) == width for k in keys) and width < TAR_HEADER:
+        want = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), width)
+        if not (heads[:, :width] == want).all() or heads[:, width].any():
             raise _Mismatch()
-    out: list[torch.Tensor] = []
-    for k in range(len(rows)):
-        out.append(tensors[int(layout[k])][int(slots[k])])
+    else:
+        for k, key in enumerate(keys):
+            try:
+                check_member(heads[k].tobytes(), key[:-4], ".npy", "batch")
+            except LatentdsError:
+                raise _Mismatch() from None
+    if not np.array_equal(crcs, crc):
+        raise _Mismatch()
     if ds.normalize:
         mean, std = ds._normalizer()
         # the same elementwise ops as the per-sample path, on the whole batch at once
         for lay, t in tensors.items():
             shape = (1, -1) + (1,) * (t.ndim - 2)
             tensors[lay] = (t - mean.view(shape)) / std.view(shape)
-        out = [tensors[int(layout[k])][int(slots[k])] for k in range(len(rows))]
-    return out
+    if len(tensors) == 1:  # one layout: the slots are the batch order
+        return list(next(iter(tensors.values())).unbind(0))
+    views = {lay: t.unbind(0) for lay, t in tensors.items()}
+    return [views[lay][sl] for lay, sl in zip(layout.tolist(), slots.tolist())]
 
 
-def _crc_of(parts: list[np.ndarray]) -> int:
+def _read_local(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], off: list[int],
+                length: list[int], mean_data: list[int], layout: list[int], slots: list[int],
+                bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray) -> None:
+    """One ``preadv`` per coalesced range: latent bytes land in the batch tensor directly, the
+    rest (tar and ``.npy`` headers, std, gaps) in scratch."""
     import google_crc32c
 
-    c = 0
-    for p in parts:
-        if len(p):
-            c = google_crc32c.extend(c, p)  # numpy views: no copy (bytes/memoryview slices would)
-    return int(c)
-
-
-def _read_local(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], start: np.ndarray,
-                off: np.ndarray, length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray,
-                slots: np.ndarray, bufs: dict[int, np.ndarray], nbytes: dict[int, int], headers: list[bytes],
-                crcs: np.ndarray) -> None:
-    """One ``preadv`` per coalesced range: latent bytes land in the batch tensor directly, the
-    rest (tar and ``.npy`` headers, std, gaps) in one scratch buffer per range."""
+    extend = google_crc32c.extend  # takes numpy views without a copy (bytes slices would copy)
+    pre_n = max(mean_data)
+    pre = np.empty((len(off), pre_n), np.uint8)
+    tails = [length[k] - mean_data[k] - nbytes[layout[k]] for k in range(len(off))]
+    tail = np.empty((len(off), max(tails)), np.uint8) if max(tails) > 0 else None
+    if min(tails) < 0:
+        raise _Mismatch()
+    # flat memoryviews: slicing one is cheap (a 2-D memoryview has no row sub-views)
+    hv, pv = memoryview(heads.reshape(-1)), memoryview(pre.reshape(-1))
+    tv = memoryview(tail.reshape(-1)) if tail is not None else None
+    tn = tail.shape[1] if tail is not None else 0
+    dv = {lay: memoryview(b.reshape(-1)) for lay, b in bufs.items()}
+    fds = store._fds if store._fd_pid == os.getpid() else {}
+    preadv = os.preadv
     for s, a, b, members in groups:
         path = paths[s]
-        store._pread(path, 0, 0)  # opens (and keeps) the descriptor, as the per-sample path does
-        fd = store._fds[path]
+        fd = fds.get(path)
+        if fd is None:
+            store._pread(path, 0, 0)  # opens (and keeps) the descriptor, as the per-sample path does
+            fds = store._fds
+            fd = fds[path]
+        store.reads += 1
+        if len(members) == 1:  # the common case for a random batch: no Python-level copying
+            k = members[0]
+            md, lay, tl = mean_data[k], layout[k], tails[k]
+            sl, nb = slots[k], nbytes[lay]
+            iov = [hv[k * TAR_HEADER:(k + 1) * TAR_HEADER], pv[k * pre_n:k * pre_n + md], dv[lay][sl * nb:(sl + 1) * nb]]
+            if tl:
+                iov.append(tv[k * tn:k * tn + tl])  # type: ignore[index]
+            if preadv(fd, iov, a) != b - a:
+                raise _Mismatch()  # truncated shard: the per-sample path raises its ShardError
+            c = extend(extend(0, pre[k, :md]), bufs[lay][slots[k]])
+            crcs[k] = extend(c, tail[k, :tl]) if tl else c  # type: ignore[index]
+            continue
         scratch = np.empty(b - a, np.uint8)
         segs: list[tuple[int, np.ndarray]] = []  # (file offset, destination), contiguous in the file
         pos = a
         for k in members:
-            o, lay = int(off[k]), int(layout[k])
+            o, lay = off[k], layout[k]
             if o - TAR_HEADER < pos:  # overlapping rows: not what compaction writes
                 raise _Mismatch()
-            d0 = o + int(mean_data[k])
+            d0 = o + mean_data[k]
             segs.append((pos, scratch[pos - a: d0 - a]))
-            segs.append((d0, bufs[lay][int(slots[k])]))
+            segs.append((d0, bufs[lay][slots[k]]))
             pos = d0 + nbytes[lay]
         segs.append((pos, scratch[pos - a:]))
         segs = [sg for sg in segs if len(sg[1])]
-        for c in range(0, len(segs), _IOV_MAX):
-            chunk = segs[c: c + _IOV_MAX]
+        for c0 in range(0, len(segs), _IOV_MAX):
+            chunk = segs[c0: c0 + _IOV_MAX]
             want = sum(len(v) for _, v in chunk)
-            if os.preadv(fd, [memoryview(v) for _, v in chunk], chunk[0][0]) != want:
-                raise _Mismatch()  # truncated shard: the per-sample path raises its ShardError
-        store.reads += 1
+            if preadv(fd, [memoryview(v) for _, v in chunk], chunk[0][0]) != want:
+                raise _Mismatch()
         for k in members:
-            o, n, lay = int(off[k]), int(length[k]), int(layout[k])
-            d0 = o + int(mean_data[k])
+            o, n, lay = off[k], length[k], layout[k]
+            d0 = o + mean_data[k]
             d1 = d0 + nbytes[lay]
-            headers[k] = scratch[o - TAR_HEADER - a: o - a].tobytes()
-            crcs[k] = _crc_of([scratch[o - a: d0 - a], bufs[lay][int(slots[k])], scratch[d1 - a: o + n - a]])
+            heads[k] = scratch[o - TAR_HEADER - a: o - a]
+            c = extend(extend(0, scratch[o - a: d0 - a]), bufs[lay][slots[k]])
+            crcs[k] = extend(c, scratch[d1 - a: o + n - a]) if o + n > d1 else c
 
 
-def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], start: np.ndarray,
-                 off: np.ndarray, length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray,
-                 slots: np.ndarray, bufs: dict[int, np.ndarray], nbytes: dict[int, int], headers: list[bytes],
-                 crcs: np.ndarray) -> None:
+def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], off: list[int],
+                 length: list[int], mean_data: list[int], layout: list[int], slots: list[int],
+                 bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray) -> None:
     """Every coalesced range of the batch in one concurrent ``cat_ranges``."""
+    import google_crc32c
+
     fs = store.location.fs
     gp = [paths[s] for s, *_ in groups]
     ga = [a for _, a, _, _ in groups]
@@ -267,9 +292,8 @@ def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], path
             raise _Mismatch()
         raw = np.frombuffer(data, np.uint8)
         for k in members:
-            o, n, md = int(off[k]), int(length[k]), int(mean_data[k])
-            lay = int(layout[k])
+            o, n, md, lay = off[k], length[k], mean_data[k], layout[k]
             member = raw[o - a: o - a + n]
-            headers[k] = data[o - TAR_HEADER - a: o - a]
-            crcs[k] = _crc_of([member])
-            bufs[lay][int(slots[k])] = member[md: md + nbytes[lay]]
+            heads[k] = raw[o - TAR_HEADER - a: o - a]
+            crcs[k] = google_crc32c.value(member)
+            bufs[lay][slots[k]] = member[md: md + nbytes[lay]]
