@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .dataset import LatentDataset
     from .manifest import Manifest
 
-__all__ = ["LOCAL_GAP_BYTES", "REMOTE_GAP_BYTES", "getitems", "coalesce"]
+__all__ = ["LOCAL_GAP_BYTES", "REMOTE_GAP_BYTES", "getitems", "coalesce", "collate"]
 
 #: Local disk: a syscall costs about as much as copying a few KiB from the page cache, so only
 #: true neighbours merge (consecutive members are ~1 KiB apart: the ``.json`` member between).
@@ -72,6 +72,27 @@ def coalesce(starts: np.ndarray, ends: np.ndarray, gap: int) -> list[tuple[int, 
         else:
             out.append((s, e, [k]))
     return out
+
+
+def collate(batch: list[tuple[Any, Any]]) -> Any:
+    """``default_collate`` for ``DataLoader(collate_fn=...)``, minus its copy when the latents
+    are, in order, the rows of one tensor (what :func:`getitems` returns for one layout): that
+    tensor is the batch. Anything else (ragged layouts, a transform's output, per-sample
+    fallbacks) goes to ``default_collate`` unchanged, so the result is always the same."""
+    from torch.utils.data import default_collate
+
+    lat = [b[0] for b in batch]
+    first = lat[0] if lat else None
+    if isinstance(first, torch.Tensor) and first.ndim and all(len(b) == 2 for b in batch):
+        base = first._base
+        if (base is not None and base.shape[0] == len(lat) and base.shape[1:] == first.shape
+                and base.is_contiguous() and first.data_ptr() == base.data_ptr()):
+            step = base.stride(0) * base.element_size()
+            p0 = base.data_ptr()
+            if all(isinstance(x, torch.Tensor) and x._base is base and x.data_ptr() == p0 + j * step
+                   for j, x in enumerate(lat)):
+                return [base, default_collate([b[1] for b in batch])]
+    return default_collate(batch)
 
 
 def _per_sample(ds: "LatentDataset", indices: Sequence[int]) -> list[tuple[Any, Any]]:

@@ -178,3 +178,24 @@ def test_coalesce_merges_only_close_ranges() -> None:
     assert coalesce(starts, ends, 9) == [(0, 90, [0]), (100, 200, [1]), (1000, 1100, [2, 3])]
     assert coalesce(starts, ends, 800) == [(0, 1100, [0, 1, 2, 3])]
     assert coalesce(starts, ends, 0) == [(0, 90, [0]), (100, 200, [1]), (1000, 1040, [2]), (1045, 1100, [3])]
+
+
+def test_collate_returns_the_batch_tensor_without_a_copy(src: Path, tmp_path: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from latentds.batch_read import collate
+
+    b = Backend("local", str(tmp_path / "cache"))
+    make(src, b, image_size=(48, 40)).fill(progress=False)
+    make(src, b, image_size=(48, 40)).compact()
+    ds = make(src, b, image_size=(48, 40))
+    idx = shuffled(ds, 6)[:10]
+    items = ds.__getitems__(idx)
+    x, y = collate(items)
+    rx, ry = default_collate([ds[i] for i in idx])
+    assert torch.equal(x, rx) and torch.equal(y, ry) and x.data_ptr() == items[0][0].data_ptr()
+    # not rows of one tensor in order (a reordered batch): default_collate's copy, same values
+    x2, _ = collate(items[::-1])
+    assert torch.equal(x2, rx.flip(0)) and x2.data_ptr() != items[-1][0].data_ptr()
+    loader = DataLoader(ds, batch_size=4, collate_fn=collate)
+    assert torch.equal(torch.cat([xb for xb, _ in loader]), torch.stack([ds[i][0] for i in range(len(ds))]))

@@ -1,0 +1,159 @@
+"""Batched warm reads (issue 15 item 2): ``LatentDataset.__getitems__`` for a batch of 256
+random samples vs an ``np.memmap`` fancy-index gather of the same rows, side by side in one
+run (interleaved rounds, medians). Local disk, page cache warm on both sides.
+
+The cache is written directly (random latents of C×h×w float32 under the keys of a tree of
+small placeholder files, then ``compact``), so the benchmark measures reads, not encoding.
+
+    python benchmarks/batched_reads.py --samples 2000 --batch 256 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["build_cache"]
+
+
+def build_cache(root: Path, cache: str, n: int, shape: tuple[int, ...], *, shard_bytes: int = 8 << 20,
+                seed: int = 0, **kw: Any) -> tuple[Any, np.ndarray]:
+    """A committed cache of ``n`` random float32 latents of ``shape`` for a tree of ``n`` small
+    files under ``root`` (two classes); returns ``(dataset, latents in dataset order)``."""
+    from latentds import LatentDataset
+
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / ("a" if i % 2 else "b") / f"{i:06d}.png").write_bytes(rng.bytes(64))
+    ds = LatentDataset(root, codec="bicubic-f4", cache=cache, **kw)
+    lat = rng.standard_normal((len(ds), *shape), dtype=np.float32)
+    for i in range(len(ds)):
+        meta = {"content_sha256": f"{i:064x}", "content_shape": [1, 1], "image_shape": [1, 1],
+                "relpath_hash": f"{i:016x}"}
+        ds._store(i, ds.key(i), torch.from_numpy(lat[i]), torch.zeros(1), meta)
+    per = max(1, shard_bytes // (lat[0].nbytes + 2048))
+    ds.compact(shard_samples=per, shard_bytes=shard_bytes)
+    return LatentDataset(root, codec="bicubic-f4", cache=cache, **kw), lat
+
+
+def timed(fn: Any, reps: int) -> float:
+    """Median seconds of ``reps`` calls (one call per batch)."""
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--shape", type=int, nargs="+", default=[4, 64, 52])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=10, help="batches per method per round")
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # DataLoader workers run one thread each; the memmap gather is one thread too
+    from torch.utils.data import default_collate
+
+    from latentds.batch_read import collate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        ds, lat = build_cache(work / "data", str(work / "cache"), args.samples, tuple(args.shape))
+        mm_path = work / "latents.npy"
+        np.save(mm_path, lat)
+        mm = np.load(mm_path, mmap_mode="r")
+        m = ds.store.manifest()
+        print(f"built {len(ds)} latents {tuple(args.shape)} float32 in {len(m.shards)} shards "
+              f"({time.perf_counter() - t0:.0f} s)")
+        rng = np.random.default_rng(1)
+        batches = [rng.choice(len(ds), args.batch, replace=False) for _ in range(args.reps)]
+        # warm both sides: page cache, descriptors, read plan, row memo
+        for b in batches:
+            ds.__getitems__(b.tolist())
+            mm[b]
+        it = {k: iter(()) for k in ("a",)}
+
+        def cycle() -> np.ndarray:
+            try:
+                return next(it["a"])
+            except StopIteration:
+                it["a"] = iter(batches)
+                return next(it["a"])
+
+        def memmap() -> None:
+            torch.from_numpy(mm[cycle()])
+
+        def batched() -> None:
+            ds.__getitems__(cycle().tolist())
+
+        def batched_collate() -> None:
+            default_collate(ds.__getitems__(cycle().tolist()))
+
+        def batched_own_collate() -> None:
+            collate(ds.__getitems__(cycle().tolist()))
+
+        def per_sample_collate() -> None:
+            default_collate([ds[i] for i in cycle().tolist()])
+
+        # the floor of a pread design: one bare os.preadv per sample of its latent bytes into a
+        # preallocated batch (no tar/npy header, no CRC, no checks, no Python bookkeeping)
+        plan, layouts = m.read_plan()
+        fds = {p: os.open(ds.store.shard_path(p), os.O_RDONLY) for p in m.shards}
+        shard_fd = [fds[p] for p in m.shards]
+        rows_of = np.array([m.find(ds.key(i)) for i in range(len(ds))])
+        nbytes = lat[0].nbytes
+
+        def bare_preadv() -> None:
+            rows = plan[rows_of[cycle()]]
+            out = np.empty((len(rows), *lat.shape[1:]), np.float32)
+            mv = memoryview(out.reshape(-1).view(np.uint8))
+            for j, (s, o, md) in enumerate(rows[:, [0, 1, 3]].tolist()):
+                os.preadv(shard_fd[s], [mv[j * nbytes:(j + 1) * nbytes]], o + md)
+            torch.from_numpy(out)
+
+        b = batches[0].tolist()
+        got = default_collate(ds.__getitems__(b))[0]
+        assert torch.equal(got, torch.from_numpy(mm[batches[0]])), "batched read differs from the memmap rows"
+        assert torch.equal(collate(ds.__getitems__(b))[0], got)
+        methods = {"memmap gather": memmap, "bare preadv per sample (floor)": bare_preadv, "__getitems__": batched, "__getitems__ + default_collate":
+                   batched_collate, "__getitems__ + batch_read.collate": batched_own_collate, "per-sample + default_collate": per_sample_collate}
+        res: dict[str, list[float]] = {k: [] for k in methods}
+        for r in range(args.rounds):
+            order = list(methods)
+            if r % 2:
+                order.reverse()  # interleaved, alternating order: drift in machine load hits both
+            for k in order:
+                res[k].append(timed(methods[k], args.reps))
+            print(f"round {r}: " + "  ".join(f"{k} {1e3 * res[k][-1]:.2f} ms" for k in methods), flush=True)
+        med = {k: statistics.median(v) for k, v in res.items()}
+        mb = args.batch * lat[0].nbytes / 1e6
+        print(f"\nbatch {args.batch} random of {len(ds)} latents {tuple(args.shape)} float32 ({mb:.1f} MB), "
+              f"{len(m.shards)} shards of <= 8 MiB, local disk, page cache warm, 1 thread; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        base = med["memmap gather"]
+        for k, v in med.items():
+            print(f"  {k:32s} {1e3 * v:7.2f} ms/batch  {args.batch / v:9.0f} samples/s  "
+                  f"{100 * base / v:5.0f} % of memmap")
+        print(f"goal: batch of {args.batch} >= 100 % of the memmap gather: __getitems__ "
+              f"{100 * base / med['__getitems__']:.0f} %, with default_collate "
+              f"{100 * base / med['__getitems__ + default_collate']:.0f} %, with batch_read.collate "
+              f"{100 * base / med['__getitems__ + batch_read.collate']:.0f} %; the pread floor "
+              f"{100 * base / med['bare preadv per sample (floor)']:.0f} %")
+
+
+if __name__ == "__main__":
+    main()
