@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .cache import LatentCache
 from .errors import CacheError, ShardError
 from .manifest import Manifest
-from .shards import decode_sample
+from .shards import TAR_HEADER, check_member, decode_sample
 from .storage import call
 from .store import ShardedStore
 
@@ -138,9 +138,10 @@ class LatentIterableDataset(IterableDataset):
             for row in rows:
                 _, off, length, mlen, soff, sha, stored_target = m.locate(row)
                 key = m.key_at(row)
-                if off < 0 or length < 0 or off + length > len(data):
+                if off < TAR_HEADER or length < 0 or off + length > len(data):
                     raise ShardError(f"{path} (sample {key}): shard is truncated (bytes {off}..{off + length} of "
                                      f"{len(data)}); run `latentds verify`")
+                check_member(data[off - TAR_HEADER:off], key, ".npy", f"{path} (sample {key})")
                 mean, _ = decode_sample(data[off:off + length], mean_length=mlen, std_offset=soff, sha256=sha,
                                         name=f"{path} (sample {key})")
                 target: Any = self.samples[key] if self.samples is not None else stored_target

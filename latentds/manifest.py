@@ -142,6 +142,7 @@ class Manifest:
             raise ManifestError(f"{where}: holds key {odd[:80]!r}, which is not a sample key (40 hex digits); "
                                 f"refused, the manifest is corrupt or crafted")
         self._sha: np.ndarray | None = None
+        self._inv: np.ndarray | None = None
         pa.default_memory_pool().release_unused()  # decode scratch back to the OS, not kept in RSS
 
     @property
@@ -196,6 +197,16 @@ class Manifest:
 
     def key_at(self, row: int) -> str:
         return str(self.column("key")[row].as_py())
+
+    def key_bytes(self, row: int) -> bytes:
+        """The key of ``row`` as bytes from the in-memory key index (no Arrow access: warm path)."""
+        if self._order is None:
+            return bytes(self._keys[row])
+        if self._inv is None:
+            inv = np.empty_like(self._order)
+            inv[self._order] = np.arange(len(self._order))
+            self._inv = inv
+        return bytes(self._keys[int(self._inv[row])])
 
     def read_plan(self) -> tuple[np.ndarray, list[Layout]]:
         """Per-row read plan for the warm path: an ``(rows, 7)`` int64 array with columns

@@ -16,7 +16,8 @@ from typing import Any
 from .cache import LatentCache
 from .errors import CacheError, LatentdsError, ManifestError
 from .manifest import POINTER
-from .shards import INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, crc32c, decode_sample
+from .shards import (INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, TAR_HEADER, check_member, crc32c,
+                     decode_sample)
 from .storage import RETRY_STATS, call
 from .store import ShardedStore
 
@@ -78,8 +79,13 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                 rep.samples += 1
                 _, off, length, mlen, soff, sha, _ = m.locate(r)
                 name = f"{path} (sample {keys[r]})"
-                if off < 0 or length < 0:  # a slice would silently count from the end
+                if off < TAR_HEADER or length < 0:  # a slice would silently count from the end
                     rep.bad.append((path, f"{name}: manifest row has offset {off}, length {length}; corrupt"))
+                    continue
+                try:  # the bytes at the offset are this row's own member (rows swapped: checksums agree)
+                    check_member(data[off - TAR_HEADER:off], keys[r], ".npy", name)
+                except LatentdsError as exc:
+                    rep.bad.append((path, str(exc)))
                     continue
                 buf = data[off:off + length]
                 if len(buf) != length:

@@ -43,6 +43,22 @@ SHARD_NAME = re.compile(r"shard-[0-9a-f]{32}\.tar")
 KEY_NAME = re.compile(r"[0-9a-f]{40}")
 
 
+TAR_HEADER = 512  # a USTAR member header: build_shard writes one right before each member's data
+
+
+def check_member(header: bytes, key: str | bytes, suffix: str, name: str) -> None:
+    """The tar header right before a row's bytes must be the row's own member (``<key><suffix>``).
+
+    Checksums alone cannot tell: two manifest rows swapped consistently (offsets and checksums)
+    still verify, and each would serve the other's latent (issue 11, item 9)."""
+    want = (key if isinstance(key, bytes) else key.encode()) + suffix.encode()
+    if header[:len(want)] != want or header[len(want):len(want) + 1] not in (b"\0", b""):
+        found = header[:100].split(b"\0", 1)[0].decode("latin1", "replace")
+        raise ShardError(f"{name}: the bytes at this manifest row's offset are tar member {found!r}, not "
+                         f"{want.decode()!r}: the manifest's rows are swapped or corrupt; `latentds verify` "
+                         f"lists every such row")
+
+
 def check_shard_name(name: Any, where: str) -> str:
     """``name`` if it is a shard name latentds writes, else :class:`ShardError` naming ``where``."""
     if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):

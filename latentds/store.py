@@ -34,7 +34,8 @@ import pyarrow as pa
 from .cache import Entry, LatentCache
 from .errors import CacheError, ManifestError, ShardError
 from .manifest import CommitConflict, Manifest, ManifestStore, rows_table
-from .shards import Row, build_shard, check_shard_name, crc32c, decode_sample, index_document, shard_name
+from .shards import (TAR_HEADER, Row, build_shard, check_member, check_shard_name, crc32c, decode_sample,
+                     index_document, shard_name)
 from .storage import Location, call, write_atomic
 
 DEFAULT_SHARD_BYTES = 64 << 20
@@ -229,7 +230,7 @@ class ShardedStore:
         shard, off, length, mlen, soff, sha, target = m.locate(row)
         path = self.shard_path(shard)
         name = f"{path} (sample {key})"
-        buf = self._read_range(path, off, length, sha, m.generation)
+        buf = self._read_range(path, off, length, sha, m.generation, key)
         mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
         return Entry(mean, std, {"key": key, "target": target, "shard": shard})
 
@@ -250,7 +251,10 @@ class ShardedStore:
         if owner is not m:
             paths = [self.shard_path(name) for name in m.shards]
             self._plan_paths = (m, paths)
-        buf = self._fetch(paths[shard], off, length, m.generation)
+        header, buf = self._fetch(paths[shard], off, length, m.generation, True)
+        kb = m.key_bytes(row)  # 40 hex digits (checked when the generation was loaded)
+        if header[:40] != kb or header[40:45] != b".npy\0":  # inline: this runs on every warm read
+            check_member(header, kb, ".npy", f"{paths[shard]} (sample {kb.decode()})")
         if crc32c(buf) != crc:
             raise ShardError(f"{paths[shard]} (sample {m.key_at(row)}): checksum mismatch (crc32c), the shard is "
                              f"corrupt; `latentds verify` lists every bad sample")
@@ -272,38 +276,62 @@ class ShardedStore:
         off = int(m.column("meta_offset")[row].as_py())
         n = int(m.column("meta_length")[row].as_py())
         path = self.shard_path(shard)
-        raw = self._fetch(path, off, n, m.generation)
+        raw = self._fetch_member(path, off, n, m.generation, key, ".json")
         try:
             return json.loads(raw)
         except ValueError as exc:
             raise ShardError(f"{path} (sample {key}): corrupt metadata member ({exc})") from exc
 
-    def _read_range(self, path: str, off: int, length: int, sha: str, generation: str) -> bytes:
+    def _read_range(self, path: str, off: int, length: int, sha: str, generation: str, key: str) -> bytes:
+        # local copies are named by content AND key: a hit is these bytes of this very sample
+        name = f"{sha}-{key}"
         if self.readthrough is not None:
-            hit = self.readthrough.get(sha)
+            hit = self.readthrough.get(name)
             if hit is not None and hashlib.sha256(hit).hexdigest() == sha:
                 return hit
-        buf = self._fetch(path, off, length, generation)
+        buf = self._fetch_member(path, off, length, generation, key)
         if self.readthrough is not None and hashlib.sha256(buf).hexdigest() == sha:
-            self.readthrough.put(sha, buf)
+            self.readthrough.put(name, buf)
         return buf
 
-    def _fetch(self, path: str, off: int, length: int, generation: str) -> bytes:
-        """Exactly one ranged read; a short read is a truncated shard, never zeros."""
-        if off < 0 or length < 0 or length > MAX_SAMPLE_BYTES:
+    def _fetch_member(self, path: str, off: int, length: int, generation: str, key: str | bytes,
+                      suffix: str = ".npy") -> bytes:
+        """The row's bytes, after checking that the tar header right before them names the row's
+        key. Local disk: a second 512-byte ``pread`` (page cache, ~1 us; slicing one larger read
+        would copy the latent again for its CRC). Object stores: the header comes in the same
+        ranged GET (one round trip; the copy is nothing next to it)."""
+        header, buf = self._fetch(path, off, length, generation, True)
+        check_member(header, key, suffix, f"{path} (sample {key.decode() if isinstance(key, bytes) else key})")
+        return buf
+
+    def _fetch(self, path: str, off: int, length: int, generation: str, header: bool = False) -> Any:
+        """Exactly one ranged read; a short read is a truncated shard, never zeros.
+
+        ``header=True``: returns ``(tar header before the bytes, bytes)``, for the caller to check
+        the member is the row's own. Local disk: a second 512-byte ``pread`` on the same descriptor
+        (page cache; slicing one larger read would copy the latent again for its CRC). Object
+        stores: the header comes in the same ranged GET (one round trip; the copy is nothing next
+        to it)."""
+        if off < TAR_HEADER * header or length < 0 or length > MAX_SAMPLE_BYTES:
             raise ShardError(f"{path}: manifest generation {generation} asks for bytes {off}..{off + length} "
                              f"(offset {off}, length {length}); not a sample's range, the manifest row is corrupt; "
                              f"run `latentds verify`")
         self.reads += 1
         if self._local is None:  # decided once: the property re-checks the process id every time
             self._local = self.location.is_local
+        hdr = b""
         try:
             if self._local:
                 buf = self._pread(path, off, length)
+                if header:
+                    hdr = os.pread(self._fds[path], TAR_HEADER, off - TAR_HEADER)
             else:
                 fs = self.location.fs
-                buf = call(lambda: fs.cat_file(path, start=off, end=off + length), path,
+                start = off - TAR_HEADER if header else off
+                buf = call(lambda: fs.cat_file(path, start=start, end=off + length), path,
                            storage_options=self.location.storage_options)
+                if header:
+                    hdr, buf = buf[:TAR_HEADER], buf[TAR_HEADER:]
         except FileNotFoundError:
             raise ShardError(f"{path}: shard named by manifest generation {generation} is missing; run "
                              f"`latentds verify` and re-run `latentds compact` after restoring staging") from None
@@ -316,7 +344,7 @@ class ShardedStore:
             raise
         if len(buf) != length:
             raise ShardError(f"{path}: shard is truncated (wanted bytes {off}..{off + length}, got {len(buf)})")
-        return buf
+        return (hdr, buf) if header else buf
 
     def _pread(self, path: str, off: int, length: int) -> bytes:
         # Local disk: keep descriptors open per process and pread (no seek state, no SIGBUS on

@@ -309,3 +309,42 @@ def test_reprs_never_show_credentials() -> None:
         assert "AKIAEXAMPLE" not in text and "s3cr3t-value" not in text and "tok-value" not in text
         assert "127.0.0.1:9" in text  # what is not a secret stays, for debugging
     assert loc.storage_options["secret"] == "s3cr3t-value"  # only the printout is redacted
+
+
+# -- item 9: a row whose bytes are another sample's is an error, not a wrong sample --------------
+
+def _swap_rows(ds: Any) -> None:
+    import pyarrow as pa
+
+    m = ds.store.refresh()
+    t = m.table
+    cols = {n: t.column(n).to_pylist() for n in t.column_names}
+    for c in ("offset", "length", "mean_length", "std_offset", "sha256", "crc32c", "meta_offset", "meta_length"):
+        cols[c][0], cols[c][1] = cols[c][1], cols[c][0]  # consistent: every checksum still agrees
+    ds.store.manifests.commit(pa.Table.from_pydict(cols, schema=t.schema), dict(m.meta))
+
+
+@pytest.mark.parametrize("local_cache", [False, True])
+def test_swapped_manifest_rows_are_refused_by_reads_verify_and_streaming(tmp_path: Path, local_cache: bool) -> None:
+    from latentds import LatentDataset, LatentIterableDataset
+    from latentds.errors import ShardError
+    from latentds.ops import verify
+
+    ds, src = _crafted_cache(tmp_path)
+    _swap_rows(ds)
+    kw = {"local_cache": str(tmp_path / "rt")} if local_cache else {}
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache", **kw)
+    m = fresh.store.refresh()
+    swapped = {m.key_at(0), m.key_at(1)}
+    bad = [i for i in range(len(fresh)) if fresh.key(i) in swapped]
+    assert len(bad) == 2
+    for i in range(len(fresh)):
+        if i in bad:
+            with pytest.raises(ShardError, match="rows are swapped or corrupt"):
+                fresh[i]
+        else:
+            fresh[i]
+    rep = verify(fresh.store)
+    assert sum("rows are swapped" in why for _, why in rep.bad) == 2
+    with pytest.raises(ShardError, match="rows are swapped or corrupt"):
+        list(LatentIterableDataset.from_dataset(fresh))
