@@ -63,15 +63,24 @@ class _Mismatch(Exception):
 def coalesce(starts: np.ndarray, ends: np.ndarray, gap: int) -> list[tuple[int, int, list[int]]]:
     """Merge byte ranges ``[starts[k], ends[k])`` (sorted by start) whose gap is ``<= gap``.
     Returns ``(start, end, members)`` per merged range, members as indices into the input."""
-    out: list[tuple[int, int, list[int]]] = []
-    for k in range(len(starts)):
-        s, e = int(starts[k]), int(ends[k])
-        if out and s - out[-1][1] <= gap:
-            last = out[-1]
-            out[-1] = (last[0], max(last[1], e), last[2] + [k])
-        else:
-            out.append((s, e, [k]))
-    return out
+    n = len(starts)
+    gs, ge, members = _groups(np.zeros(n, np.int64), np.asarray(starts, np.int64), np.asarray(ends, np.int64), gap)
+    return [(int(a), int(b), m.tolist()) for a, b, m in zip(gs, ge, members)]
+
+
+def _groups(shard: np.ndarray, start: np.ndarray, end: np.ndarray, gap: int
+            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Vectorised coalescing: ranges sorted by (shard, start) (compaction never overlaps them;
+    an overlap is refused when read); a new read begins at a new shard
+    or where the gap to the previous range exceeds ``gap``. Returns each read's start, end and
+    member indices (sorted by offset)."""
+    order = np.lexsort((start, shard))
+    sh, st, en = shard[order], start[order], end[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (sh[1:] != sh[:-1]) | (st[1:] - en[:-1] > gap)
+    bounds = np.flatnonzero(new)
+    stops = np.append(bounds[1:], len(order)).tolist()
+    return st[bounds], np.maximum.reduceat(en, bounds), [order[a:b] for a, b in zip(bounds.tolist(), stops)]
 
 
 def collate(batch: list[tuple[Any, Any]]) -> Any:
@@ -186,12 +195,9 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     # heads[k]: the 512-byte tar header in front of sample k's member (its name is checked)
     heads = np.empty((len(rows), TAR_HEADER), np.uint8)
     crcs = np.zeros(len(rows), np.int64)
-    groups: list[tuple[int, int, int, list[int]]] = []  # (shard, start, end, samples)
-    for s in np.unique(shard).tolist():
-        ks = np.flatnonzero(shard == s)
-        ks = ks[np.argsort(start[ks], kind="stable")]
-        for a, b, members in coalesce(start[ks], end[ks], gap):
-            groups.append((s, a, b, ks[members].tolist()))
+    gs, ge, members = _groups(shard, start, end, gap)
+    gsh = shard[[m_[0] for m_ in members]].tolist()
+    groups = list(zip(gsh, gs.tolist(), ge.tolist(), [m_.tolist() for m_ in members]))
     reader = _read_local if local else _read_remote
     reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
            slots.tolist(), bufs, nbytes, heads, crcs)
