@@ -37,7 +37,7 @@ import numpy as np
 from .cache import Entry, LatentCache, _array_digest, canonical_json, namespace_id
 from .dataset import Failure
 from .errors import LatentdsError
-from .sources import SourceItem, SourceList, list_sources
+from .sources import SourceItem, SourceList, list_sources, redact_reason, redact_text
 from .storage import Location, call, write_atomic
 
 DEFAULT_PARTITION = 1024
@@ -279,7 +279,8 @@ def encode_partition(spec: Spec, pid: str, items: list[SourceItem], adopt: dict[
     with ThreadPoolExecutor(max(1, spec.prefetch)) as ex:
         for i, res, exc in ex.map(load, range(len(items))):
             if exc is not None:
-                failures.append((i, type(exc).__name__, str(exc)))
+                # what the user sees (real path) and what the cache stores (redacted from the exception)
+                failures.append((i, type(exc).__name__, str(exc), redact_reason(exc, items[i].url, items[i].rel)))
                 continue
             if len(res) == 3:  # adopted from an old cache: no encoding
                 m, s, meta = res
@@ -353,7 +354,7 @@ def _legacy_copies(store: Any, todo: list[tuple[str, list[SourceItem]]]) -> dict
 
 
 def _redact(msg: str, item: SourceItem) -> str:
-    return msg.replace(item.url, "<source>").replace(item.rel, "<source>")
+    return redact_text(msg, item.url, item.rel)
 
 
 def _list_json_names(loc: Location, sub: str) -> set[str]:
@@ -538,10 +539,11 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
                 report.generation = store.commit_rows(rows, stats)
                 for r in results:
                     chunk = part_items[r["pid"]]
-                    failed = {i: (t, m) for i, t, m in r["failures"]}
-                    for i, (etype, msg) in sorted(failed.items()):
+                    failed = {f[0]: (f[1], f[2], f[3] if len(f) > 3 else _redact(f[2], chunk[f[0]]))
+                              for f in r["failures"]}
+                    for i, (etype, msg, stored) in sorted(failed.items()):
                         it = chunk[i]
-                        store.record_failure(it.relpath_hash, etype, _redact(msg, it))
+                        store.record_failure(it.relpath_hash, etype, stored)
                         known_failures[it.relpath_hash] = {"error_type": etype, "reason": msg}
                         new_failures += 1
                     for i, it in enumerate(chunk):  # encoded now: a stale failure record goes

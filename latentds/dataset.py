@@ -24,7 +24,7 @@ from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
 from .errors import CacheError, LatentdsError
 from .preprocess import Preprocess
-from .sources import legacy_key, read_local, root_identity
+from .sources import legacy_key, read_local, redact_reason, root_identity
 from .storage import Location
 from .store import CompactReport, ShardedStore
 
@@ -477,7 +477,7 @@ class LatentDataset(DatasetFolder):
         # The cache holds no source paths (PHI): a hash of the relative path and the reason with
         # the path blanked out. The in-memory FillReport keeps the real path for the user.
         path, rel = self.samples[index][0], self.relative_path(index)
-        reason = str(exc).replace(path, "<source>").replace(rel, "<source>")
+        reason = redact_reason(exc, path, rel)  # structural: an OSError's file name is never formatted in
         try:
             self._sharded.record_failure(hashlib.sha256(rel.encode()).hexdigest()[:16], type(exc).__name__, reason)
         except LatentdsError:

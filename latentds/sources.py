@@ -20,7 +20,8 @@ from . import discovery
 from .cache import sample_key
 from .storage import Location
 
-__all__ = ["SourceItem", "SourceList", "legacy_key", "list_sources", "read_local", "root_identity"]
+__all__ = ["SourceItem", "SourceList", "legacy_key", "list_sources", "read_local", "redact_reason", "redact_text",
+           "root_identity"]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -65,6 +66,36 @@ def read_local(path: str) -> bytes:
         raise
     with fh:
         return fh.read()
+
+
+def redact_text(msg: str, *names: str) -> str:
+    """``msg`` without any spelling of the given paths: as written, as ``repr`` quotes it (a
+    tab or newline in a file name is escaped there, so a plain replace missed it), and the file
+    name alone."""
+    spellings: set[str] = set()
+    for n in names:
+        if not n:
+            continue
+        base = os.path.basename(n.rstrip("/"))
+        spellings |= {n, repr(n)[1:-1]}
+        if len(base) >= 3:  # a very short name would blank unrelated text
+            spellings |= {base, repr(base)[1:-1]}
+    for sp in sorted(spellings, key=len, reverse=True):
+        msg = msg.replace(sp, "<source>")
+    return msg
+
+
+def redact_reason(exc: BaseException, *names: str) -> str:
+    """A failure reason fit to store in the cache (no source path: PHI), built from the exception's
+    structure: an ``OSError`` keeps only its errno and strerror (its filename attributes are left
+    out, not searched for); other errors keep their message with every spelling of the path removed
+    (:func:`redact_text`); a ``LatentdsError`` chained from an ``OSError`` is reported as that."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+    for e in (exc, cause):
+        if isinstance(e, OSError) and e.strerror:
+            head = f"{type(exc).__name__}: " if e is cause else ""
+            return f"{head}[Errno {e.errno}] {e.strerror}"
+    return redact_text(str(exc), *names)
 
 
 def legacy_key(identity: dict[str, Any]) -> str:

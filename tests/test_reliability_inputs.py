@@ -348,3 +348,23 @@ def test_swapped_manifest_rows_are_refused_by_reads_verify_and_streaming(tmp_pat
     assert sum("rows are swapped" in why for _, why in rep.bad) == 2
     with pytest.raises(ShardError, match="rows are swapped or corrupt"):
         list(LatentIterableDataset.from_dataset(fresh))
+
+
+# -- item 7 (part): stored failure reasons carry no spelling of the source path -----------------
+
+def test_failure_records_never_hold_the_file_name_even_when_repr_escapes_it(tmp_path: Path) -> None:
+    from latentds import LatentDataset
+    from latentds.synthetic import make_dataset
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
+    secret = "DOE\tJOHN 1234567"  # a patient name in a file name, with a tab: repr() escapes it
+    os.symlink(tmp_path / "gone.dcm", src / "negative" / f"{secret}.dcm")
+    (src / "positive" / f"{secret} b.dcm").write_bytes(b"\x00" * 10)  # unreadable as DICOM
+    ds = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    rep = ds.fill(progress=False)
+    assert len(rep.failures) == 2
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    for needle in ("DOE", "JOHN", "1234567", str(src)):
+        assert needle.encode() not in blob, needle
+    assert any(f.error_type == "FileNotFoundError" for f in rep.failures)
