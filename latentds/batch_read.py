@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .dataset import LatentDataset
     from .manifest import Manifest
 
-__all__ = ["LOCAL_GAP_BYTES", "REMOTE_GAP_BYTES", "getitems", "coalesce", "collate"]
+__all__ = ["LOCAL_GAP_BYTES", "REMOTE_GAP_BYTES", "ShardAwareSampler", "getitems", "coalesce", "collate"]
 
 #: Local disk: a syscall costs about as much as copying a few KiB from the page cache, so only
 #: true neighbours merge (consecutive members are ~1 KiB apart: the ``.json`` member between).
@@ -324,3 +324,63 @@ def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], path
             heads[k] = raw[o - TAR_HEADER - a: o - a]
             crcs[k] = google_crc32c.value(member)
             bufs[lay][slots[k]] = member[md: md + nbytes[lay]]
+
+
+class ShardAwareSampler(torch.utils.data.Sampler[int]):
+    """A shuffling sampler that keeps each stretch of batches inside a few shards.
+
+    Per epoch (``set_epoch``; ``seed + epoch`` seeds it, as ``DistributedSampler`` does): the
+    committed shards are put in a random order, cut into windows of ``window`` shards, and the
+    samples of each window are shuffled together and yielded before the next window's. Samples
+    not committed yet form one more group, shuffled the same way. A batch then touches at most
+    ``window`` shards (two when it straddles windows), so with ``__getitems__`` it costs at most
+    that many coalesced ranges per shard instead of up to ``batch_size``.
+
+    Shuffle quality: every sample is still seen exactly once per epoch and the window order is
+    random, but two samples from different windows never meet in one batch, and a sample's
+    position is tied to its shard's. Shards are packed in key order and keys are hashes of the
+    source identity, so shard membership carries no class or path information; what is lost is
+    only the mixing across windows. ``window = number of shards`` is a true global shuffle.
+    """
+
+    def __init__(self, dataset: "LatentDataset", *, window: int = 4, seed: int = 0) -> None:
+        if int(window) < 1:
+            raise ValueError(f"window must be >= 1 shard, not {window!r}")
+        self.dataset, self.window, self.seed, self.epoch = dataset, int(window), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def groups(self) -> list[np.ndarray]:
+        """Dataset indices per committed shard (manifest order), then the uncommitted ones."""
+        ds = self.dataset
+        m = ds.store.manifest()
+        n = len(ds)
+        if m is None:
+            return [np.arange(n)]
+        rows = _rows(ds, m, np.arange(n))
+        plan, _ = m.read_plan()
+        shard = np.where(rows >= 0, plan[np.maximum(rows, 0), 0], -1)
+        order = np.argsort(shard, kind="stable")
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        parts = np.split(order, cuts)
+        return sorted(parts, key=lambda p: (shard[p[0]] < 0, int(shard[p[0]])))
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(self.seed + self.epoch)
+        parts = self.groups()
+        committed = [p for p in parts if self._committed(p)]
+        rest = [p for p in parts if not self._committed(p)]
+        committed = [committed[i] for i in rng.permutation(len(committed))]
+        for w in range(0, len(committed), self.window):
+            pool = np.concatenate(committed[w: w + self.window])
+            yield from pool[rng.permutation(len(pool))].tolist()
+        for p in rest:
+            yield from p[rng.permutation(len(p))].tolist()
+
+    def _committed(self, part: np.ndarray) -> bool:
+        ds = self.dataset
+        return bool(ds._rows is not None and ds._rows[part[0]] >= 0)

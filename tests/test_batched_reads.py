@@ -199,3 +199,28 @@ def test_collate_returns_the_batch_tensor_without_a_copy(src: Path, tmp_path: Pa
     assert torch.equal(x2, rx.flip(0)) and x2.data_ptr() != items[-1][0].data_ptr()
     loader = DataLoader(ds, batch_size=4, collate_fn=collate)
     assert torch.equal(torch.cat([xb for xb, _ in loader]), torch.stack([ds[i][0] for i in range(len(ds))]))
+
+
+def test_shard_aware_sampler_covers_every_sample_within_windows(src: Path, tmp_path: Path) -> None:
+    from latentds.batch_read import ShardAwareSampler
+
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40)}
+    ds = make(src, b, **kw)
+    ds.fill(indices=range(12), progress=False)
+    ds.compact(shard_samples=3)  # 4 shards of 3; the other samples are not committed yet
+    ds = make(src, b, **kw)
+    s = ShardAwareSampler(ds, window=2, seed=1)
+    order = list(s)
+    assert sorted(order) == list(range(len(ds))) and len(s) == len(ds)
+    m = ds.store.manifest()
+    shard_of = {i: m.locate(m.find(ds.key(i)))[0] for i in range(12)}
+    assert set(order[12:]) == set(range(12, len(ds)))  # the uncommitted group comes last
+    for w in (order[:6], order[6:12]):
+        assert len({shard_of[i] for i in w}) == 2  # one window: exactly its two shards
+    s.set_epoch(1)
+    assert list(s) != order and sorted(list(s)) == sorted(order)
+    loader = DataLoader(ds, batch_size=6, sampler=ShardAwareSampler(ds, window=2, seed=1))
+    assert torch.equal(next(iter(loader))[0], torch.stack([ds[i][0] for i in order[:6]]))
+    with pytest.raises(ValueError):
+        ShardAwareSampler(ds, window=0)
