@@ -300,3 +300,25 @@ def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatc
     for i in range(len(fresh)):
         fresh[i]
     assert calls[0] == 0 and verify(fresh.store).ok
+
+
+def test_verify_sources_finds_content_changed_under_the_same_size_and_mtime(tmp_path: Path) -> None:
+    from latentds.ops import verify_sources
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=SHAPE, seed=0, transfer_syntaxes=("explicit-le",))
+    ds = LatentDataset(src, codec=CODEC, cache=tmp_path / "cache")
+    ds.fill(progress=False)
+    ds.compact()
+    ds[0]
+    assert verify_sources(ds).ok and verify_sources(ds).checked == len(ds)
+    p = Path(ds.samples[1][0])
+    st = p.stat()
+    data = bytearray(p.read_bytes())
+    data[-300:] = bytes(255 - b for b in data[-300:])
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: the same key
+    fresh = LatentDataset(src, codec=CODEC, cache=tmp_path / "cache")
+    assert fresh.key(1) == ds.key(1)
+    rep = verify_sources(fresh)
+    assert [q for q, _ in rep.stale] == [str(p)] and "stale" in rep.stale[0][1]
