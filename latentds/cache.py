@@ -27,6 +27,9 @@ import numpy as np
 from .errors import CacheError, StoreAccessError
 from .storage import Location, call, write_atomic
 
+__all__ = ["FORMAT_VERSION", "Entry", "LatentCache", "canonical_json", "decode_entry", "encode_entry",
+    "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
+
 FORMAT_VERSION = 1
 
 

@@ -28,6 +28,8 @@ from .sources import legacy_key, read_local, redact_reason, root_identity
 from .storage import Location
 from .store import CompactReport, ShardedStore
 
+__all__ = ["FillReport", "Failure", "LatentDataset", "fit_image"]
+
 Fit = Literal["pad", "resize"]
 
 

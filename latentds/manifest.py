@@ -36,6 +36,9 @@ from .errors import ManifestError
 from .shards import KEY_NAME, SHARD_NAME, Row
 from .storage import Location, call, write_atomic
 
+__all__ = ["GENERATION_NAME", "LEGACY_SCHEMA", "PLAN_COLUMNS", "POINTER", "SCHEMA", "CommitConflict",
+    "Manifest", "ManifestStore", "new_generation", "rows_table", "upgrade"]
+
 POINTER = "CURRENT.json"
 #: Columns of :meth:`Manifest.read_plan`: shard id (index into ``Manifest.shards``), absolute
 #: offset and length of the ranged read, offsets of the mean and std data (after their ``.npy``

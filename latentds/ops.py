@@ -21,6 +21,9 @@ from .shards import (INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, TAR_H
 from .storage import RETRY_STATS, call
 from .store import ShardedStore
 
+__all__ = ["MIN_GRACE_S", "GcReport", "SourceReport", "VerifyReport", "describe", "gc", "min_grace_s",
+    "verify", "verify_sources"]
+
 
 @dataclass
 class VerifyReport:

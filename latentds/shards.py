@@ -32,6 +32,10 @@ from google_crc32c import value as _crc32c_value
 from .cache import Entry, canonical_json
 from .errors import ShardError
 
+__all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
+    "build_shard", "check_member", "check_shard_name", "crc32c", "decode_sample", "index_document",
+    "iter_tar_samples", "parse_npy", "shard_name"]
+
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".tar"
 INDEX_SUFFIX = ".index.json"

@@ -18,6 +18,9 @@ from typing import Any, Callable, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+__all__ = ["Location", "RETRY_STATS", "access_hint", "call", "is_access_error", "is_transient", "redact",
+    "redact_options", "strip_protocol_url", "write_atomic"]
+
 
 def strip_protocol_url(url: str | os.PathLike[str]) -> str:
     """Normalise a local path or URL to a string URL (local paths become absolute)."""

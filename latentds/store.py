@@ -38,6 +38,9 @@ from .shards import (TAR_HEADER, Row, build_shard, check_member, check_shard_nam
                      index_document, shard_name)
 from .storage import Location, call, write_atomic
 
+__all__ = ["DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_SAMPLES", "MAX_SAMPLE_BYTES", "CompactReport",
+    "ReadThroughCache", "ShardedStore", "channel_sums", "combine_stats"]
+
 DEFAULT_SHARD_BYTES = 64 << 20
 DEFAULT_SHARD_SAMPLES = 4096
 #: No sample's ranged read is larger (a 2 GiB latent is far beyond any codec here): a manifest row

@@ -306,7 +306,7 @@ BROKEN = [
     ("meta_missing_tsyntax.dcm", "missing required"),
     ("badVR.dcm", "invalid NumberOfFrames"),
     ("JPEG-lossy.dcm", "cannot decode"),
-    ("JPEG2000-embedded-sequence-delimiter.dcm", "cannot decode"),
+    ("JPEG2000-embedded-sequence-delimiter.dcm", "refused before decoding"),  # SIZ size != Rows x Columns
     ("no_meta.dcm", "not a DICOM"),
     ("crayons.icc", "not a DICOM"),
     ("zipMR.gz", "not a DICOM"),
