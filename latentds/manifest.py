@@ -380,8 +380,9 @@ class ManifestStore:
                 raise ValueError(f"generation {str(ptr['generation'])[:80]!r} is not a generation name "
                                  f"(g-<20 digits>-<8 hex digits>)")
         except ValueError as exc:
-            raise ManifestError(f"{path}: corrupt manifest pointer ({exc}); `latentds verify` lists what is "
-                                f"intact, `latentds compact` commits a fresh generation") from exc
+            raise ManifestError(f"{path}: corrupt manifest pointer ({exc}); `latentds compact` re-points it at "
+                                f"the newest readable generation and commits a fresh one; `latentds verify` "
+                                f"lists what is intact") from exc
         return ptr
 
     def load(self, ptr: dict[str, Any] | None = None) -> Manifest | None:
@@ -399,6 +400,11 @@ class ManifestStore:
             raise ManifestError(f"{path}: manifest is empty (0 bytes)")
         if hashlib.sha256(raw).hexdigest() != ptr["sha256"]:
             raise ManifestError(f"{path}: manifest checksum mismatch ({len(raw)} bytes); it is truncated or corrupt")
+        return self._parse(ptr, path, raw)
+
+    def _parse(self, ptr: dict[str, Any], path: str, raw: bytes) -> Manifest:
+        if not raw:
+            raise ManifestError(f"{path}: manifest is empty (0 bytes)")
         try:
             schema = pq.read_schema(_reader(raw))
             meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
@@ -408,6 +414,35 @@ class ManifestStore:
             return Manifest(str(ptr["generation"]), bytes(raw), meta, name=path)
         except (pa.ArrowException, ValueError) as exc:
             raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
+
+    def newest_readable(self) -> tuple[dict[str, Any], Manifest] | None:
+        """The newest generation file that reads as a sound manifest, with a pointer for it; for
+        recovering from a lost or corrupt ``CURRENT.json``. A generation is written before the
+        pointer that names it, so the newest readable one holds every committed row (or more:
+        rows of a compaction killed before its pointer write, whose shards were written first)."""
+        fs, so = self.location.fs, self.location.storage_options
+        base = self.location.join("manifest")
+        fs.invalidate_cache()
+        try:
+            found = call(lambda: fs.ls(base, detail=False), base, storage_options=so)
+        except FileNotFoundError:
+            return None
+        names = sorted((p.rsplit("/", 1)[-1][: -len(".parquet")] for p in found if p.endswith(".parquet")),
+                       reverse=True)
+        for gen in names:
+            if not GENERATION_NAME.fullmatch(gen):
+                continue
+            path = self.generation_path(gen)
+            try:
+                raw = call(lambda: fs.cat_file(path), path, storage_options=so)
+                ptr = {"generation": gen, "path": f"manifest/{gen}.parquet", "sha256": hashlib.sha256(raw).hexdigest(),
+                       "bytes": len(raw)}
+                m = self._parse(ptr, path, raw)
+                m.table  # every column decodes
+            except (FileNotFoundError, ManifestError, pa.ArrowException, ValueError):
+                continue
+            return dict(ptr, rows=len(m)), m
+        return None
 
     @property
     def conditional(self) -> bool:

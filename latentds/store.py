@@ -387,7 +387,16 @@ class ShardedStore:
         report = CompactReport()
         fs, so = self.location.fs, self.location.storage_options
         fs.invalidate_cache()
-        ptr = self.manifests.read_pointer()
+        recovered = False
+        try:
+            ptr = self.manifests.read_pointer()
+        except ManifestError:
+            # an empty or garbage CURRENT.json (issue 11, item 6): generations are written before
+            # the pointer, so the newest readable one holds every committed row; commit over it
+            found = self.manifests.newest_readable()
+            if found is None:
+                raise
+            ptr, recovered = found[0], True
         base = self.manifests.load(ptr)
         have = base.keys() if base is not None else set()
         staged = self.cache.keys()
@@ -435,6 +444,12 @@ class ShardedStore:
                 flush()
         flush()
 
+        if recovered:  # no compare-and-swap over a pointer nobody can read: this commit replaces it
+            assert base is not None
+            table, meta = self._merge(base, rows_table(new_rows) if new_rows else base.table.slice(0, 0), shard_stats)
+            report.generation = str(self.manifests.commit(table, meta)["generation"])
+            self.refresh()
+            return report
         if not new_rows:
             report.generation = base.generation if base is not None else None
             return report

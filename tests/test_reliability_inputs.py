@@ -368,3 +368,28 @@ def test_failure_records_never_hold_the_file_name_even_when_repr_escapes_it(tmp_
     for needle in ("DOE", "JOHN", "1234567", str(src)):
         assert needle.encode() not in blob, needle
     assert any(f.error_type == "FileNotFoundError" for f in rep.failures)
+
+
+# -- item 6 (part): a lost or garbage CURRENT.json is recovered by the command its error names ----
+
+@pytest.mark.parametrize("pointer", [b"", b"\x00garbage{"])
+def test_garbage_pointer_is_recovered_by_compact(tmp_path: Path, pointer: bytes) -> None:
+    from latentds import LatentDataset
+    from latentds.cli import main
+    from latentds.errors import ManifestError
+
+    ds, src = _crafted_cache(tmp_path)
+    expected = [ds[i][0] for i in range(len(ds))]
+    Path(ds.store.manifests.pointer_path).write_bytes(pointer)
+    broken = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    with pytest.raises(ManifestError, match="`latentds compact` re-points it"):
+        broken[0]
+    assert main(["compact", str(tmp_path / "cache")]) == 0  # the command the error names works
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
+    calls = [0]
+    orig = fresh.codec.encode_dist
+    fresh.codec.encode_dist = lambda x: (calls.__setitem__(0, calls[0] + 1), orig(x))[1]  # type: ignore[method-assign]
+    for i in range(len(fresh)):
+        assert fresh[i][0].equal(expected[i])
+    assert calls[0] == 0 and fresh.store.reads == len(fresh)  # all from committed shards
+    assert main(["verify", str(tmp_path / "cache")]) == 0
