@@ -1,0 +1,221 @@
+"""Shuffled random access on S3 vs LitData streaming (issue 15 item 1), side by side in one run.
+
+Setup as in the issue: N latents of C×h×w float32 (default 2,000 of 4×64×52), 8 MiB shards on
+our side and 8 MB chunks on LitData's, the S3 server (moto) on 127.0.0.1 behind the counting
+proxy of ``latentds.loopback_s3``, ``DataLoader`` with 2 workers and batch 64, fresh caches.
+Methods, interleaved per round (alternating order), medians over rounds:
+
+* ``LatentDataset`` shuffled, per sample (a wrapper without ``__getitems__``: the old path);
+* ``LatentDataset`` shuffled, batched (``__getitems__``: a batch's byte ranges coalesced and
+  fetched in one concurrent ``cat_ranges``), default gap (2 MiB) and one GET per shard touched;
+* ``LatentDataset`` with ``batch_read.ShardAwareSampler`` (shuffled windows of 4 shards);
+* ``LatentIterableDataset`` streaming (whole shards, shuffled shard order);
+* LitData ``StreamingDataset(shuffle=True)`` through ``StreamingDataLoader``, a fresh
+  ``cache_dir`` each epoch, with its defaults (async chunk prefetch over obstore, told to
+  allow the http:// loopback endpoint: ``_litdata_allow_http``).
+
+Per epoch: samples/s (from the first ``iter()`` to the last batch, worker start included on
+both sides), requests and response bytes counted at the proxy, and the seconds the proxy
+waited on moto (summed over concurrent requests), whose share of the time is the test
+server's: moto reads a whole object for every ranged GET.
+
+    python benchmarks/s3_vs_litdata.py --samples 2000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from batched_reads import build_cache  # noqa: E402
+
+__all__ = ["main"]
+
+
+class PerSample:
+    """``LatentDataset`` without ``__getitems__``: DataLoader falls back to ``dataset[i]``."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.ds[i]
+
+
+def _lit_item(npy: str, targets: list[int], i: int) -> dict[str, Any]:
+    return {"latent": np.load(npy, mmap_mode="r")[i].copy(), "target": int(targets[i])}
+
+
+def _litdata_allow_http() -> None:
+    """LitData fetches chunks through obstore, whose client refuses http:// endpoints unless
+    told (``allow_http``); LitData passes its own client options without it. Its DataLoader
+    workers are spawned and re-import this module, so this runs at import (below)."""
+    try:
+        import litdata.streaming.downloader as lit_dl
+    except ImportError:
+        return
+    lit_dl._OBSTORE_CLIENT_OPTIONS["allow_http"] = True  # type: ignore[index]
+
+
+_litdata_allow_http()
+
+
+def upload(fs: Any, local: Path, remote: str, skip: tuple[str, ...] = ()) -> int:
+    n = 0
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and not any(part in skip for part in p.relative_to(local).parts):
+            fs.pipe_file(f"{remote}/{p.relative_to(local).as_posix()}", p.read_bytes())
+            n += p.stat().st_size
+    return n
+
+
+def epoch(loader: Any, proxy: Any) -> dict[str, float]:
+    proxy.reset_counts()
+    t0 = time.perf_counter()
+    n, first = 0, None
+    for batch in loader:
+        x = batch["latent"] if isinstance(batch, dict) else batch[0]
+        n += len(x)
+        if first is None:
+            first = time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    return {"rate": n / dt, "wall": dt, "first": first or dt, "n": n, "gets": proxy.counts["GET"],
+            "requests": sum(proxy.counts.values()), "mb": sum(proxy.bytes_out.values()) / 1e6,
+            "server": proxy.upstream_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--shape", type=int, nargs="+", default=[4, 64, 52])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shard-mib", type=int, default=8)
+    ap.add_argument("--window", type=int, default=4, help="shards per window of the shard-aware sampler")
+    ap.add_argument("--skip-per-sample", action="store_true", help="leave out the slow per-sample path")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[k]
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    import s3fs
+    import torch
+    from torch.utils.data import DataLoader
+
+    import litdata
+    from latentds import LatentDataset, LatentIterableDataset
+    from latentds.loopback_s3 import FaultProxy, MotoS3, storage_options
+
+    torch.set_num_threads(1)
+    moto = MotoS3().start()
+    proxy = FaultProxy(moto.port).start()
+    opts = storage_options(proxy.endpoint)
+    lit_opts = {"endpoint_url": proxy.endpoint, "aws_access_key_id": opts["key"],
+                "aws_secret_access_key": opts["secret"], "region_name": "us-east-1"}
+    shard_bytes = args.shard_mib << 20
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            fs = s3fs.S3FileSystem(**storage_options(moto.endpoint), skip_instance_cache=True)
+            fs.call_s3("create_bucket", Bucket="bench")
+            t0 = time.perf_counter()
+            local, lat = build_cache(work / "data", str(work / "cache"), args.samples, tuple(args.shape),
+                                     shard_bytes=shard_bytes)
+            ns = local.namespace
+            up = upload(fs, work / "cache" / ns, f"bench/latents/{ns}", skip=("staging",))
+            npy = work / "latents.npy"
+            np.save(npy, lat)
+            targets = [int(t) for t in local.targets]
+            litdata.optimize(fn=functools.partial(_lit_item, str(npy), targets), inputs=list(range(len(lat))),
+                             output_dir=str(work / "lit"), chunk_bytes=f"{args.shard_mib}MB", num_workers=1,
+                             verbose=False)
+            lit_up = upload(fs, work / "lit", "bench/lit")
+            print(f"built {len(lat)} latents {tuple(args.shape)} float32: ours {up / 1e6:.1f} MB in "
+                  f"{len(local.store.manifest().shards)} shards, LitData {lit_up / 1e6:.1f} MB in "
+                  f"{len(list((work / 'lit').glob('*.bin')))} chunks ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+            def ours(**kw: Any) -> Any:
+                ds = LatentDataset(work / "data", codec="bicubic-f4", cache="s3://bench/latents",
+                                   cache_storage_options=opts)
+                for k, v in kw.items():
+                    setattr(ds, k, v)
+                return ds
+
+            dl = dict(batch_size=args.batch, num_workers=args.workers)
+            lit_setup: list[float] = []
+
+            def lit_loader(r: int) -> Any:
+                t = time.perf_counter()
+                sd = litdata.StreamingDataset("s3://bench/lit", cache_dir=str(work / f"litcache-{r}-{time.time_ns()}"),
+                                              storage_options=lit_opts, shuffle=True, seed=r)
+                loader = litdata.StreamingDataLoader(sd, **dl)
+                lit_setup.append(time.perf_counter() - t)
+                return loader
+
+            def stream_loader(r: int) -> Any:
+                it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r)
+                return DataLoader(it, **dl)
+
+            methods: dict[str, Any] = {
+                "LitData StreamingDataset (shuffle)": lit_loader,
+                "LatentIterableDataset (shuffle)": stream_loader,
+                "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
+                "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
+                    ours(batch_gap_bytes=shard_bytes), shuffle=True, **dl),
+            }
+            from latentds.batch_read import ShardAwareSampler
+
+            def windowed(r: int) -> Any:
+                ds = ours(batch_gap_bytes=shard_bytes)
+                return DataLoader(ds, sampler=ShardAwareSampler(ds, window=args.window, seed=r), **dl)
+
+            methods[f"LatentDataset shard-aware sampler (window {args.window})"] = windowed
+            if not args.skip_per_sample:
+                methods["LatentDataset shuffled, per sample"] = lambda r: DataLoader(PerSample(ours()), shuffle=True,
+                                                                                     **dl)
+            res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
+            for r in range(args.rounds):
+                order = list(methods) if r % 2 == 0 else list(reversed(methods))
+                for k in order:
+                    res[k].append(epoch(methods[k](r), proxy))
+                    e = res[k][-1]
+                    print(f"round {r}: {k:46s} {e['rate']:6.0f} samples/s  first batch {e['first']:.2f} s  "
+                          f"{e['gets']:5d} GETs  {e['mb']:7.1f} MB  server {e['server']:.2f} s of {e['wall']:.2f} s",
+                          flush=True)
+            print(f"\n{len(lat)} latents {tuple(args.shape)} float32, {args.shard_mib} MiB shards/chunks, moto S3 + "
+                  f"counting proxy on 127.0.0.1, DataLoader {args.workers} workers, batch {args.batch}, "
+                  f"{args.rounds} rounds (medians); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            lit = statistics.median(e["rate"] for e in res["LitData StreamingDataset (shuffle)"])
+            for k, es in res.items():
+                med = {f: statistics.median(e[f] for e in es) for f in es[0]}
+                share = 100 * med["server"] / med["wall"]
+                print(f"  {k:46s} {med['rate']:6.0f} samples/s ({med['rate'] / lit:4.2f}x LitData)  first batch "
+                      f"{med['first']:.2f} s  {med['gets']:5.0f} GETs ({med['requests']:.0f} requests) "
+                      f"{med['mb']:7.1f} MB per epoch  moto busy {share:3.0f} % of the wall time")
+            print(f"  LitData setup (StreamingDataset + loader construction, median): "
+                  f"{statistics.median(lit_setup):.2f} s, not in its rate")
+            best = max(statistics.median(e["rate"] for e in res[k]) for k in methods if "batched" in k)  # global shuffle
+            print(f"goal shuffled random access >= 0.5x LitData streaming: {best / lit:.2f}x "
+                  f"({'met' if best / lit >= 0.5 else 'NOT met'})")
+    finally:
+        proxy.stop()
+        moto.stop()
+
+
+if __name__ == "__main__":
+    main()
