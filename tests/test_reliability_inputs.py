@@ -393,3 +393,27 @@ def test_garbage_pointer_is_recovered_by_compact(tmp_path: Path, pointer: bytes)
         assert fresh[i][0].equal(expected[i])
     assert calls[0] == 0 and fresh.store.reads == len(fresh)  # all from committed shards
     assert main(["verify", str(tmp_path / "cache")]) == 0
+
+
+def test_swapped_rows_are_refused_on_s3_too(tmp_path: Path, backend: Any) -> None:
+    """The remote read takes the tar header in the same ranged GET; same refusal as on disk."""
+    from latentds import LatentDataset
+    from latentds.errors import ShardError
+    from latentds.synthetic import make_dataset
+
+    src = tmp_path / "src"
+    make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
+    kw = {"cache_storage_options": backend.options} if backend.options else {}
+    ds = LatentDataset(src, codec="bicubic-f4", cache=backend.url, **kw)
+    expected = [ds[i][0] for i in range(len(ds))]
+    ds.compact()
+    fresh = LatentDataset(src, codec="bicubic-f4", cache=backend.url, **kw)
+    assert all(fresh[i][0].equal(expected[i]) for i in range(len(fresh)))
+    assert fresh.store.reads == len(fresh)
+    _swap_rows(fresh)
+    fresh.refresh()
+    m = fresh.store.refresh()
+    swapped = {m.key_at(0), m.key_at(1)}
+    i = next(i for i in range(len(fresh)) if fresh.key(i) in swapped)
+    with pytest.raises(ShardError, match="rows are swapped or corrupt"):
+        fresh[i]
