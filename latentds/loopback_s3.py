@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +72,8 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.counts: Counter[str] = Counter()
         self.injected: Counter[int] = Counter()
+        self.bytes_out: Counter[str] = Counter()  # response body bytes per method (bytes per epoch)
+        self.upstream_s = 0.0  # seconds spent waiting on the server behind (its share of the time)
         self._lock = threading.Lock()
         self._fail_left = 0
         self._fail_status = 503
@@ -119,9 +122,13 @@ class FaultProxy:
                     headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(LOOPBACK, proxy.upstream_port, timeout=60)
                 try:
+                    t0 = time.perf_counter()
                     conn.request(self.command, self.path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
+                    with proxy._lock:
+                        proxy.upstream_s += time.perf_counter() - t0
+                        proxy.bytes_out[self.command] += len(data)
                     self.send_response(resp.status, resp.reason)
                     for k, v in resp.getheaders():
                         if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
@@ -166,6 +173,8 @@ class FaultProxy:
         with self._lock:
             self.counts.clear()
             self.injected.clear()
+            self.bytes_out.clear()
+            self.upstream_s = 0.0
 
     def _should_fail(self, method: str) -> int:
         with self._lock:
