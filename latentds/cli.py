@@ -258,7 +258,30 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                   f"... --retry-failed` retries them):")
             for name, etype, reason in r.failures:
                 print(f"  FAILED {name}: {etype}: {reason}")
+    if args.sources:
+        bad += _verify_sources(args)
     return 1 if bad else 0
+
+
+def _verify_sources(args: argparse.Namespace) -> int:
+    """``verify --sources SRC``: re-read every source and compare it with the content hash stored
+    at encode time (a file changed under the same size and mtime keeps its key and is served stale)."""
+    from .dataset import LatentDataset
+    from .errors import ConfigError
+    from .ops import verify_sources
+
+    if not args.codec:
+        raise ConfigError("verify --sources needs --codec NAME (and the --image-size/--fit/--size/--no-crop the "
+                          "cache was filled with) to find the namespace of those sources")
+    ds = LatentDataset(args.sources, codec=args.codec, cache=args.cache, storage_options=_storage(args),
+                       crop_roi=not args.no_crop, size=args.size,
+                       image_size=tuple(args.image_size) if args.image_size else None, fit=args.fit)
+    r = verify_sources(ds)
+    print(f"sources {args.sources}: {r.checked} cached samples re-read, {r.not_cached} not cached; "
+          f"{len(r.stale)} stale")
+    for _path, why in r.stale:
+        print(f"  STALE {why}")
+    return len(r.stale)
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -313,7 +336,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
             continue
         source = getattr(codec, "source", None)  # learned codecs say where their weights came from
         if name in shipped:
-            where = "shipped demo-grade weights (not clinical; docs/train_vae.md)"
+            where = f"shipped weights (not clinical; model card latentds/weights/{name}.json)"
         elif source is None:
             where = "no weights needed"
         else:
@@ -434,8 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--shard-samples", type=int, default=4096, help="max samples per shard (default: %(default)s)")
     q = store_cmd("verify", "recompute every checksum (shards, manifest, staging objects); lists bad objects "
                   "by name and exits 1 if any", _cmd_verify,
-                  "  latentds verify /data/latents\n  latentds verify s3://bucket/latents --shards-only")
+                  "  latentds verify /data/latents\n  latentds verify s3://bucket/latents --shards-only\n"
+                  "  latentds verify /data/latents --sources /data/cmmd --codec bicubic-f8   # stale sources too")
     q.add_argument("--shards-only", action="store_true", help="skip the staging objects")
+    q.add_argument("--sources", default=None, metavar="SRC",
+                   help="also re-read the source tree SRC and compare each file with the content hash stored at "
+                        "encode time (finds files changed under the same size and mtime); needs --codec")
+    q.add_argument("--codec", default=None, help="with --sources: the codec the cache was filled with")
+    q.add_argument("--size", type=_positive_int, default=None, help="with --sources: as given to encode")
+    q.add_argument("--no-crop", action="store_true", help="with --sources: as given to encode")
+    q.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --sources: as given to encode")
+    q.add_argument("--fit", choices=["pad", "resize"], default="pad", help="with --sources: as given to encode")
     q = store_cmd("gc", "remove temp files, orphan shards, superseded manifests and staging objects already "
                   "committed, once older than the grace period", _cmd_gc,
                   "  latentds gc /data/latents --dry-run\n  latentds gc s3://bucket/latents --grace-hours 48")

@@ -267,3 +267,22 @@ def test_demo_picture_shows_the_finding(tmp_path) -> None:
     tiles = [img[16:, i * 86:i * 86 + 80].astype(float) for i in range(3)]
     assert np.array_equal(tiles[0], tiles[2])  # s2d at C = f^2 is lossless: same pixels as the original
     assert not np.array_equal(tiles[0], tiles[1])  # bicubic-f4 is not
+
+
+def test_verify_sources_finds_a_file_changed_under_the_same_size_and_mtime(tmp_path, capsys) -> None:
+    root = _png_tree(tmp_path / "src")
+    cache = tmp_path / "cache"
+    assert main(["encode", str(root), "--codec", "bicubic-f8", "--cache", str(cache), "--quiet"]) == 0
+    assert main(["verify", str(cache), "--sources", str(root), "--codec", "bicubic-f8"]) == 0
+    victim = root / "benign" / "0.png"
+    st = victim.stat()
+    img = np.asarray(Image.open(victim)).copy()
+    img[0, 0] ^= 0xFF
+    Image.fromarray(img).save(victim)
+    if victim.stat().st_size != st.st_size:  # PNG compression may change the size: then it is a plain miss
+        pytest.skip("the edit changed the file size")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    assert main(["verify", str(cache), "--sources", str(root), "--codec", "bicubic-f8"]) == 1
+    out = capsys.readouterr().out
+    assert "STALE" in out and "0.png" in out
