@@ -144,7 +144,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                         prefetch=args.prefetch, torch_threads=args.torch_threads, storage_options=storage,
                         codec_kwargs=codec_kwargs, crop_roi=not args.no_crop, size=args.size,
                         image_size=image_size, fit=args.fit, retry_failed=args.retry_failed,
-                        progress=not args.quiet)
+                        source_id=args.source_id, progress=not args.quiet)
         text = format_report(report)
         head, _, rest = text.partition("\n")
         print(head)
@@ -157,7 +157,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     codec_kwargs = {"weights": args.weights} if args.weights else None
     ds = LatentDataset(args.source, codec=args.codec, cache=args.cache, storage_options=storage,
                        crop_roi=not args.no_crop, size=args.size, image_size=image_size, fit=args.fit,
-                       device=args.device, codec_kwargs=codec_kwargs)
+                       device=args.device, codec_kwargs=codec_kwargs, source_id=args.source_id)
     print(f"{len(ds)} images in {len(ds.classes)} classes -> {ds.cache.location.url} (namespace {ds.namespace})")
     report = ds.fill(batch_size=args.batch_size, progress=not args.quiet)
     print(f"encoded {report.encoded}, already cached {report.cached}, failed {len(report.failures)}")
@@ -292,6 +292,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"namespace {store.cache.namespace}: {verb} {len(r.removed)} objects ({r.bytes_freed:,} bytes); "
               f"{r.kept_young} younger than the grace period kept")
+        if r.in_flight_grace_s > args.grace_hours * 3600.0:  # the floor that protects running writers
+            print(f"  temp files, uncommitted shards and superseded generations kept for at least "
+                  f"{r.in_flight_grace_s:.0f} s (the minimum grace; LATENTDS_GC_MIN_GRACE_S changes it)")
         for p in r.removed:
             print(f"  {p}")
     return 0
@@ -417,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fit", choices=["pad", "resize"], default="pad",
                    help="how --image-size is reached: pad (keeps pixels, default) or resize")
     e.add_argument("--weights", default=None, help="codec weights file or URL (codec_kwargs={'weights': ...})")
+    e.add_argument("--source-id", default=None, metavar="NAME",
+                   help="name this tree in every sample key instead of its resolved path, so the cache survives "
+                        "moving or re-mounting it (give LatentDataset the same source_id=)")
     e.add_argument("--no-crop", action="store_true", help="skip the region-of-interest crop")
     e.add_argument("--storage-options", type=_json_object, help="fsspec options as JSON, e.g. '{\"anon\": false}'")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -177,3 +177,31 @@ def test_trainer_refuses_mismatched_init(tmp_path: Path) -> None:
                       [f"trainer.out_dir={tmp_path}", f"init.codec={p}"])
     with pytest.raises(ValueError, match="arch_kind"):
         VAEModule(cfg)
+
+
+# ----------------------------------------------------------------------------- shipped defaults
+
+
+@pytest.mark.parametrize("name", ["kl-f4c1", "kl-f4c4", "kl-f8c1", "kl-f8c4", "kl-f16c1", "kl-f16c16"])
+def test_shipped_codec_is_never_worse_than_its_s2d_on_a_small_image(name: str) -> None:
+    """Issue 13: every shipped codec >= its s2d baseline (whole-image PSNR and finding-region error)
+    on a small held-out image: a SYNTHETIC phantom (seed 10_000+, never trained on) with a
+    finding, and its finding region."""
+    from latentds.codecs.kl import shipped_kl_defaults
+    from latentds.metrics import psnr
+    from latentds.synthetic import phantom
+
+    assert name in shipped_kl_defaults()
+    codec = create_codec(name)
+    assert isinstance(codec, ResidualKLCodec)
+    s2d = create_codec(f"s2d-f{codec.f}c{codec.latent_channels}")
+    for seed, kind in ((10_000, "calcification"), (10_001, "fracture")):
+        pos = torch.from_numpy(phantom(seed, (192, 160), positive=True, kind=kind))[None, None]
+        neg = torch.from_numpy(phantom(seed, (192, 160), positive=False, kind=kind))[None, None]
+        rk = [c.decode(c.encode(v))[..., :192, :160] for c in (codec, s2d) for v in (pos, neg)]
+        assert float(psnr(pos, rk[0])) >= float(psnr(pos, rk[2])), (name, seed)
+        mask = (pos - neg).abs() > 1e-3
+        if mask.any():
+            err_kl = float((((rk[0] - rk[1]) - (pos - neg))[mask] ** 2).mean())
+            err_s2d = float((((rk[2] - rk[3]) - (pos - neg))[mask] ** 2).mean())
+            assert err_kl <= err_s2d * (1 + 1e-6), (name, seed, err_kl, err_s2d)

@@ -55,7 +55,8 @@ def install(src: str | Path, *, table: str | Path | None = None, dest: str | Pat
             "summary": (
                 f"Residual-s2d KL autoencoder: the free s2d-f{f}c{c} baseline plus a learned correction scaled by "
                 f"alpha={codec.alpha:g} (alpha=0 is exactly s2d; alpha chosen on validation data so that the codec is "
-                "never worse than s2d there). Trained on SYNTHETIC phantoms plus public pydicom-data test images. "
+                f"never worse than s2d there). Trained on {card_in.get('trained_on')} for {card_in.get('train_seconds')} s "
+                f"({card_in.get('steps')} steps) on SYNTHETIC phantoms plus public pydicom-data test images. "
                 "NOT a clinical model. Train your own with `latentds train-vae` (model.arch_kind: residual-s2d) for real work."
             ),
             "architecture": {"kind": "residual-s2d", "base": f"s2d-f{f}c{c}", "alpha": codec.alpha,
