@@ -286,3 +286,26 @@ def test_verify_sources_finds_a_file_changed_under_the_same_size_and_mtime(tmp_p
     assert main(["verify", str(cache), "--sources", str(root), "--codec", "bicubic-f8"]) == 1
     out = capsys.readouterr().out
     assert "STALE" in out and "0.png" in out
+
+
+def test_source_id_keeps_a_moved_tree_cached(tmp_path) -> None:
+    """encode --source-id NAME, move the tree, LatentDataset(source_id=NAME) encodes nothing."""
+    import shutil
+
+    from latentds import LatentDataset
+
+    root = _png_tree(tmp_path / "a")
+    cache = tmp_path / "cache"
+    assert main(["encode", str(root), "--codec", "bicubic-f8", "--cache", str(cache), "--source-id", "mammo-train",
+                 "--quiet"]) == 0
+    moved = tmp_path / "b"
+    shutil.move(root, moved)
+    for source_id, encodes in ((None, True), ("mammo-train", False)):  # without the name, the moved tree is new
+        ds = LatentDataset(moved, codec="bicubic-f8", cache=cache, source_id=source_id)
+        calls = []
+        for name in ("encode", "encode_dist"):
+            original = getattr(ds.codec, name)
+            setattr(ds.codec, name, lambda *a, _o=original, **k: (calls.append(1), _o(*a, **k))[1])
+        for i in range(len(ds)):
+            ds[i]
+        assert bool(calls) == encodes, (source_id, calls)
