@@ -21,8 +21,8 @@ from .shards import (INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, TAR_H
 from .storage import RETRY_STATS, call
 from .store import ShardedStore
 
-__all__ = ["MIN_GRACE_S", "GcReport", "SourceReport", "VerifyReport", "describe", "gc", "min_grace_s",
-    "verify", "verify_sources"]
+__all__ = ["MIN_GRACE_S", "GcReport", "RepairReport", "SourceReport", "VerifyReport", "describe", "gc",
+    "min_grace_s", "repair", "verify", "verify_sources"]
 
 
 @dataclass
@@ -34,6 +34,11 @@ class VerifyReport:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (object name, what is wrong)
     # failure records (failures/<hash>.json) of bulk jobs: (object name, error type, reason); not damage
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    #: committed rows whose bytes fail a check, by sample key: (shard, what is wrong). What
+    #: :func:`repair` drops; a shard-level problem that every row survives (an index that no
+    #: longer matches, a missing index) puts no row here, since reads never use the index.
+    bad_rows: dict[str, tuple[str, str]] = field(default_factory=dict)
+    generation: str | None = None  # the manifest generation checked
 
     @property
     def ok(self) -> bool:
@@ -55,6 +60,7 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
         manifest_ok = False
         rep.bad.append((_name_of(str(exc), store.manifests.pointer_path), str(exc)))
     if m is not None:
+        rep.generation = m.generation
         by_shard: dict[str, list[int]] = {}
         shard_col = m.table.column("shard").to_pylist()
         for i, s in enumerate(shard_col):
@@ -67,6 +73,9 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                 data = call(lambda: fs.cat_file(path), path, storage_options=so)
             except FileNotFoundError:
                 rep.bad.append((path, f"{path}: shard named by manifest {m.generation} is missing"))
+                for r in rows:
+                    rep.samples += 1
+                    rep.bad_rows[keys[r]] = (shard, f"{path}: shard is missing")
                 continue
             idx_path = store.shard_path(shard[: -len(SHARD_SUFFIX)] + INDEX_SUFFIX)
             try:
@@ -80,30 +89,48 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                 rep.bad.append((idx_path, f"{idx_path}: corrupt shard index ({exc})"))
             for r in rows:
                 rep.samples += 1
-                _, off, length, mlen, soff, sha, _ = m.locate(r)
-                name = f"{path} (sample {keys[r]})"
-                if off < TAR_HEADER or length < 0:  # a slice would silently count from the end
-                    rep.bad.append((path, f"{name}: manifest row has offset {off}, length {length}; corrupt"))
-                    continue
-                try:  # the bytes at the offset are this row's own member (rows swapped: checksums agree)
-                    check_member(data[off - TAR_HEADER:off], keys[r], ".npy", name)
-                except LatentdsError as exc:
-                    rep.bad.append((path, str(exc)))
-                    continue
-                buf = data[off:off + length]
-                if len(buf) != length:
-                    rep.bad.append((path, f"{name}: shard is truncated"))
-                    continue
-                try:
-                    decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
-                except LatentdsError as exc:
-                    rep.bad.append((path, str(exc)))
-                    continue
-                crc = m.crc32c_at(r)  # what reads check; -1 in generations written before it
-                if crc >= 0 and crc32c(buf) != crc:
-                    rep.bad.append((path, f"{name}: crc32c in manifest {m.generation} does not match the bytes "
-                                          f"(sha256 does); reads of this sample fail"))
+                why = _row_problem(m, r, keys[r], path, data)
+                if why is not None:
+                    rep.bad.append((path, why))
+                    rep.bad_rows[keys[r]] = (shard, why)
     committed = (m.keys() if m is not None else set()) if manifest_ok else None
+    _check_records(rep, store, m, committed)
+    if staging:
+        for key in store.cache.keys():
+            rep.staging += 1
+            try:
+                store.cache.get(key)
+            except CacheError as exc:
+                rep.bad.append((store.cache.object_path(key), str(exc)))
+    return rep
+
+
+def _row_problem(m: Any, r: int, key: str, path: str, data: bytes) -> str | None:
+    """What is wrong with manifest row ``r`` (sample ``key``) in its shard's bytes ``data``, or None."""
+    _, off, length, mlen, soff, sha, _ = m.locate(r)
+    name = f"{path} (sample {key})"
+    if off < TAR_HEADER or length < 0:  # a slice would silently count from the end
+        return f"{name}: manifest row has offset {off}, length {length}; corrupt"
+    try:  # the bytes at the offset are this row's own member (rows swapped: checksums agree)
+        check_member(data[off - TAR_HEADER:off], key, ".npy", name)
+    except LatentdsError as exc:
+        return str(exc)
+    buf = data[off:off + length]
+    if len(buf) != length:
+        return f"{name}: shard is truncated"
+    try:
+        decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
+    except LatentdsError as exc:
+        return str(exc)
+    crc = m.crc32c_at(r)  # what reads check; -1 in generations written before it
+    if crc >= 0 and crc32c(buf) != crc:
+        return (f"{name}: crc32c in manifest {m.generation} does not match the bytes "
+                f"(sha256 does); reads of this sample fail")
+    return None
+
+
+def _check_records(rep: VerifyReport, store: ShardedStore, m: Any, committed: set[str] | None) -> None:
+    """Bulk partition records and failure records (see :func:`_partition_problem`)."""
     shards = set(m.shards) if m is not None else set()
     for path, rec in _records(store, "bulk"):
         rep.partitions += 1
@@ -117,14 +144,6 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                                   "a bulk job cannot see it, `latentds gc` removes it"))
             continue
         rep.failures.append((path, str(rec.get("error_type")), str(rec.get("reason"))))
-    if staging:
-        for key in store.cache.keys():
-            rep.staging += 1
-            try:
-                store.cache.get(key)
-            except CacheError as exc:
-                rep.bad.append((store.cache.object_path(key), str(exc)))
-    return rep
 
 
 @dataclass
@@ -273,6 +292,9 @@ class GcReport:
     in_flight_grace_s: float = 0.0
     #: objects that became referenced (or younger) between the listing and their deletion
     rescued: int = 0
+    #: staging objects kept because the committed copy of their sample fails its checks: they
+    #: are the last good copy (`latentds repair` drops the bad row; the next compaction packs them)
+    kept_last_copy: list[str] = field(default_factory=list)
 
 
 def _age_s(info: dict[str, Any], now: float) -> float:
@@ -298,6 +320,7 @@ class _View:
         self.shards: set[str] = set()
         self.committed: set[str] = set()
         self.ptr: dict[str, Any] | None = None
+        self.manifest: Any = None
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -305,7 +328,7 @@ class _View:
         gen = ptr["generation"] if ptr else None
         if force or gen != self.generation:
             m = self.store.manifests.load(ptr)  # raises ManifestError naming the file: nothing deleted
-            self.ptr, self.generation = ptr, gen
+            self.ptr, self.generation, self.manifest = ptr, gen, m
             self.shards = set(m.shards) if m is not None else set()
             self.committed = m.keys() if m is not None else set()
 
@@ -396,6 +419,9 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
             if _age_s(fresh, time.time()) < need:
                 rep.rescued += 1
                 continue
+        if rel.startswith("staging/") and not _committed_copy_ok(store, view, rel.rsplit("/", 1)[-1][:-len(".npz")]):
+            rep.kept_last_copy.append(path)  # the committed copy is bad: this one is the last good data
+            continue
         if not dry_run:
             try:
                 call(lambda: fs.rm_file(path), path, storage_options=so)
@@ -403,6 +429,98 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
                 continue
         rep.removed.append(path)
         rep.bytes_freed += int(fresh.get("size") or info.get("size") or 0)
+    return rep
+
+
+def _committed_copy_ok(store: ShardedStore, view: _View, key: str) -> bool:
+    """Whether the committed row of ``key`` reads back intact (its member header, sha256): gc
+    deletes a staging object only then (issue 11, item 6: after a shard was lost or corrupted, gc
+    had deleted the staging copies that were the last good data). One ranged read per object."""
+    m = view.manifest
+    row = m.find(key) if m is not None else -1
+    if row < 0:
+        return False
+    try:
+        store.read_row(m, row, key)
+    except (LatentdsError, OSError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class RepairReport:
+    """:func:`repair`: what was wrong and what was done about it, by object and sample key."""
+
+    checked: int = 0                       # committed rows verified
+    generation: str | None = None          # the generation committed without the bad rows (None: none)
+    dropped: list[tuple[str, str]] = field(default_factory=list)   # (sample key, what was wrong)
+    reencoded: list[str] = field(default_factory=list)   # dropped keys encoded again from the sources
+    restored: list[str] = field(default_factory=list)    # dropped keys re-packed from a good staging copy
+    staging_removed: list[tuple[str, str]] = field(default_factory=list)  # corrupt staging objects removed
+    pointer_recovered: bool = False        # CURRENT.json was unreadable and was re-pointed
+    #: damage repair does not fix (records: `latentds gc`; a shard index that no row depends on)
+    remaining: list[tuple[str, str]] = field(default_factory=list)
+    packed_generation: str | None = None   # the compaction that committed re-encoded samples
+
+
+def repair(store: ShardedStore, *, reencode_from: Any = None) -> RepairReport:
+    """Find exactly the committed rows whose bytes fail :func:`verify` (missing or truncated
+    shard, sha256/CRC32C mismatch, another sample's tar member at the offset) and commit a new
+    manifest generation without them; remove corrupt staging objects. A dropped row is a miss
+    again: ``dataset[i]`` and ``fill()`` re-encode it (or read a good staging copy).
+
+    ``reencode_from``: a :class:`~latentds.LatentDataset` over the sources of this namespace;
+    the dropped samples it holds are encoded again (or taken from their staging copy) and
+    committed by a compaction, so the store is whole again. Samples it does not hold stay dropped.
+    An empty or garbage ``CURRENT.json`` is re-pointed first at the newest readable generation
+    (generations are written before their pointer, so it holds every committed row)."""
+    rep = RepairReport()
+    try:
+        store.manifests.read_pointer()
+    except ManifestError:
+        found = store.manifests.newest_readable()
+        if found is None:
+            raise
+        ptr, m = found
+        store.manifests.commit(m.table, dict(m.meta, parent=m.generation))  # nobody can read the old pointer
+        store.refresh()
+        rep.pointer_recovered = True
+    v = verify(store, staging=True)
+    rep.checked = v.samples
+    staging_dir = store.location.join("staging").rstrip("/") + "/"
+    row_msgs = {why for _, why in v.bad_rows.values()}
+    lost_shards = {store.shard_path(shard) for shard, why in v.bad_rows.values() if why.endswith("shard is missing")}
+    for name, why in v.bad:
+        if name.startswith(staging_dir) and name.endswith(".npz"):
+            try:  # a corrupt staging object is never packed or served: remove it (a miss again)
+                call(lambda: store.location.fs.rm_file(name), name, storage_options=store.location.storage_options)
+            except FileNotFoundError:
+                pass
+            rep.staging_removed.append((name, why))
+        elif why not in row_msgs and name not in lost_shards:
+            # e.g. a shard whose bytes no longer match its index: its good rows stay (each is
+            # checked on its own), so verify keeps naming the shard; records: `latentds gc`
+            rep.remaining.append((name, why))
+    if v.bad_rows:
+        drop = {k: shard for k, (shard, _) in v.bad_rows.items()}
+        rep.generation, dropped = store.commit_without(drop)
+        rep.dropped = [(k, v.bad_rows[k][1]) for k in dropped]
+    if reencode_from is not None and rep.dropped:
+        ds = reencode_from
+        if ds.store.cache.namespace != store.cache.namespace:
+            return rep  # the sources were encoded into another namespace: nothing of theirs here
+        ds.store.refresh()
+        index = {ds.key(i): i for i in range(len(ds))}
+        todo = [index[k] for k, _ in rep.dropped if k in index]
+        had = {k for k, _ in rep.dropped if k in index and store.cache.get(k) is not None}
+        if todo:
+            ds.fill(indices=todo, progress=False)
+            rep.packed_generation = store.compact().generation
+            for k, _ in rep.dropped:
+                if k in had:
+                    rep.restored.append(k)
+                elif k in index:
+                    rep.reencoded.append(k)
     return rep
 
 

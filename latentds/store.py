@@ -471,6 +471,37 @@ class ShardedStore:
                                             "others kept committing; nothing is lost, run the job again")
         return generation
 
+    def commit_without(self, drop: dict[str, str], *, attempts: int = 8) -> tuple[str | None, list[str]]:
+        """Commit a new generation without the rows ``drop`` names ({key: shard}), pointer last;
+        used by :func:`latentds.ops.repair`. A row goes only while it still names that shard: if
+        a concurrent commit replaced it meanwhile, its new row is kept. Same protocol as
+        :meth:`compact` (conditional commit; on a conflict re-read the pointer, filter again,
+        retry). Returns (new generation or the unchanged one, keys dropped). The per-shard
+        channel sums of a shard that lost rows are kept as they were: the normalisation stats
+        then still count the dropped samples (a bias of a few samples in the whole cache)."""
+        for _ in range(attempts):
+            ptr = self.manifests.read_pointer()
+            base = self.manifests.load(ptr)
+            if base is None:
+                return None, []
+            keys = base.table.column("key").to_pylist()
+            shards = base.table.column("shard").to_pylist()
+            gone = [drop.get(k) == s for k, s in zip(keys, shards)]
+            dropped = [k for k, g in zip(keys, gone) if g]
+            if not dropped:
+                return base.generation, []
+            table = base.table.filter(pa.array([not g for g in gone], type=pa.bool_()))
+            _, meta = self._merge(None, table, dict(base.meta.get("shards") or {}))
+            meta["parent"] = base.generation
+            try:
+                new_ptr = self.manifests.commit(table, meta, expected=ptr)
+            except CommitConflict:
+                continue
+            self.refresh()
+            return str(new_ptr["generation"]), dropped
+        raise CacheError(f"{self.manifests.pointer_path}: could not commit the repair after {attempts} attempts "
+                         f"(others kept committing; nothing is lost, run `latentds repair` again)")
+
     def _commit_merged(self, added: pa.Table, shard_stats: dict[str, dict[str, list[float]]],
                        ptr: dict[str, Any] | None, base: Manifest | None, attempts: int, hint: str) -> tuple[str, int]:
         """Merge ``added`` over the generation ``ptr`` names and commit it, pointer last; when
