@@ -258,24 +258,63 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                   f"... --retry-failed` retries them):")
             for name, etype, reason in r.failures:
                 print(f"  FAILED {name}: {etype}: {reason}")
+    rc = _cmd_repair(args) if args.repair else (1 if bad else 0)  # after a repair, what it left decides
     if args.sources:
-        bad += _verify_sources(args)
-    return 1 if bad else 0
+        rc = max(rc, 1 if _verify_sources(args) else 0)
+    return rc
+
+
+def _sources_dataset(args: argparse.Namespace, what: str) -> Any:
+    """The LatentDataset over ``--sources`` (with the preprocessing options the cache was filled with)."""
+    from .dataset import LatentDataset
+    from .errors import ConfigError
+
+    if not args.codec:
+        raise ConfigError(f"{what} --sources needs --codec NAME (and the --image-size/--fit/--size/--no-crop the "
+                          "cache was filled with) to find the namespace of those sources")
+    return LatentDataset(args.sources, codec=args.codec, cache=args.cache, storage_options=_storage(args),
+                         crop_roi=not args.no_crop, size=args.size,
+                         image_size=tuple(args.image_size) if args.image_size else None, fit=args.fit)
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    """``repair`` / ``verify --repair``: drop (or re-encode) exactly the bad committed rows."""
+    from .ops import repair
+
+    stores = _stores(args)
+    if not stores:
+        print(f"{args.cache}: no latentds namespaces")
+        return 1
+    ds = _sources_dataset(args, "repair") if args.sources else None
+    left = 0
+    for store in stores:
+        r = repair(store, reencode_from=ds)
+        ns = store.cache.namespace
+        if r.pointer_recovered:
+            print(f"namespace {ns}: {store.manifests.pointer_path} was unreadable; re-pointed at the newest "
+                  f"readable generation")
+        print(f"namespace {ns}: {r.checked} committed samples checked; {len(r.dropped)} bad rows dropped"
+              + (f", generation {r.generation}" if r.dropped else ""))
+        for key, why in r.dropped:
+            how = ("re-encoded from the sources" if key in r.reencoded else "re-packed from its staging copy"
+                   if key in r.restored else "a miss again: the next dataset[i] or fill() re-encodes it")
+            print(f"  DROPPED {key}: {how} ({why})")
+        for name, why in r.staging_removed:
+            print(f"  REMOVED {name}: {why}")
+        if r.packed_generation and (r.reencoded or r.restored):
+            print(f"  {len(r.reencoded) + len(r.restored)} samples committed again in generation {r.packed_generation}")
+        for name, why in r.remaining:
+            print(f"  LEFT {name}: {why}")
+        left += len(r.remaining)
+    return 1 if left else 0
 
 
 def _verify_sources(args: argparse.Namespace) -> int:
     """``verify --sources SRC``: re-read every source and compare it with the content hash stored
     at encode time (a file changed under the same size and mtime keeps its key and is served stale)."""
-    from .dataset import LatentDataset
-    from .errors import ConfigError
     from .ops import verify_sources
 
-    if not args.codec:
-        raise ConfigError("verify --sources needs --codec NAME (and the --image-size/--fit/--size/--no-crop the "
-                          "cache was filled with) to find the namespace of those sources")
-    ds = LatentDataset(args.sources, codec=args.codec, cache=args.cache, storage_options=_storage(args),
-                       crop_roi=not args.no_crop, size=args.size,
-                       image_size=tuple(args.image_size) if args.image_size else None, fit=args.fit)
+    ds = _sources_dataset(args, "verify")
     r = verify_sources(ds)
     print(f"sources {args.sources}: {r.checked} cached samples re-read, {r.not_cached} not cached; "
           f"{len(r.stale)} stale")
@@ -359,6 +398,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_cli
 
     return run_cli(args)
+
+
+def _source_options(q: argparse.ArgumentParser) -> None:
+    """The options that name the namespace of ``--sources`` (as given to encode)."""
+    q.add_argument("--codec", default=None, help="with --sources: the codec the cache was filled with")
+    q.add_argument("--size", type=_positive_int, default=None, help="with --sources: as given to encode")
+    q.add_argument("--no-crop", action="store_true", help="with --sources: as given to encode")
+    q.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --sources: as given to encode")
+    q.add_argument("--fit", choices=["pad", "resize"], default="pad", help="with --sources: as given to encode")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -464,17 +513,25 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_cmd("verify", "recompute every checksum (shards, manifest, staging objects); lists bad objects "
                   "by name and exits 1 if any", _cmd_verify,
                   "  latentds verify /data/latents\n  latentds verify s3://bucket/latents --shards-only\n"
-                  "  latentds verify /data/latents --sources /data/cmmd --codec bicubic-f8   # stale sources too")
+                  "  latentds verify /data/latents --sources /data/cmmd --codec bicubic-f8   # stale sources too\n"
+                  "  latentds verify /data/latents --repair                  # then drop the bad rows (= repair)")
     q.add_argument("--shards-only", action="store_true", help="skip the staging objects")
+    q.add_argument("--repair", action="store_true",
+                   help="then repair: what `latentds repair` does (with --sources: re-encode the bad rows)")
     q.add_argument("--sources", default=None, metavar="SRC",
                    help="also re-read the source tree SRC and compare each file with the content hash stored at "
                         "encode time (finds files changed under the same size and mtime); needs --codec")
-    q.add_argument("--codec", default=None, help="with --sources: the codec the cache was filled with")
-    q.add_argument("--size", type=_positive_int, default=None, help="with --sources: as given to encode")
-    q.add_argument("--no-crop", action="store_true", help="with --sources: as given to encode")
-    q.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
-                   help="with --sources: as given to encode")
-    q.add_argument("--fit", choices=["pad", "resize"], default="pad", help="with --sources: as given to encode")
+    _source_options(q)
+    q = store_cmd("repair", "drop exactly the committed rows whose bytes fail verification (missing, truncated or "
+                  "corrupt shard, checksum mismatch, another sample's tar member) and commit a new manifest "
+                  "generation without them; with --sources, encode them again and commit them. Also removes "
+                  "corrupt staging objects and re-points an unreadable CURRENT.json. Exit 1 if damage is left "
+                  "that repair does not fix (listed as LEFT)", _cmd_repair,
+                  "  latentds repair /data/latents                       # dropped rows re-encode on next access\n"
+                  "  latentds repair s3://bucket/latents --sources /data/cmmd --codec bicubic-f8   # re-encode now")
+    q.add_argument("--sources", default=None, metavar="SRC",
+                   help="re-encode the dropped samples from the source tree SRC now (needs --codec)")
+    _source_options(q)
     q = store_cmd("gc", "remove temp files, orphan shards, superseded manifests and staging objects already "
                   "committed, once older than the grace period", _cmd_gc,
                   "  latentds gc /data/latents --dry-run\n  latentds gc s3://bucket/latents --grace-hours 48")

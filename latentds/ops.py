@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import LatentCache
+from .cache import Entry, LatentCache
 from .errors import CacheError, LatentdsError, ManifestError
 from .manifest import POINTER
-from .shards import (INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, TAR_HEADER, check_member, crc32c,
-                     decode_sample)
-from .storage import RETRY_STATS, call
-from .store import ShardedStore
+from .shards import (INDEX_SUFFIX, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, TAR_HEADER, build_shard, check_member,
+                     crc32c, decode_sample, index_document, shard_name)
+from .storage import RETRY_STATS, call, write_atomic
+from .store import ShardedStore, channel_sums
 
 __all__ = ["MIN_GRACE_S", "GcReport", "RepairReport", "SourceReport", "VerifyReport", "describe", "gc",
     "min_grace_s", "repair", "verify", "verify_sources"]
@@ -39,6 +39,9 @@ class VerifyReport:
     #: longer matches, a missing index) puts no row here, since reads never use the index.
     bad_rows: dict[str, tuple[str, str]] = field(default_factory=dict)
     generation: str | None = None  # the manifest generation checked
+    #: committed shards whose whole bytes fail a check that no single row shows (bytes differ
+    #: from the index, index missing or corrupt): what :func:`repair` re-packs. {shard: why}
+    bad_shards: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,8 +88,10 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                                           f"index says {idx.get('bytes')}); truncated or corrupt"))
             except FileNotFoundError:
                 rep.bad.append((idx_path, f"{idx_path}: shard index is missing"))
-            except ValueError as exc:
+            except (ValueError, AttributeError) as exc:
                 rep.bad.append((idx_path, f"{idx_path}: corrupt shard index ({exc})"))
+            if rep.bad and rep.bad[-1][0] in (path, idx_path):
+                rep.bad_shards[shard] = rep.bad[-1][1]
             for r in rows:
                 rep.samples += 1
                 why = _row_problem(m, r, keys[r], path, data)
@@ -456,6 +461,8 @@ class RepairReport:
     dropped: list[tuple[str, str]] = field(default_factory=list)   # (sample key, what was wrong)
     reencoded: list[str] = field(default_factory=list)   # dropped keys encoded again from the sources
     restored: list[str] = field(default_factory=list)    # dropped keys re-packed from a good staging copy
+    #: good rows of a shard damaged as a whole, moved to a fresh shard (same latents, nothing re-encoded)
+    repacked: list[str] = field(default_factory=list)
     staging_removed: list[tuple[str, str]] = field(default_factory=list)  # corrupt staging objects removed
     pointer_recovered: bool = False        # CURRENT.json was unreadable and was re-pointed
     #: damage repair does not fix (records: `latentds gc`; a shard index that no row depends on)
@@ -488,7 +495,7 @@ def repair(store: ShardedStore, *, reencode_from: Any = None) -> RepairReport:
     v = verify(store, staging=True)
     rep.checked = v.samples
     staging_dir = store.location.join("staging").rstrip("/") + "/"
-    row_msgs = {why for _, why in v.bad_rows.values()}
+    row_msgs = {why for _, why in v.bad_rows.values()} | set(v.bad_shards.values())
     lost_shards = {store.shard_path(shard) for shard, why in v.bad_rows.values() if why.endswith("shard is missing")}
     for name, why in v.bad:
         if name.startswith(staging_dir) and name.endswith(".npz"):
@@ -501,10 +508,48 @@ def repair(store: ShardedStore, *, reencode_from: Any = None) -> RepairReport:
             # e.g. a shard whose bytes no longer match its index: its good rows stay (each is
             # checked on its own), so verify keeps naming the shard; records: `latentds gc`
             rep.remaining.append((name, why))
-    if v.bad_rows:
-        drop = {k: shard for k, (shard, _) in v.bad_rows.items()}
-        rep.generation, dropped = store.commit_without(drop)
-        rep.dropped = [(k, v.bad_rows[k][1]) for k in dropped]
+    # good rows of a shard that is damaged as a whole (bytes differ from its index: the damage may
+    # sit in a metadata member or a tar header no row check covers) move to a fresh shard in the
+    # same commit that drops the bad rows: nothing good is lost and verify comes back clean
+    m = store.manifests.load()
+    added: list[tuple[str, Any]] = []
+    shard_stats: dict[str, dict[str, list[float]]] = {}
+    drop = {k: shard for k, (shard, _) in v.bad_rows.items()}
+    bad_rows = dict(v.bad_rows)
+    if m is not None and v.bad_shards:
+        keys = m.table.column("key").to_pylist()
+        shards = m.table.column("shard").to_pylist()
+        for shard in sorted(v.bad_shards):
+            group = []
+            for r, (key, s_) in enumerate(zip(keys, shards)):
+                if s_ != shard or key in bad_rows:
+                    continue
+                try:
+                    e = store.read_row(m, r, key)
+                    meta = store.read_meta(key)
+                except (LatentdsError, OSError, ValueError) as exc:  # e.g. its metadata member is corrupt
+                    bad_rows[key] = (shard, str(exc))
+                    drop[key] = shard
+                    continue
+                group.append((key, Entry(e.mean, e.std, meta)))
+                drop[key] = shard
+            if group:
+                data, rows = build_shard(group)
+                name = shard_name(data)
+                stats = channel_sums([e.mean for _, e in group])
+                path = store.shard_path(name)
+                call(lambda: write_atomic(store.location.fs, path, data), path, storage_options=store.location.storage_options)
+                idx = store.shard_path(name[: -len(SHARD_SUFFIX)] + INDEX_SUFFIX)
+                doc = index_document(name, data, rows, stats)
+                call(lambda: write_atomic(store.location.fs, idx, doc), idx, storage_options=store.location.storage_options)
+                added.extend((name, row) for row in rows)
+                shard_stats[name] = stats
+                rep.repacked.extend(k for k, _ in group)
+    if drop:
+        rep.generation, dropped = store.commit_without(drop, added, shard_stats)
+        moved = set(rep.repacked)
+        rep.dropped = [(k, bad_rows[k][1]) for k in dropped if k not in moved]
+        rep.repacked = [k for k in rep.repacked if k in set(dropped)]
     if reencode_from is not None and rep.dropped:
         ds = reencode_from
         if ds.store.cache.namespace != store.cache.namespace:

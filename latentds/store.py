@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .cache import Entry, LatentCache
 from .errors import CacheError, ManifestError, ShardError
-from .manifest import CommitConflict, Manifest, ManifestStore, rows_table
+from .manifest import CommitConflict, Manifest, ManifestStore, rows_table, upgrade
 from .shards import (TAR_HEADER, Row, build_shard, check_member, check_shard_name, crc32c, decode_sample,
                      index_document, shard_name)
 from .storage import Location, call, write_atomic
@@ -471,10 +471,13 @@ class ShardedStore:
                                             "others kept committing; nothing is lost, run the job again")
         return generation
 
-    def commit_without(self, drop: dict[str, str], *, attempts: int = 8) -> tuple[str | None, list[str]]:
-        """Commit a new generation without the rows ``drop`` names ({key: shard}), pointer last;
-        used by :func:`latentds.ops.repair`. A row goes only while it still names that shard: if
-        a concurrent commit replaced it meanwhile, its new row is kept. Same protocol as
+    def commit_without(self, drop: dict[str, str], added: list[tuple[str, Row]] | None = None,
+                       shard_stats: dict[str, dict[str, list[float]]] | None = None, *, attempts: int = 8
+                       ) -> tuple[str | None, list[str]]:
+        """Commit a new generation without the rows ``drop`` names ({key: shard}) and with the
+        rows ``added`` (of shards already written and indexed), in one step, pointer last; used by
+        :func:`latentds.ops.repair`. A row goes only while it still names that shard: if a
+        concurrent commit replaced it meanwhile, its new row is kept. Same protocol as
         :meth:`compact` (conditional commit; on a conflict re-read the pointer, filter again,
         retry). Returns (new generation or the unchanged one, keys dropped). The per-shard
         channel sums of a shard that lost rows are kept as they were: the normalisation stats
@@ -491,7 +494,14 @@ class ShardedStore:
             if not dropped:
                 return base.generation, []
             table = base.table.filter(pa.array([not g for g in gone], type=pa.bool_()))
-            _, meta = self._merge(None, table, dict(base.meta.get("shards") or {}))
+            stats = dict(base.meta.get("shards") or {})
+            if added:
+                kept = set(table.column("key").to_pylist())  # a row committed meanwhile wins
+                extra = rows_table(added)
+                extra = extra.filter(pa.array([k not in kept for k in extra.column("key").to_pylist()], type=pa.bool_()))
+                table = pa.concat_tables([upgrade(table), upgrade(extra)])
+                stats.update(shard_stats or {})
+            _, meta = self._merge(None, table, stats)
             meta["parent"] = base.generation
             try:
                 new_ptr = self.manifests.commit(table, meta, expected=ptr)

@@ -71,7 +71,8 @@ def test_repair_drops_exactly_the_bad_rows_and_they_are_reencoded_bit_identicall
     m = store.refresh()
     assert m.generation == rep.generation and len(m) == len(before) - 2
     assert all(m.find(k) < 0 for k in bad)
-    assert not verify(store).bad_rows and repair(store).dropped == []  # a second repair finds nothing
+    assert sorted(rep.repacked) == sorted(set(before.keys()) - set(bad))  # good rows of the damaged shard moved
+    assert verify(store).ok and repair(store).dropped == []  # clean again; a second repair finds nothing
     fresh = LatentDataset(src, codec=CODEC, cache=backend.url, storage_options=backend.options)
     encoded = []
     orig = fresh.codec.encode_dist
@@ -83,11 +84,10 @@ def test_repair_drops_exactly_the_bad_rows_and_they_are_reencoded_bit_identicall
 
 
 def test_repair_with_sources_reencodes_and_commits(tmp_path: Path) -> None:
-    from latentds.ops import repair, verify
+    from latentds.ops import gc, repair, verify
 
     src = tmp_path / "src"
     ds = _filled(src, str(tmp_path / "cache"), None)
-    from latentds.ops import gc
     gc(ds.store, grace_s=0)
     bad = _corrupt_rows(ds, [0])
     again = LatentDataset(src, codec=CODEC, cache=tmp_path / "cache")
@@ -133,3 +133,25 @@ def test_repair_repoints_a_garbage_pointer(tmp_path: Path) -> None:
     rep = repair(ds.store)
     assert rep.pointer_recovered and rep.dropped == []
     assert len(ds.store.refresh()) == n and verify(ds.store).ok
+
+
+def test_cli_verify_repair_and_repair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from latentds.cli import main
+    from latentds.ops import gc
+
+    src, cache = tmp_path / "src", str(tmp_path / "cache")
+    ds = _filled(src, cache, None)
+    gc(ds.store, grace_s=0)
+    bad = _corrupt_rows(ds, [3])
+    assert main(["verify", cache]) == 1
+    assert bad[0] in capsys.readouterr().out
+    assert main(["verify", cache, "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"DROPPED {bad[0]}: a miss again" in out and "1 bad rows dropped" in out
+    assert main(["verify", cache]) == 0
+    bad = _corrupt_rows(LatentDataset(src, codec=CODEC, cache=cache), [0])
+    assert main(["repair", cache, "--sources", str(src), "--codec", CODEC]) == 0
+    assert f"DROPPED {bad[0]}: re-encoded from the sources" in capsys.readouterr().out
+    assert main(["verify", cache]) == 0
+    assert main(["repair", cache, "--sources", str(src)]) == 2  # --codec missing: one-line user error
+    assert "needs --codec" in capsys.readouterr().err
