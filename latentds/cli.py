@@ -88,13 +88,13 @@ EPILOG = textwrap.dedent(
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from .demo import TASK_LINE, format_table, run_demo
 
     t0 = time.perf_counter()
     rows = run_demo(args.workdir, n_per_class=args.n_per_class, shape=(args.height, args.width), epochs=args.epochs,
                     seed=args.seed, codecs=tuple(args.codec) if args.codec else None)
     print()
-    print("SYNTHETIC fine-grained task (calcification clusters of 1-3 px); small CNN; test half of the data.")
+    print(TASK_LINE)
     print(format_table(rows))
     from .demo_figure import finding_crop_figure
 
