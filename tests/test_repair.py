@@ -3,11 +3,9 @@ deletes the last good copy of a sample. Local disk and the S3 server on 127.0.0.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -155,3 +153,22 @@ def test_cli_verify_repair_and_repair(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["verify", cache]) == 0
     assert main(["repair", cache, "--sources", str(src)]) == 2  # --codec missing: one-line user error
     assert "needs --codec" in capsys.readouterr().err
+
+
+def test_repair_of_a_lost_shard_drops_its_rows(tmp_path: Path) -> None:
+    from latentds.ops import gc, repair, verify
+
+    src = tmp_path / "src"
+    ds = _filled(src, str(tmp_path / "cache"), None)
+    gc(ds.store, grace_s=0)
+    m = ds.store.refresh()
+    (shard,) = m.shards
+    Path(ds.store.shard_path(shard)).unlink()
+    assert len(verify(ds.store).bad_rows) == len(m)
+    rep = repair(ds.store)
+    assert sorted(k for k, _ in rep.dropped) == sorted(m.keys()) and rep.repacked == []
+    assert verify(ds.store).ok
+    clean = _clean(src, tmp_path)
+    fresh = LatentDataset(src, codec=CODEC, cache=tmp_path / "cache")
+    for i in range(len(fresh)):
+        assert torch.equal(fresh[i][0], clean[i])
