@@ -424,7 +424,9 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
             if _age_s(fresh, time.time()) < need:
                 rep.rescued += 1
                 continue
-        if rel.startswith("staging/") and not _committed_copy_ok(store, view, rel.rsplit("/", 1)[-1][:-len(".npz")]):
+        # a committed staging object (not a writer's temp file, which is in flight) is kept when
+        # its committed copy no longer reads back: it is then the last good data
+        if not in_flight and rel.startswith("staging/") and not _committed_copy_ok(store, view, rel.rsplit("/", 1)[-1][:-len(".npz")]):
             rep.kept_last_copy.append(path)  # the committed copy is bad: this one is the last good data
             continue
         if not dry_run:
