@@ -47,5 +47,10 @@ with tempfile.TemporaryDirectory() as tmp:
     err = out.stderr.strip()
     assert out.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "latentds[train]" in err, err
+    # The demo is promised on a plain install too (its probe needs torch only, not Lightning).
+    out = subprocess.run([sys.executable, "-m", "latentds", "demo", "--workdir", str(Path(tmp) / "demo"),
+                          "--n-per-class", "4", "--epochs", "1", "--height", "64", "--width", "64"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "lossless control" in out.stdout, (out.stdout[-2000:], out.stderr[-2000:])
 print("core install (no extras): import, fill, compact, warm read, export webdataset+zarr OK; "
       "train-probe names its extra")

@@ -10,12 +10,32 @@ API::
     bootstrap_auroc(scores, targets, num_classes) -> AurocCI
 """
 
-from .metrics import AurocCI, auroc, bootstrap_auroc
-from .model import INPUT_FITS, MODES, SMALL_CNN, ProbeModel, ProbeShapeError, build_backbone, required_multiple
-from .module import Indexed, ProbeModule
-from .run import (DEFAULTS, ImageSource, ProbeResult, build_datasets, count_probe_gmacs, fit_probe, load_config,
-                  load_probe, main, predict, run_from_config, save_predictions, save_probe, stratified_split,
-                  write_predictions, write_result)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy (PEP 562): the model and metrics need only torch, the module and runner need Lightning
+# (the train extra). ``latentds demo`` builds its probe from ``.model`` on a plain install.
+_LAZY = {
+    **dict.fromkeys(["AurocCI", "auroc", "bootstrap_auroc"], ".metrics"),
+    **dict.fromkeys(["INPUT_FITS", "MODES", "SMALL_CNN", "ProbeModel", "ProbeShapeError", "build_backbone",
+                     "required_multiple"], ".model"),
+    **dict.fromkeys(["Indexed", "ProbeModule"], ".module"),
+    **dict.fromkeys(["DEFAULTS", "ImageSource", "ProbeResult", "build_datasets", "count_probe_gmacs", "fit_probe",
+                     "load_config", "load_probe", "main", "predict", "run_from_config", "save_predictions",
+                     "save_probe", "stratified_split", "write_predictions", "write_result"], ".run"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainers.probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["AurocCI", "DEFAULTS", "INPUT_FITS", "ImageSource", "Indexed", "MODES", "ProbeModel", "ProbeModule",
            "ProbeResult", "ProbeShapeError", "SMALL_CNN", "auroc", "bootstrap_auroc", "build_backbone", "build_datasets",
