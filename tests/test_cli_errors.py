@@ -309,3 +309,20 @@ def test_source_id_keeps_a_moved_tree_cached(tmp_path) -> None:
         for i in range(len(ds)):
             ds[i]
         assert bool(calls) == encodes, (source_id, calls)
+
+
+def test_lightning_advert_is_filtered_once_trainers_is_imported(tmp_path) -> None:
+    """A sweep builds one Trainer per method: Lightning's "💡 Tip" line must not print each time."""
+    script = (
+        "import trainers, torch, lightning as L\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "class M(L.LightningModule):\n"
+        "    def __init__(self): super().__init__(); self.l = torch.nn.Linear(2, 1)\n"
+        "    def training_step(self, b, i): return self.l(b[0]).sum()\n"
+        "    def configure_optimizers(self): return torch.optim.SGD(self.parameters(), 0.1)\n"
+        f"t = L.Trainer(max_steps=1, enable_progress_bar=False, default_root_dir={str(tmp_path)!r})\n"
+        "t.fit(M(), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2))\n"
+        "print('fitted')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "fitted" in out.stdout, out.stderr[-2000:]
+    assert "Tip" not in out.stdout + out.stderr
