@@ -140,7 +140,7 @@ def main() -> int:
 
     from latentds.bulk import Spec, _load
     from latentds.sources import list_sources
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lds-bulk-bench-"))
     size = tuple(args.size)

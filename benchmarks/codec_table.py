@@ -66,7 +66,7 @@ def test_images(n_synthetic: int = 8) -> dict[str, Any]:
     from pydicom.data import get_testdata_file
 
     from latentds.preprocess import load_image
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     rg3 = get_testdata_file("RG3_UNCR.dcm", download=False)
     if rg3 is None:

@@ -28,7 +28,7 @@ CODEC = "bicubic-f4"
 
 
 def snapshot(cache: Path) -> dict[str, Any]:
-    from latentds.cache import LatentCache
+    from latentds.store.entries import LatentCache
     from latentds.store import ShardedStore
 
     (ns,) = [p for p in cache.iterdir() if p.is_dir()]
@@ -69,7 +69,7 @@ def main() -> int:
 
     from dask.distributed import LocalCluster
 
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     os.environ["LATENTDS_TEST_TASK_DELAY"] = str(args.task_delay)  # inherited by the worker processes
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lds-kill-"))

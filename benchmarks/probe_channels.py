@@ -61,7 +61,7 @@ def make_task(kind: str, n_per_class: int, shape, seed: int, size=None, contrast
     import numpy as np
 
     _light_latentds()
-    from latentds import synthetic
+    from latentds.testing import synthetic
 
     if size is not None:
         synthetic.GRADED[kind] = {"size": tuple(size), "contrast": tuple(contrast)}

@@ -74,7 +74,7 @@ class Tally:
 
         from latentds import bulk
         from latentds.errors import LatentdsError
-        from latentds.loopback_s3 import FaultProxy
+        from latentds.testing.loopback_s3 import FaultProxy
 
         c = self.c
         init = LatentdsError.__init__

@@ -2,7 +2,7 @@
 
 Setup as in the issue: N latents of C×h×w float32 (default 2,000 of 4×64×52), 8 MiB shards on
 our side and 8 MB chunks on LitData's, the S3 server (moto) on 127.0.0.1 behind the counting
-proxy of ``latentds.loopback_s3``, ``DataLoader`` with 2 workers and batch 64, fresh caches.
+proxy of ``latentds.testing.loopback_s3``, ``DataLoader`` with 2 workers and batch 64, fresh caches.
 Methods, interleaved per round (alternating order), medians over rounds:
 
 * ``LatentDataset`` shuffled, per sample (a wrapper without ``__getitems__``: the old path);
@@ -119,7 +119,7 @@ def main() -> None:
 
     import litdata
     from latentds import LatentDataset, LatentIterableDataset
-    from latentds.loopback_s3 import FaultProxy, MotoS3, storage_options
+    from latentds.testing.loopback_s3 import FaultProxy, MotoS3, storage_options
 
     torch.set_num_threads(1)
     moto = MotoS3().start()

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 
 
 def rate(fn, order: list[int]) -> float:

@@ -41,8 +41,8 @@ def manifest_1m(tmp: Path) -> None:
     import subprocess
     import sys
 
-    from latentds.manifest import SCHEMA, ManifestStore
-    from latentds.storage import Location
+    from latentds.store.manifest import SCHEMA, ManifestStore
+    from latentds.store.fsio import Location
 
     n = 1_000_000
     rng = np.random.default_rng(0)
@@ -60,8 +60,8 @@ def manifest_1m(tmp: Path) -> None:
     probe = f"""
 import time, sys
 sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
-from latentds.manifest import ManifestStore
-from latentds.storage import Location
+from latentds.store.manifest import ManifestStore
+from latentds.store.fsio import Location
 def rss(field="VmRSS:"):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) / 1024
 ms = ManifestStore(Location({str(tmp / "m1")!r}))
@@ -100,8 +100,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         del os.environ[k]
-    from latentds import LatentDataset, synthetic
-    from latentds.loopback_s3 import FaultProxy, MotoS3, storage_options
+    from latentds import LatentDataset
+    from latentds.testing import synthetic
+    from latentds.testing.loopback_s3 import FaultProxy, MotoS3, storage_options
 
     moto = MotoS3().start()
     proxy = FaultProxy(moto.port).start()

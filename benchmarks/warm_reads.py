@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 
 
 def rate(fn, indices: list[int]) -> float:

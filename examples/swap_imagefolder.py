@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 
 root = Path(tempfile.mkdtemp()) / "data"
 synthetic.make_dataset(root, n_per_class=16, shape=(256, 208), seed=0)

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
-from . import synthetic
+from .testing import synthetic
 from .codecs import list_codecs
 from .probes import build_probe_backbone, stem_lr_factor
 from .codecs.kl import shipped_kl_defaults

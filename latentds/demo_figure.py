@@ -3,7 +3,7 @@ reconstruction, magnified with nearest-neighbour so single pixels stay visible.
 
 Made with Pillow only (a core dependency), so ``latentds demo`` draws it on a plain install.
 The finding is located without any bookkeeping: the positive and negative phantom of one seed
-differ only at the finding (see :func:`latentds.synthetic.phantom_with_finding`).
+differ only at the finding (see :func:`latentds.testing.synthetic.phantom_with_finding`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def finding_crop_figure(codecs: Sequence[str], path: str | os.PathLike[str], *, 
 
     from .codecs import create_codec
     from .errors import CodecError
-    from .synthetic import phantom_with_finding
+    from .testing.synthetic import phantom_with_finding
 
     pos, _ = phantom_with_finding(seed, shape, positive=True, kind=kind)
     neg, _ = phantom_with_finding(seed, shape, positive=False, kind=kind)

@@ -24,7 +24,7 @@ one line per family, controls and failed f marked) and, when the task records it
 sizes (the synthetic tasks write ``findings.csv``), ``tradeoff_by_size.png`` / ``.csv``:
 AUROC by finding size per method -- which f erases which size.
 
-Default task: the SYNTHETIC graded task of :mod:`latentds.synthetic` (calcification
+Default task: the SYNTHETIC graded task of :mod:`latentds.testing.synthetic` (calcification
 clusters whose size and contrast are drawn from ranges, so that f = 4, 8, 16 erase more
 and more of them) at a reduced configuration for a 2-core CPU (:data:`REDUCED`);
 ``paper=True`` / ``--paper`` switches to the paper's probe (hrnet_w64 behind the stem,
@@ -302,7 +302,7 @@ def _latent_bytes(ds) -> int:
 def _data_root(cfg: SweepConfig) -> Path:
     if cfg.data_root:
         return Path(cfg.data_root)
-    from . import synthetic
+    from .testing import synthetic
 
     task = "graded" if cfg.graded else "fine"
     root = (Path(cfg.workdir) / f"data-{cfg.kind}-{task}-{cfg.n_per_class}-{cfg.shape[0]}x{cfg.shape[1]}"
@@ -360,7 +360,7 @@ def size_breakdown(method: str, sizes, preds) -> SizeBreakdown:
 
 def _finding_sizes(root: Path, ds) -> list[float] | None:
     """Finding size per sample of ``ds`` from ``root/findings.csv``, or None (no such file)."""
-    from . import synthetic
+    from .testing import synthetic
 
     found = synthetic.read_findings(root)
     if found is None or ds.classes != list(synthetic.CLASSES):

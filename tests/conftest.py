@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from latentds.loopback_s3 import FaultProxy, MotoS3, storage_options
+from latentds.testing.loopback_s3 import FaultProxy, MotoS3, storage_options
 
 
 @dataclass

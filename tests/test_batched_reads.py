@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 from latentds.batch_read import coalesce
 from latentds.errors import ShardError
 

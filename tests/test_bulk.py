@@ -21,7 +21,7 @@ import torch
 import latentds
 from latentds import LatentDataset
 from latentds.bulk import encode, read_failures
-from latentds.synthetic import make_dataset
+from latentds.testing.synthetic import make_dataset
 
 CODEC = "bicubic-f4"
 SHAPE = (64, 48)
@@ -68,7 +68,7 @@ def snapshot(cache: Path) -> dict[str, Any]:
             rec = json.loads(p.read_bytes())
             fails[p.name] = (rec["error_type"], rec["reason"])
     out["failures"] = fails
-    from latentds.cache import LatentCache
+    from latentds.store.entries import LatentCache
     from latentds.store import ShardedStore
 
     m = ShardedStore(LatentCache(str(cache), ns.name)).refresh()
@@ -236,7 +236,7 @@ def _age(path: Path, seconds: float = 7200.0) -> None:
 
 
 def test_gc_keeps_sound_partition_records_and_collects_stale_ones(client, data, tmp_path):
-    from latentds.ops import gc, verify
+    from latentds.store.ops import gc, verify
 
     cache = tmp_path / "cache"
     r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False)

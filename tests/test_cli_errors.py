@@ -254,7 +254,7 @@ def test_demo_picture_shows_the_finding(tmp_path) -> None:
     from PIL import Image
 
     from latentds.demo_figure import finding_crop_figure, locate_finding
-    from latentds.synthetic import phantom_with_finding
+    from latentds.testing.synthetic import phantom_with_finding
 
     pos, _ = phantom_with_finding(3, (192, 160), positive=True)
     neg, _ = phantom_with_finding(3, (192, 160), positive=False)

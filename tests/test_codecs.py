@@ -349,7 +349,7 @@ def test_shipped_default_weights_load_and_reconstruct(name: str) -> None:
     held-out SYNTHETIC phantom comes back far better than an untrained model's output."""
     from latentds.codecs.kl import PACKAGED_WEIGHTS_DIR, shipped_kl_defaults
     from latentds.metrics import psnr
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     assert name in shipped_kl_defaults()
     sizes = [p.stat().st_size for p in PACKAGED_WEIGHTS_DIR.glob("*.safetensors")]

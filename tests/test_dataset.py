@@ -52,7 +52,7 @@ def test_discovery_equals_imagefolder(png_tree: Path, tmp_path: Path) -> None:
 
 
 def test_discovery_accepts_dicom_by_default(tmp_path: Path) -> None:
-    from latentds import synthetic
+    from latentds.testing import synthetic
 
     synthetic.make_dataset(tmp_path / "dcm", n_per_class=2, shape=(64, 48), seed=1)
     ds = LatentDataset(tmp_path / "dcm", codec="bicubic-f4", cache=tmp_path / "cache")
@@ -221,7 +221,7 @@ def test_resize_fit_and_decode_shape(png_tree: Path, tmp_path: Path) -> None:
 
 
 def test_fill_records_failures_and_finishes_the_rest(tmp_path: Path) -> None:
-    from latentds import synthetic
+    from latentds.testing import synthetic
 
     root = tmp_path / "dcm"
     synthetic.make_dataset(root, n_per_class=2, shape=(64, 48), seed=2)
@@ -240,7 +240,7 @@ def test_fill_records_failures_and_finishes_the_rest(tmp_path: Path) -> None:
 
 
 def test_batched_fill_equals_lazy_access(tmp_path: Path) -> None:
-    from latentds import synthetic
+    from latentds.testing import synthetic
 
     synthetic.make_dataset(tmp_path / "dcm", n_per_class=3, shape=(64, 48), seed=3)
     kw = dict(codec="bicubic-f8", crop_roi=False, image_size=(64, 48))

@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch.utils.data import Subset, TensorDataset
 
-from latentds import synthetic
+from latentds.testing import synthetic
 from latentds.dataset import LatentDataset
 from trainers.probe import (ProbeModule, auroc, bootstrap_auroc, fit_probe, load_config, stratified_split)
 

@@ -18,7 +18,7 @@ import yaml
 
 pytest.importorskip("lightning")
 
-from latentds import synthetic  # noqa: E402
+from latentds.testing import synthetic  # noqa: E402
 from trainers.probe import bootstrap_auroc, build_datasets, load_config, load_probe, predict  # noqa: E402
 from trainers.vae.module import state_hash  # noqa: E402
 

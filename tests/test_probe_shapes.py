@@ -263,7 +263,7 @@ def test_docs_example_config_runs_scaled_down(tmp_path: Path, backbone: str | No
     """The documented config (kl-f8c4, image_size [1024, 832] -> 128x104 latents, which no HRNet
     takes unpadded) with its sizes scaled down 4x (32x26 latents), a few images, one epoch, one
     CPU process instead of 4 DDP GPUs."""
-    from latentds import synthetic
+    from latentds.testing import synthetic
     from trainers.probe import run_from_config
 
     doc = _docs_example()

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from latentds import CacheError, LatentDataset, LatentIterableDataset
-from latentds.cache import sample_key
+from latentds.store.entries import sample_key
 from latentds.sources import legacy_key, list_sources
-from latentds.synthetic import make_dataset
+from latentds.testing.synthetic import make_dataset
 
 CODEC = "bicubic-f4"
 SHAPE = (64, 48)
@@ -235,7 +235,7 @@ def test_bulk_rerun_over_an_old_cache_adopts_instead_of_encoding(twins: tuple[Pa
 
 def _half_compacted(tmp_path: Path, age_s: float) -> tuple[LatentDataset, list, dict, Path]:
     """A committed generation plus a shard a compaction has written but not committed yet."""
-    from latentds.shards import build_shard, index_document, shard_name
+    from latentds.store.shards import build_shard, index_document, shard_name
     from latentds.store import channel_sums
 
     src = tmp_path / "src"
@@ -261,7 +261,7 @@ def _half_compacted(tmp_path: Path, age_s: float) -> tuple[LatentDataset, list, 
 
 
 def test_gc_grace_has_a_floor_for_work_in_flight(tmp_path: Path) -> None:
-    from latentds.ops import MIN_GRACE_S, gc
+    from latentds.store.ops import MIN_GRACE_S, gc
 
     ds, rows, stats, shard = _half_compacted(tmp_path, age_s=10)  # written 10 s ago, not committed
     rep = gc(ds.store, grace_s=0)
@@ -276,7 +276,7 @@ def test_gc_grace_has_a_floor_for_work_in_flight(tmp_path: Path) -> None:
 
 
 def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentds.ops import gc, verify
+    from latentds.store.ops import gc, verify
 
     monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")  # isolate the re-check from the floor
     ds, rows, stats, shard = _half_compacted(tmp_path, age_s=7200)  # an old shard, not named yet
@@ -303,7 +303,7 @@ def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatc
 
 
 def test_verify_sources_finds_content_changed_under_the_same_size_and_mtime(tmp_path: Path) -> None:
-    from latentds.ops import verify_sources
+    from latentds.store.ops import verify_sources
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=SHAPE, seed=0, transfer_syntaxes=("explicit-le",))

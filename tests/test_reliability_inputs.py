@@ -123,7 +123,7 @@ def _crafted_cache(tmp_path: Path, shard: str | None = None, generation: str | N
     import pyarrow as pa
 
     from latentds import LatentDataset
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
@@ -153,8 +153,8 @@ def test_crafted_shard_name_is_refused_by_every_reader(tmp_path: Path, shard: st
     from latentds import LatentDataset
     from latentds.cli import main
     from latentds.errors import ManifestError
-    from latentds.export import export_webdataset
-    from latentds.ops import gc, verify
+    from latentds.store.export import export_webdataset
+    from latentds.store.ops import gc, verify
 
     ds, src = _crafted_cache(tmp_path, shard=shard)
     fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")
@@ -188,7 +188,7 @@ def test_crafted_generation_name_is_refused(tmp_path: Path) -> None:
 def test_crafted_shard_name_in_a_bulk_record_is_a_problem_not_a_path(tmp_path: Path) -> None:
     import json
 
-    from latentds.ops import verify
+    from latentds.store.ops import verify
 
     ds, _ = _crafted_cache(tmp_path)
     rec = ds.store.location.join("bulk", "a" * 32 + ".json")
@@ -201,7 +201,7 @@ def test_crafted_shard_name_in_a_bulk_record_is_a_problem_not_a_path(tmp_path: P
 # -- item 8: non-regular tree entries are per-file failures, never hangs or aborts --------------
 
 def _tree_with_bad_entries(tmp_path: Path) -> Path:
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
@@ -283,7 +283,7 @@ def test_impossible_offsets_are_a_shard_error_naming_the_object(tmp_path: Path, 
 
     from latentds import LatentDataset
     from latentds.errors import ShardError
-    from latentds.ops import verify
+    from latentds.store.ops import verify
 
     ds, src = _crafted_cache(tmp_path)
     m = ds.store.refresh()
@@ -299,7 +299,7 @@ def test_impossible_offsets_are_a_shard_error_naming_the_object(tmp_path: Path, 
 
 def test_reprs_never_show_credentials() -> None:
     from latentds.bulk import Spec
-    from latentds.storage import Location
+    from latentds.store.fsio import Location
 
     opts = {"key": "AKIAEXAMPLE", "secret": "s3cr3t-value", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
             "config_kwargs": {"aws_session_token": "tok-value"}}
@@ -328,7 +328,7 @@ def _swap_rows(ds: Any) -> None:
 def test_swapped_manifest_rows_are_refused_by_reads_verify_and_streaming(tmp_path: Path, local_cache: bool) -> None:
     from latentds import LatentDataset, LatentIterableDataset
     from latentds.errors import ShardError
-    from latentds.ops import verify
+    from latentds.store.ops import verify
 
     ds, src = _crafted_cache(tmp_path)
     _swap_rows(ds)
@@ -354,7 +354,7 @@ def test_swapped_manifest_rows_are_refused_by_reads_verify_and_streaming(tmp_pat
 
 def test_failure_records_never_hold_the_file_name_even_when_repr_escapes_it(tmp_path: Path) -> None:
     from latentds import LatentDataset
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))
@@ -399,7 +399,7 @@ def test_swapped_rows_are_refused_on_s3_too(tmp_path: Path, backend: Any) -> Non
     """The remote read takes the tar header in the same ranged GET; same refusal as on disk."""
     from latentds import LatentDataset
     from latentds.errors import ShardError
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=(64, 48), seed=0, transfer_syntaxes=("explicit-le",))

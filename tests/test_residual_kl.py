@@ -23,7 +23,7 @@ def tiny_vae(f: int, c: int, seed: int = 0):
 
 
 def images(n: int = 2, h: int = 64, w: int = 48, seed: int = 0) -> torch.Tensor:
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     H, W = max(h, 128), max(w, 128)  # phantoms need room; crop to the size asked for
     x = torch.stack([torch.from_numpy(phantom(seed + i, (H, W), positive=True, kind="calcification")) for i in range(n)])
@@ -189,7 +189,7 @@ def test_shipped_codec_is_never_worse_than_its_s2d_on_a_small_image(name: str) -
     finding, and its finding region."""
     from latentds.codecs.kl import shipped_kl_defaults
     from latentds.metrics import psnr
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     assert name in shipped_kl_defaults()
     codec = create_codec(name)

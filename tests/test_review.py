@@ -22,7 +22,7 @@ from latentds.cli import main as latentds_main  # noqa: E402
 from latentds.review.app import create_app, make_server  # noqa: E402
 from latentds.review.db import AnswerDB  # noqa: E402
 from latentds.review.study import StudyError, create_study, load_study, read_png16  # noqa: E402
-from latentds.synthetic import make_dataset  # noqa: E402
+from latentds.testing.synthetic import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

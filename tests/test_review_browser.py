@@ -32,7 +32,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from latentds.review.analyze import analyze_study  # noqa: E402
 from latentds.review.app import serve_in_thread  # noqa: E402
 from latentds.review.study import create_study  # noqa: E402
-from latentds.synthetic import make_dataset  # noqa: E402
+from latentds.testing.synthetic import make_dataset  # noqa: E402
 
 
 def _browser(profile) -> webdriver.Chrome:

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 from latentds.cli import main as cli_main
 from latentds.errors import LatentdsError, ManifestError, ShardError
-from latentds.ops import gc, verify
-from latentds.shards import build_shard, shard_name
-from latentds.storage import write_atomic
+from latentds.store.ops import gc, verify
+from latentds.store.shards import build_shard, shard_name
+from latentds.store.fsio import write_atomic
 
 from conftest import Backend
 
@@ -153,7 +154,7 @@ def test_crash_leftovers_are_ignored_then_collected(dicoms: Path, reference: lis
     crash = [loc.join("staging", "ab", ".tmp-deadbeef-ab00.npz"), loc.join("shards", ".tmp-1234-shard-x.tar")]
     for p in crash:
         _put(ds, p, b"partial")
-    from latentds.cache import Entry
+    from latentds.store.entries import Entry
 
     orphan_bytes, _ = build_shard([("f" * 40, Entry(np.ones((1, 4, 4), np.float32), None, {"target": 0}))])
     orphan = loc.join("shards", shard_name(orphan_bytes))

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 from latentds.cli import main as cli_main
 from latentds.errors import StoreAccessError
-from latentds.ops import verify
-from latentds.storage import RETRY_STATS
+from latentds.store.ops import verify
+from latentds.store.fsio import RETRY_STATS
 
 from conftest import S3Env
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from latentds import LatentDataset, LatentIterableDataset, synthetic
+from latentds import LatentDataset, LatentIterableDataset
+from latentds.testing import synthetic
 from latentds.cli import main as cli_main
 from latentds.errors import CacheError
 
@@ -61,7 +62,7 @@ def test_zarr_export_refuses_mixed_shapes_by_name(dicoms: Path, tmp_path: Path) 
     for i in range(len(ds)):
         ds[i]
     ds.compact()
-    from latentds.export import export_zarr
+    from latentds.store.export import export_zarr
 
     if len({tuple(ds[i][0].shape) for i in range(len(ds))}) > 1:
         with pytest.raises(CacheError, match="CURRENT.json.*image_size"):

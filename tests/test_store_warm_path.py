@@ -15,11 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from latentds import LatentDataset, synthetic
+from latentds import LatentDataset
+from latentds.testing import synthetic
 from latentds.errors import ShardError
-from latentds.manifest import LEGACY_SCHEMA, META_KEY
-from latentds.shards import crc32c, decode_sample
-from latentds.storage import write_atomic
+from latentds.store.manifest import LEGACY_SCHEMA, META_KEY
+from latentds.store.shards import crc32c, decode_sample
+from latentds.store.fsio import write_atomic
 
 from conftest import Backend
 
@@ -130,7 +131,7 @@ def test_legacy_manifest_without_crc32c_reads_with_sha256(pngs: Path, backend: B
 
 
 def test_manifest_open_keeps_reader_columns_only_and_finds_any_order() -> None:
-    from latentds.manifest import SCHEMA, Manifest
+    from latentds.store.manifest import SCHEMA, Manifest
 
     n = 50
     rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ def test_workers_read_committed_shards_after_the_parent_did(pngs: Path, tmp_path
 
 
 def test_verify_reports_a_crc32c_that_does_not_match(pngs: Path, tmp_path: Path) -> None:
-    from latentds.ops import verify
+    from latentds.store.ops import verify
 
     ds = compacted(pngs, Backend("local", str(tmp_path / "cache")))
     m = ds.store.manifest()

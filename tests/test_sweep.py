@@ -126,7 +126,7 @@ def test_tiny_sweep_writes_table_csv_plot(tmp_path):
 
 
 def _write_png_task(root, n_per_class, size=32, seed=0):
-    """An ImageFolder task of 8-bit PNGs (not made by latentds.synthetic): a flat noisy field,
+    """An ImageFolder task of 8-bit PNGs (not made by latentds.testing.synthetic): a flat noisy field,
     positives carry one bright pixel at a random position (so at a random sub-pixel phase of
     any space-to-depth)."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of latentds.synthetic: SYNTHETIC phantoms and the DICOM files / datasets built on them."""
+"""Tests of latentds.testing.synthetic: SYNTHETIC phantoms and the DICOM files / datasets built on them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom import dcmread  # noqa: E402
 from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 
-from latentds.synthetic import (  # noqa: E402
+from latentds.testing.synthetic import (  # noqa: E402
     CLASSES,
     SYNTHETIC_LABEL,
     make_dataset,
@@ -170,10 +170,10 @@ def test_decoys_are_larger_and_shared_by_both_classes(kind, monkeypatch):
     """Decoys (blurry 6-10 px blobs, broad lucent bands) come from the seed, not the class:
     switching them off changes the same pixels of the negative and the positive, and what
     they add is larger than any microcalcification (> 3 px)."""
-    import latentds.synthetic as synthetic
+    import latentds.testing.phantoms as phantoms
 
     with_decoys = {(s, p): phantom(s, positive=p, kind=kind) for s in range(6) for p in (False, True)}
-    monkeypatch.setattr(synthetic, "_decoys", lambda *a, **k: None)
+    monkeypatch.setattr(phantoms, "_decoys", lambda *a, **k: None)
     n_with = 0
     for seed in range(6):
         d_neg = with_decoys[(seed, False)].astype(np.float64) - phantom(seed, positive=False, kind=kind)
@@ -362,7 +362,7 @@ def test_graded_task_records_each_finding_size(tmp_path, kind):
     """The graded task draws one finding size and contrast per image from GRADED; make_dataset
     records them in findings.csv (0 for negatives), and the area the finding changes grows
     with its recorded size."""
-    from latentds.synthetic import GRADED, phantom_with_finding, read_findings
+    from latentds.testing.synthetic import GRADED, phantom_with_finding, read_findings
 
     items = make_dataset(tmp_path, n_per_class=6, shape=(128, 104), kind=kind, graded=True,
                          transfer_syntaxes=("explicit-le",), bits=(16,))
@@ -395,7 +395,7 @@ def test_graded_task_records_each_finding_size(tmp_path, kind):
 
 def test_graded_sizes_span_the_downsizing_factors():
     """Log-uniform sizes over GRADED's range: some findings survive f=4, fewer f=8 and f=16."""
-    from latentds.synthetic import _graded_draw, GRADED
+    from latentds.testing.phantoms import GRADED, _graded_draw
 
     rng = np.random.default_rng(0)
     sizes = np.array([_graded_draw(rng, "calcification")[0] for _ in range(2000)])

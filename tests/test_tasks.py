@@ -143,7 +143,7 @@ def write_png(path: Path, value: int = 128, size: tuple[int, int] = (24, 20)) ->
 
 
 def write_dcm(path: Path, patient_id: str | None, laterality: str | None, seed: int = 0) -> Path:
-    from latentds.synthetic import write_dicom
+    from latentds.testing.synthetic import write_dicom
 
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.random.default_rng(seed).random((16, 12))

@@ -46,7 +46,7 @@ RUNNER = textwrap.dedent('''
 
 
 def tiny_npz(path: Path) -> Path:
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     arrays = {}
     for i in range(3):

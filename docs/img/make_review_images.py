@@ -29,7 +29,7 @@ def main() -> int:
     from latentds.review.app import serve_in_thread
     from latentds.review.db import AnswerDB
     from latentds.review.study import ITEMS, create_study, read_png16
-    from latentds.synthetic import make_dataset
+    from latentds.testing.synthetic import make_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="review-img-"))
     make_dataset(tmp / "src", n_per_class=5, shape=(512, 416), seed=4)

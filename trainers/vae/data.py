@@ -3,7 +3,7 @@
 Sources (``data.train`` / ``data.val``; a list combines several):
 
 * ``{source: synthetic, n: 64, shape: [512, 416], kinds: [calcification, fracture], seed: 0}``
-  SYNTHETIC phantoms from :func:`latentds.synthetic.phantom` (half of them positive).
+  SYNTHETIC phantoms from :func:`latentds.testing.synthetic.phantom` (half of them positive).
 * ``{source: folder, root: DIR}`` every DICOM / PNG / JPEG / TIFF under ``root`` (recursive).
 * ``{source: csv, path: FILE.csv, path_column: path, patient_column: patient, root: DIR}``
   one image per row; relative paths are resolved against ``root`` (default: the CSV's folder).
@@ -50,7 +50,7 @@ class Item:
 
     def load(self, preprocess: Mapping[str, Any]) -> np.ndarray:
         if self.synthetic is not None:
-            from latentds.synthetic import phantom
+            from latentds.testing.synthetic import phantom
 
             seed, shape, positive, kind = self.synthetic
             return phantom(seed, shape, positive=positive, kind=kind)

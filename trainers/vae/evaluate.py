@@ -69,7 +69,7 @@ def evaluate(codec_path: str, *, full_res: bool = False, n_synthetic: int = 8) -
 
     from latentds.codecs import create_codec
     from latentds.preprocess import load_image
-    from latentds.synthetic import phantom
+    from latentds.testing.synthetic import phantom
 
     codec = create_codec(codec_path)
     f, c = codec.f, codec.latent_channels

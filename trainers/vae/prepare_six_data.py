@@ -5,7 +5,7 @@
 Runs here (it needs pydicom + pydicom-data); the GPU machine then reads only the file.
 Every image goes through latentds' own preprocessing (:func:`latentds.preprocess.load_image`:
 modality LUT / rescale, VOI window, MONOCHROME1 inversion, ROI crop, resize) or is a
-SYNTHETIC phantom (:func:`latentds.synthetic.phantom`), and is stored as float16 in
+SYNTHETIC phantom (:func:`latentds.testing.synthetic.phantom`), and is stored as float16 in
 [0, 1] (rounding error ≤ 2.4e-4, i.e. ~77 dB: far below every PSNR we measure).
 
 Contents:
@@ -50,7 +50,7 @@ def prepare(out: str | Path, *, n_synthetic: int = 48, n_val: int = 4, n_pairs: 
     from pydicom.data import get_testdata_file
 
     from latentds.preprocess import load_image
-    from latentds.synthetic import KINDS, phantom
+    from latentds.testing.synthetic import KINDS, phantom
 
     def pdd(name: str) -> str:
         p = get_testdata_file(name, download=False)
@@ -97,7 +97,7 @@ def prepare(out: str | Path, *, n_synthetic: int = 48, n_val: int = 4, n_pairs: 
     info = {
         "train": names, "val": val_names, "pairs": n_pairs,
         "held_out": ["pydicom-data:RG3_UNCR.dcm", "synthetic seeds 10000+"],
-        "preprocessing": "latentds.preprocess.load_image(crop_roi=True, size=...) / latentds.synthetic.phantom; float16",
+        "preprocessing": "latentds.preprocess.load_image(crop_roi=True, size=...) / latentds.testing.synthetic.phantom; float16",
     }
     arrays["info_json"] = np.asarray(json.dumps(info))
     out = Path(out)
