@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .cache import LatentCache
 from .errors import CacheError, ShardError
-from .manifest import Manifest
-from .shards import TAR_HEADER, check_member, decode_sample
-from .storage import call
-from .store import ShardedStore
+from .store import open_store
+from .store import layout
+from .store.manifest import Manifest
+from .store.shards import TAR_HEADER, check_member, decode_sample
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -58,9 +57,14 @@ class LatentIterableDataset(IterableDataset):
                  samples: dict[str, int] | None = None,
                  target_transform: Callable[[int], Any] | None = None) -> None:
         super().__init__()
-        self.store = ShardedStore(LatentCache(cache, namespace, storage_options=storage_options))
+        self.store = open_store(cache, namespace, storage_options)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        #: (epoch, pointer): the generation this epoch reads, pinned on first use and shipped to
+        #: DataLoader workers, so every worker of a rank splits the same shard list
+        self._pin: tuple[int, dict[str, Any]] | None = None
+        #: (epoch, loaded generation, rows per shard): what the pin resolves to in this process
+        self._pinned: tuple[int, Manifest, dict[str, list[int]]] | None = None
         self.transform = transform
         self.target_transform = target_transform
         self.samples = dict(samples) if samples is not None else None
@@ -75,12 +79,33 @@ class LatentIterableDataset(IterableDataset):
         kwargs.setdefault("target_transform", ds.target_transform)
         return cls(loc.url, ds.namespace, storage_options=loc.storage_options, samples=samples, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pinned"] = None  # the pointer travels (``_pin``), the loaded generation does not
+        return state
+
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch``: the newest committed generation is pinned for it now, in the
+        calling process, so DataLoader workers started afterwards all read that one."""
         self.epoch = int(epoch)
+        self._plan()
 
     def _plan(self) -> tuple[Manifest, dict[str, list[int]]]:
-        """The manifest generation this epoch reads and, per shard, the rows it yields there."""
-        m = self.store.refresh()
+        """The manifest generation this epoch reads and, per shard, the rows it yields there.
+
+        Pinned once per epoch: the pointer is followed first (``refresh``), THEN the generation
+        is taken, and the shard list, the split and every row of the epoch come from that one
+        generation, however many generations land meanwhile (``shards()``/``my_shards()`` and
+        iteration agree). The next epoch (``set_epoch``) pins the newest one."""
+        pinned = self._pinned
+        if pinned is not None and pinned[0] == self.epoch:
+            return pinned[1], pinned[2]
+        if self._pin is not None and self._pin[0] == self.epoch:
+            m = self.store.manifests.load(self._pin[1])  # the parent's pin (a DataLoader worker)
+        else:
+            ptr = self.store.manifests.read_pointer()  # refresh first, then take that generation
+            m = self.store.manifests.load(ptr) if ptr is not None else None
+            self._pin = (self.epoch, ptr) if ptr is not None else None
         if m is None:
             raise CacheError(f"{self.store.manifests.pointer_path}: no committed shards; run compact first")
         if self.samples is None:
@@ -99,6 +124,7 @@ class LatentIterableDataset(IterableDataset):
         by_shard: dict[str, list[int]] = {}
         for r in rows:
             by_shard.setdefault(names[int(shard_ids[r])], []).append(int(r))
+        self._pinned = (self.epoch, m, by_shard)
         return m, by_shard
 
     def shards(self) -> list[str]:
@@ -125,11 +151,10 @@ class LatentIterableDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         # one generation for the whole epoch: the shard list and the rows come from the same one
         m, by_shard = self._plan()
-        fs, so = self.store.location.fs, self.store.location.storage_options
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
         for shard in self._split(self._order(sorted(by_shard))):
             path = self.store.shard_path(shard)
-            data = call(lambda: fs.cat_file(path), path, storage_options=so)
+            data = self.store.backend.get(layout.shard(shard))
             # walk the manifest's rows of this shard (not the tar's members): the shard may also
             # hold samples that are not this dataset's, or that the manifest no longer names
             rows = by_shard[shard]

@@ -22,8 +22,8 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from latentds.manifest import SCHEMA, ManifestStore
-from latentds.storage import Location
+from latentds.store.manifest import SCHEMA, ManifestStore
+from latentds.store.fsio import Location
 
 CHILD = r"""
 import importlib.util, sys, types
@@ -31,8 +31,8 @@ spec = importlib.util.find_spec("latentds")
 pkg = types.ModuleType("latentds")
 pkg.__path__ = list(spec.submodule_search_locations)
 sys.modules["latentds"] = pkg  # the package without its __init__ (no torch import)
-from latentds.manifest import ManifestStore
-from latentds.storage import Location
+from latentds.store.manifest import ManifestStore
+from latentds.store.fsio import Location
 m = ManifestStore(Location(sys.argv[1])).load()
 assert len(m) == int(sys.argv[2])
 m.table

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from latentds.cache import Entry, LatentCache
-from latentds.manifest import CommitConflict, _precondition_failed
-from latentds.shards import build_shard
+from latentds.store.entries import Entry, LatentCache
+from latentds.store.backend import CommitConflict, _precondition_failed
+from latentds.store.shards import build_shard
 from latentds.store import ShardedStore
 
 from conftest import Backend
@@ -67,7 +67,7 @@ def test_s3_server_refuses_a_write_on_a_stale_etag(backend: Backend) -> None:
     ms = a.manifests
     assert ms.conditional
     a.commit_rows(rows("a" * 40), {})
-    etag = ms._pointer_etag()
+    etag = ms.backend._etag("manifest/CURRENT.json")
     a.commit_rows(rows("b" * 40), {})  # the pointer moves on
     fs = a.location.fs
     with pytest.raises(OSError) as info:
@@ -86,7 +86,7 @@ def test_compaction_refreshes_an_old_orphan_shard_of_the_same_name(tmp_path, mon
     import os
     import time
 
-    from latentds.ops import gc
+    from latentds.store.ops import gc
 
     s = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
     means = {f"{i:040x}": np.full((1, 2, 2), i, np.float32) for i in range(5)}

@@ -23,20 +23,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from .cache import Entry, LatentCache
-from .errors import CacheError, ManifestError, ShardError
-from .manifest import CommitConflict, Manifest, ManifestStore, rows_table, upgrade
-from .shards import (TAR_HEADER, Row, build_shard, check_member, check_shard_name, crc32c, decode_sample,
-                     index_document, shard_name)
-from .storage import Location, call, write_atomic
+from ..errors import CacheError, ManifestError, ShardError
+from . import layout
+from .backend import Backend
+from .entries import Entry, LatentCache
+from .fsio import Location
+from .manifest import CommitConflict, Manifest, ManifestStore, combine_stats, rows_table, upgrade
+from .plan import ReadPlan
+from .readthrough import ReadThroughCache
+from .shards import TAR_HEADER, Row, channel_sums, check_member, crc32c, decode_sample, write_shard
 
 __all__ = ["DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_SAMPLES", "MAX_SAMPLE_BYTES", "CompactReport",
     "ReadThroughCache", "ShardedStore", "channel_sums", "combine_stats"]
@@ -58,95 +60,6 @@ class CompactReport:
     merges: int = 0
 
 
-def channel_sums(means: list[np.ndarray]) -> dict[str, list[float]]:
-    """Per-channel count, sum and sum of squares, with dask.array (chunked, so it scales past
-    memory when given dask-backed inputs). Sums, not means, so shards combine exactly."""
-    import dask.array as da
-
-    c = int(means[0].shape[0])
-    flat = np.concatenate([m.reshape(c, -1).astype(np.float64) for m in means], axis=1)
-    x = da.from_array(flat, chunks=(c, 1 << 20))
-    s, ss = da.compute(x.sum(axis=1), (x * x).sum(axis=1), scheduler="threads")
-    return {"count": [int(flat.shape[1])] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
-
-
-def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]:
-    """Per-channel mean and std over every committed shard."""
-    tot: dict[str, np.ndarray] = {}
-    for st in per_shard:
-        for k in ("count", "sum", "sumsq"):
-            v = np.asarray(st[k], dtype=np.float64)
-            tot[k] = tot[k] + v if k in tot else v
-    if not tot:
-        return {}
-    n = np.maximum(tot["count"], 1)
-    mean = tot["sum"] / n
-    var = np.maximum(tot["sumsq"] / n - mean * mean, 0.0)
-    return {"channels": int(len(mean)), "count": [int(v) for v in tot["count"]], "mean": mean.tolist(),
-            "std": np.sqrt(var).tolist()}
-
-
-class ReadThroughCache:
-    """Bounded local copies of sample bytes read from a remote store, keyed by their sha256.
-
-    It only ever holds copies (the store keeps the original), so evicting never loses data;
-    content addressing means a copy can never be stale. Eviction drops least recently
-    written files once ``max_bytes`` is exceeded."""
-
-    def __init__(self, directory: str, max_bytes: int) -> None:
-        self.directory = os.path.abspath(os.path.expanduser(directory))
-        self.max_bytes = int(max_bytes)
-        self._approx: int | None = None
-        self._lock = threading.Lock()
-
-    def _path(self, sha: str) -> str:
-        return os.path.join(self.directory, sha[:2], sha)
-
-    def get(self, sha: str) -> bytes | None:
-        try:
-            with open(self._path(sha), "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-
-    def put(self, sha: str, data: bytes) -> None:
-        from fsspec.implementations.local import LocalFileSystem
-
-        write_atomic(LocalFileSystem(), self._path(sha), data)
-        with self._lock:
-            if self._approx is None:
-                self._approx = sum(e[1] for e in self._files())
-            self._approx += len(data)
-            if self._approx > self.max_bytes:
-                self._evict()
-
-    def _files(self) -> list[tuple[str, int, float]]:
-        out = []
-        for dirpath, _, names in os.walk(self.directory):
-            for n in names:
-                p = os.path.join(dirpath, n)
-                try:
-                    st = os.stat(p)
-                except FileNotFoundError:
-                    continue
-                out.append((p, st.st_size, st.st_mtime))
-        return out
-
-    def _evict(self) -> None:
-        files = sorted(self._files(), key=lambda e: e[2])
-        total = sum(e[1] for e in files)
-        target = int(self.max_bytes * 0.9)
-        for p, size, _ in files:
-            if total <= target:
-                break
-            try:
-                os.unlink(p)
-                total -= size
-            except FileNotFoundError:
-                pass
-        self._approx = total
-
-
 class ShardedStore:
     """Shards + manifest over a :class:`LatentCache` (the staging tier) of one namespace."""
 
@@ -154,7 +67,9 @@ class ShardedStore:
                  local_cache_bytes: int = 4 << 30, refresh_interval: float = 5.0) -> None:
         self.cache = cache
         self.location: Location = cache.location
-        self.manifests = ManifestStore(self.location)
+        #: the namespace root under the store contract: every byte goes through it
+        self.backend: Backend = cache.backend
+        self.manifests = ManifestStore(self.backend)
         self.refresh_interval = refresh_interval
         self.readthrough = ReadThroughCache(os.fspath(local_cache), local_cache_bytes) if local_cache else None
         self._manifest: Manifest | None = None
@@ -178,9 +93,7 @@ class ShardedStore:
         if p is None:  # joining re-strips the protocol each time: measurable on the warm path
             # every reader (reads, verify, gc, export, compact, bulk records) turns a name into a
             # path here: a name that is not one latentds writes never becomes a path
-            check_shard_name(name[: -len(".index.json")] + ".tar" if name.endswith(".index.json") else name,
-                             self.location.join("shards"))
-            p = self._paths[name] = self.location.join("shards", name)
+            p = self._paths[name] = self.backend.path(layout.shard(name))
         return p
 
     def manifest(self) -> Manifest | None:
@@ -205,9 +118,7 @@ class ShardedStore:
         m = self.manifest()
         if m is not None and m.find(key) >= 0:
             return True
-        path = self.cache.object_path(key)
-        fs = self.location.fs
-        return bool(call(lambda: fs.exists(path), path, storage_options=self.location.storage_options))
+        return self.backend.exists(layout.staging(key))
 
     def get(self, key: str) -> Entry | None:
         """The entry for ``key`` from a committed shard, else staging, else ``None``."""
@@ -236,6 +147,22 @@ class ShardedStore:
         buf = self._read_range(path, off, length, sha, m.generation, key)
         mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
         return Entry(mean, std, {"key": key, "target": target, "shard": shard})
+
+    def plan(self, keys: Sequence[str]) -> ReadPlan:
+        """A read plan over ``keys`` (see :mod:`latentds.store.plan`); pass it to :meth:`read`."""
+        return ReadPlan(keys)
+
+    def read(self, plan: ReadPlan, i: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Mean (and std) of sample ``i`` of ``plan`` from the committed manifest; ``None`` when it
+        is not committed (the caller then asks :meth:`get` or encodes). The plan follows the
+        store's manifest generation (loaded on first use, reloaded by :meth:`refresh`)."""
+        m = self.manifest()
+        if plan.manifest is not m:
+            plan.bind(m)
+        row = plan.row(i)
+        if row < 0:
+            return None
+        return self.read_planned(m, row)  # type: ignore[arg-type]
 
     def read_planned(self, m: Manifest, row: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean (and std) of manifest row ``row``: the warm path of ``LatentDataset[i]``.
@@ -321,7 +248,7 @@ class ShardedStore:
                              f"run `latentds verify`")
         self.reads += 1
         if self._local is None:  # decided once: the property re-checks the process id every time
-            self._local = self.location.is_local
+            self._local = self.backend.caps.local
         hdr = b""
         try:
             if self._local:
@@ -329,10 +256,8 @@ class ShardedStore:
                 if header:
                     hdr = os.pread(self._fds[path], TAR_HEADER, off - TAR_HEADER)
             else:
-                fs = self.location.fs
                 start = off - TAR_HEADER if header else off
-                buf = call(lambda: fs.cat_file(path, start=start, end=off + length), path,
-                           storage_options=self.location.storage_options)
+                buf = self.backend.get_range(path[len(self.backend.path()) + 1:], start, off + length)
                 if header:
                     hdr, buf = buf[:TAR_HEADER], buf[TAR_HEADER:]
         except FileNotFoundError:
@@ -372,11 +297,9 @@ class ShardedStore:
 
     def record_failure(self, relpath_hash: str, error_type: str, reason: str) -> None:
         """Keep a failure record (no source path: the caller passes a hash and a redacted reason)."""
-        path = self.location.join("failures", f"{relpath_hash}.json")
         body = json.dumps({"relpath_hash": relpath_hash, "error_type": error_type, "reason": reason,
                            "time_unix": time.time()}, sort_keys=True).encode()
-        fs = self.location.fs
-        call(lambda: write_atomic(fs, path, body), path, storage_options=self.location.storage_options)
+        self.backend.put(layout.failure_record(relpath_hash), body)
 
     # -- compaction --------------------------------------------------------------------------
     def compact(self, *, shard_bytes: int = DEFAULT_SHARD_BYTES, shard_samples: int = DEFAULT_SHARD_SAMPLES,
@@ -385,8 +308,6 @@ class ShardedStore:
         generation (pointer last). Concurrent compactors: before committing, the pointer is
         re-read and, if another generation was committed meanwhile, merged in."""
         report = CompactReport()
-        fs, so = self.location.fs, self.location.storage_options
-        fs.invalidate_cache()
         recovered = False
         try:
             ptr = self.manifests.read_pointer()
@@ -412,22 +333,11 @@ class ShardedStore:
             nonlocal group, size
             if not group:
                 return
-            data, rows = build_shard(group)
-            name = shard_name(data)
-            stats = channel_sums([e.mean for _, e in group])
-            path = self.shard_path(name)
-            # Content-addressed: a shard of this name already there (an earlier compaction killed
-            # before its commit) holds these very bytes. It is written again anyway (atomically;
-            # readers see the same bytes), as bulk encoding does: an old uncommitted shard gets a
-            # fresh age, so `latentds gc` (grace period) cannot remove it before this commit names it.
-            call(lambda: write_atomic(fs, path, data), path, storage_options=so)
-            idx = self.shard_path(name[: -len(".tar")] + ".index.json")
-            doc = index_document(name, data, rows, stats)
-            call(lambda: write_atomic(fs, idx, doc), idx, storage_options=so)
-            new_rows.extend((name, r) for r in rows)
-            shard_stats[name] = stats
-            report.shards.append(name)
-            report.packed += len(rows)
+            w = write_shard(self.backend, group)
+            new_rows.extend((w.name, r) for r in w.rows)
+            shard_stats[w.name] = w.stats
+            report.shards.append(w.name)
+            report.packed += len(w.rows)
             group, size = [], 0
 
         for key in todo:

@@ -1,0 +1,228 @@
+"""The store contract: a handful of operations on objects under one root, over fsspec.
+
+Everything in :mod:`latentds.store` that touches bytes goes through a :class:`Backend`:
+``get`` / ``get_range`` / ``put`` (atomic) / ``list`` / ``delete`` / ``put_if`` (the
+conditional commit of a small object), with retries, access errors and redaction handled once
+(:func:`latentds.store.fsio.call`). What differs between stores is stated as
+:class:`Capabilities` instead of being discovered by each caller:
+
+* ``local``: a POSIX filesystem; reads may use ``pread`` on descriptors kept open.
+* ``conditional``: ``put_if`` is a true compare-and-swap (local disk: ``flock`` around check +
+  rename; S3: ``If-Match`` / ``If-None-Match`` PUTs). Elsewhere (``memory://``, other object
+  stores) it checks then writes: racing committers may lose a commit, which the manifest's
+  merge-and-retry narrows but cannot close.
+
+``latentds.testing.store_conformance`` states this contract as tests, run on local disk,
+``memory://`` and S3 (moto on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from fsspec.implementations.local import LocalFileSystem
+
+from ..errors import ManifestError
+from .fsio import Location, call, write_atomic
+
+__all__ = ["Backend", "Capabilities", "CommitConflict", "capabilities"]
+
+
+class CommitConflict(ManifestError):
+    """A conditional write was refused: another writer committed since the caller read the
+    object. Compaction and bulk commits catch it, merge that generation and retry."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    local: bool          # POSIX paths: pread, rename, flock
+    conditional: bool    # put_if is a true compare-and-swap
+    protocol: str        # the filesystem's first protocol name (``file``, ``memory``, ``s3``)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    p = getattr(fs, "protocol", ())
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+def capabilities(fs: Any) -> Capabilities:
+    """The one place that decides what a filesystem can do (by its declared protocol)."""
+    protos = _protocols(fs)
+    local = isinstance(fs, LocalFileSystem)
+    s3 = any(p in ("s3", "s3a") for p in protos)
+    return Capabilities(local=local, conditional=local or s3, protocol=protos[0] if protos else "?")
+
+
+class Backend:
+    """Objects under one root URL. Paths given to the operations are relative to the root
+    (``"shards/shard-….tar"``); :mod:`latentds.store.layout` makes them. ``FileNotFoundError``
+    passes through every read untouched: the caller decides what a miss means."""
+
+    def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+        self.location = Location(os.fspath(url), dict(storage_options or {}))
+        self._caps: Capabilities | None = None
+
+    def __repr__(self) -> str:
+        return f"Backend({self.location!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "_caps": None}
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self.location.storage_options
+
+    @property
+    def fs(self) -> Any:
+        return self.location.fs
+
+    @property
+    def caps(self) -> Capabilities:
+        if self._caps is None:
+            self._caps = capabilities(self.fs)
+        return self._caps
+
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of ``rel`` (for error messages and for ``pread``)."""
+        return self.location.join(rel) if rel else self.location.path
+
+    def child(self, rel: str) -> "Backend":
+        return Backend(self.location.child(rel).url, self.storage_options)
+
+    def _call(self, op: Callable[[], Any], path: str) -> Any:
+        return call(op, path, storage_options=self.storage_options)
+
+    # -- the contract -------------------------------------------------------------------------
+    def get(self, rel: str) -> bytes:
+        p, fs = self.path(rel), self.fs
+        return self._call(lambda: fs.cat_file(p), p)
+
+    def get_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``start..end`` (end exclusive) in one request; may be short at the object's end."""
+        p, fs = self.path(rel), self.fs
+        return self._call(lambda: fs.cat_file(p, start=start, end=end), p)
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Readers see nothing or all of ``data`` (temp + rename on disk, one PUT elsewhere)."""
+        p, fs = self.path(rel), self.fs
+        self._call(lambda: write_atomic(fs, p, data), p)
+
+    def exists(self, rel: str) -> bool:
+        p, fs = self.path(rel), self.fs
+        return bool(self._call(lambda: fs.exists(p), p))
+
+    def info(self, rel: str) -> dict[str, Any]:
+        p, fs = self.path(rel), self.fs
+        fs.invalidate_cache(p)
+        return dict(self._call(lambda: fs.info(p), p))
+
+    def delete(self, rel: str) -> None:
+        """Remove ``rel``; removing what is not there is no error (S3's DELETE is idempotent,
+        and gc racing another gc must not fail)."""
+        p, fs = self.path(rel), self.fs
+        try:
+            self._call(lambda: fs.rm_file(p), p)
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str = "", *, recursive: bool = False) -> dict[str, dict[str, Any]]:
+        """``{relative path: info}`` of the objects under ``prefix`` (all depths with
+        ``recursive``); empty when nothing is there. Never a cached listing: other processes
+        write here."""
+        base, fs = self.path(prefix), self.fs
+        fs.invalidate_cache()
+        try:
+            if recursive:
+                found = self._call(lambda: fs.find(base, detail=True), base)
+            else:
+                found = {i["name"]: i for i in self._call(lambda: fs.ls(base, detail=True), base)
+                         if i.get("type") != "directory"}
+        except FileNotFoundError:
+            return {}
+        root = self.path().rstrip("/") + "/"
+        out = {}
+        for p, i in found.items():
+            p = p.rstrip("/")
+            if p.startswith(root):
+                out[p[len(root):]] = i
+            elif "://" in p and p.split("://", 1)[1].startswith(root.split("://", 1)[-1]):
+                out[p.split("://", 1)[1][len(root.split("://", 1)[-1]):]] = i
+        return out
+
+    def put_if(self, rel: str, data: bytes, matches: Callable[[bytes | None], bool]) -> None:
+        """Replace the small object ``rel`` with ``data`` only if ``matches(current bytes)`` (None:
+        absent) holds at the moment of the write; :class:`CommitConflict` otherwise. A true
+        compare-and-swap where ``caps.conditional``; check-then-write elsewhere."""
+        p, fs = self.path(rel), self.fs
+        if self.caps.local:
+            with _flock(self.path(rel.rsplit("/", 1)[0] + "/.commit.lock" if "/" in rel else ".commit.lock")):
+                if not matches(self._current(rel)):
+                    raise CommitConflict(f"{p}: changed since it was read (another writer committed first)")
+                self._call(lambda: write_atomic(fs, p, data), p)
+            return
+        if not self.caps.conditional:
+            if not matches(self._current(rel)):
+                raise CommitConflict(f"{p}: changed since it was read (another writer committed first)")
+            self._call(lambda: write_atomic(fs, p, data), p)
+            return
+        etag = self._etag(rel)  # S3: the version we check is the version the PUT is conditional on
+        cur = self._current(rel) if etag is not None else None
+        if not matches(cur):
+            raise CommitConflict(f"{p}: changed since it was read (another writer committed first)")
+        cond: dict[str, Any] = {"mode": "create"} if etag is None else {"IfMatch": etag}
+        try:
+            self._call(lambda: fs.pipe_file(p, data, **cond), p)
+        except (FileExistsError, OSError) as exc:
+            if isinstance(exc, FileExistsError) or _precondition_failed(exc):
+                raise CommitConflict(f"{p}: another writer committed first") from None
+            raise
+
+    def _current(self, rel: str) -> bytes | None:
+        try:
+            return self.get(rel)
+        except FileNotFoundError:
+            return None
+
+    def _etag(self, rel: str) -> str | None:
+        try:
+            info = self.info(rel)
+        except FileNotFoundError:
+            return None
+        return str(info.get("ETag") or info.get("etag"))
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on a local lock file: released by the kernel if the holder dies,
+    so a killed committer never leaves the store locked. Held only around check + rename."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """HTTP 412 PreconditionFailed (or 409 ConditionalRequestConflict) anywhere in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        resp = getattr(seen, "response", None)
+        code = str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            return True
+        if "PreconditionFailed" in str(seen) or "pre-conditions you specified did not hold" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

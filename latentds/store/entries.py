@@ -1,0 +1,180 @@
+"""The latent cache: one namespace per fingerprint, one immutable object per sample.
+
+Layout under ``<cache>/<namespace>/``::
+
+    info.json               what produced this namespace (codec, preprocessing, format version)
+    staging/<kk>/<key>.npz  one object per sample, written atomically, never rewritten
+
+The namespace is a hash of everything that changes the latents (docs/design.md invariant 2), so a
+new codec, new weights or new preprocessing can never serve stale latents. A sample key is a
+hash of the source identity (relative path, size, mtime or ETag): a changed source is a miss.
+Objects are ``.npz`` read with ``allow_pickle=False`` (docs/design.md invariant 7) and carry the sha256 of their
+arrays, checked on every read so a corrupt latent raises instead of returning garbage.
+
+This is the per-sample (lazy-fill) tier; packing into shards with a manifest builds on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CacheError, StoreAccessError
+from . import layout
+from .backend import Backend
+from .fsio import Location, call
+
+__all__ = ["FORMAT_VERSION", "Entry", "LatentCache", "canonical_json", "decode_entry", "encode_entry",
+    "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
+
+FORMAT_VERSION = 1
+
+
+def sha256_hex(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def namespace_id(codec_fingerprint: str, preprocessing: dict[str, Any]) -> str:
+    """The cache namespace: changes when the codec, its weights or the preprocessing change."""
+    spec = {"codec": codec_fingerprint, "preprocessing": preprocessing, "format": FORMAT_VERSION}
+    return sha256_hex(canonical_json(spec).encode())[:32]
+
+
+def sample_key(identity: dict[str, Any]) -> str:
+    """Key of one source sample: a hash, so no path (PHI risk) appears in object names."""
+    return sha256_hex(canonical_json(identity).encode())[:40]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached sample: posterior mean (and std when the codec has one) plus metadata."""
+
+    mean: np.ndarray
+    std: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def _array_digest(mean: np.ndarray, std: np.ndarray | None) -> str:
+    parts = [str(mean.dtype).encode(), repr(mean.shape).encode(), np.ascontiguousarray(mean).tobytes()]
+    if std is not None:
+        parts.append(np.ascontiguousarray(std).tobytes())
+    return sha256_hex(*parts)
+
+
+def encode_entry(mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> bytes:
+    meta = dict(meta, sha256=_array_digest(mean, std), shape=list(mean.shape), dtype=str(mean.dtype))
+    arrays: dict[str, np.ndarray] = {
+        "mean": np.ascontiguousarray(mean),
+        "meta": np.frombuffer(canonical_json(meta).encode(), dtype=np.uint8),
+    }
+    if std is not None:
+        arrays["std"] = np.ascontiguousarray(std)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_entry(data: bytes, name: str) -> Entry:
+    """Parse and verify one cached object; ``name`` is used in error messages."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            mean = z["mean"]
+            std = z["std"] if "std" in z.files else None
+            meta = json.loads(z["meta"].tobytes().decode())
+    except Exception as exc:  # zipfile, ValueError, KeyError, JSON errors: all mean "corrupt"
+        raise CacheError(f"{name}: corrupt cache object ({type(exc).__name__}: {exc})") from exc
+    if meta.get("sha256") != _array_digest(mean, std):
+        raise CacheError(f"{name}: checksum mismatch, the cached latent is corrupt")
+    return Entry(mean, std, meta)
+
+
+class LatentCache:
+    """The staging tier: per-sample latent objects under one namespace of a cache location.
+    (Named for its history; "cache" elsewhere means the ``cache=`` URL as a whole.)"""
+
+    def __init__(self, url: str, namespace: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = Location(url, dict(storage_options or {}))
+        self.namespace = namespace
+        self.location = self.root.child(namespace)
+        self.backend = Backend(self.location.url, self.location.storage_options)
+
+    def object_path(self, key: str) -> str:
+        return self.backend.path(layout.staging(key))
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        """Describe the namespace once; harmless to repeat (same content, atomic)."""
+        if not self.backend.exists(layout.INFO):
+            body = dict(info, namespace=self.namespace, format=FORMAT_VERSION)
+            self._write(layout.INFO, json.dumps(body, indent=2, sort_keys=True).encode())
+
+    def _write(self, rel: str, data: bytes) -> None:
+        try:
+            self.backend.put(rel, data)
+        except FileNotFoundError as exc:  # on object stores: the bucket itself does not exist
+            raise StoreAccessError(f"{self.backend.path(rel)}: cannot write, the bucket or directory does not exist "
+                                   f"({type(exc).__name__}); create it or fix the cache URL") from None
+
+    def read_info(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.backend.get(layout.INFO))
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise CacheError(f"{self.backend.path(layout.INFO)}: corrupt namespace description: {exc}") from exc
+
+    def get(self, key: str) -> Entry | None:
+        """The cached entry, ``None`` on a miss; raises :class:`CacheError` if it is corrupt."""
+        rel = layout.staging(key)
+        try:
+            data = self.backend.get(rel)
+        except FileNotFoundError:
+            return None
+        return decode_entry(data, self.backend.path(rel))
+
+    def put(self, key: str, mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> None:
+        self._write(layout.staging(key), encode_entry(mean, std, meta))
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(layout.staging(key))
+
+    def keys(self) -> list[str]:
+        """Committed staging objects (temp files of interrupted writers are never listed)."""
+        return sorted(k for k in (layout.staging_key(rel) for rel in self.backend.list(layout.STAGING, recursive=True))
+                      if k)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes for ``latentds inspect``."""
+        files = self.backend.list(layout.STAGING, recursive=True)
+        objs = {p: i for p, i in files.items() if layout.staging_key(p)}
+        temps = [p for p in files if layout.is_temp(p)]
+        return {
+            "namespace": self.namespace,
+            "samples": len(objs),
+            "bytes": int(sum(int(i.get("size", 0)) for i in objs.values())),
+            "temp_leftovers": len(temps),
+        }
+
+
+def list_namespaces(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    root = Backend(url, storage_options)
+    if not root.exists(""):
+        raise CacheError(f"{root.path()}: no such cache location")
+    fs, base = root.fs, root.path()
+    out = []
+    for p in call(lambda: fs.ls(base, detail=False), base, storage_options=root.storage_options):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if root.exists(f"{name}/{layout.INFO}"):
+            out.append(name)
+    return sorted(out)
