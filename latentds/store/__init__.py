@@ -29,7 +29,7 @@ _NAMES: dict[str, str] = {
     "sample_key": "entries", "sha256_hex": "entries",
     "Row": "shards", "WrittenShard": "shards", "build_shard": "shards", "channel_sums": "shards",
     "write_shard": "shards", "shard_name": "shards",
-    "Manifest": "manifest", "ManifestStore": "manifest", "combine_stats": "manifest",
+    "Manifest": "manifest", "ManifestStore": "manifest", "combine_stats": "shards",
     "ReadPlan": "plan", "ReadThroughCache": "readthrough",
     "DEFAULT_SHARD_BYTES": "sharded", "DEFAULT_SHARD_SAMPLES": "sharded", "MAX_SAMPLE_BYTES": "sharded",
     "CompactReport": "sharded", "ShardedStore": "sharded",

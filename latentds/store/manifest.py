@@ -21,7 +21,7 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ from . import layout
 from .backend import Backend, CommitConflict
 from .fsio import Location
 from .layout import GENERATION_NAME, KEY_NAME, POINTER, SHARD_NAME
-from .shards import Row
+from .shards import Row, combine_stats  # noqa: F401  (re-exported: manifest meta)
 
 __all__ = ["GENERATION_NAME", "LEGACY_SCHEMA", "PLAN_COLUMNS", "POINTER", "SCHEMA", "CommitConflict",
     "Manifest", "ManifestStore", "combine_stats", "new_generation", "rows_table", "upgrade"]
@@ -357,22 +357,6 @@ def rows_table(rows: list[tuple[str, Row]]) -> pa.Table:
             cols[c].append(getattr(r, c))
         cols["shape"].append(list(r.shape))
     return pa.Table.from_pydict(cols, schema=SCHEMA)
-
-
-def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]:
-    """Per-channel mean and std over every committed shard."""
-    tot: dict[str, np.ndarray] = {}
-    for st in per_shard:
-        for k in ("count", "sum", "sumsq"):
-            v = np.asarray(st[k], dtype=np.float64)
-            tot[k] = tot[k] + v if k in tot else v
-    if not tot:
-        return {}
-    n = np.maximum(tot["count"], 1)
-    mean = tot["sum"] / n
-    var = np.maximum(tot["sumsq"] / n - mean * mean, 0.0)
-    return {"channels": int(len(mean)), "count": [int(v) for v in tot["count"]], "mean": mean.tolist(),
-            "std": np.sqrt(var).tolist()}
 
 
 class ManifestStore:

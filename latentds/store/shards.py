@@ -23,7 +23,7 @@ import json
 import math
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from google_crc32c import value as _crc32c_value
@@ -33,8 +33,8 @@ from ..errors import ShardError
 from .layout import INDEX_SUFFIX, KEY_NAME, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, check_shard_name
 
 __all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
-    "build_shard", "check_member", "check_shard_name", "crc32c", "decode_sample", "index_document",
-    "iter_tar_samples", "parse_npy", "shard_name"]
+    "build_shard", "channel_sums", "check_member", "combine_stats", "check_shard_name", "crc32c", "decode_sample", "index_document",
+    "iter_tar_samples", "parse_npy", "shard_name", "WrittenShard", "write_shard"]
 
 TAR_HEADER = 512  # a USTAR member header: build_shard writes one right before each member's data
 
@@ -182,6 +182,22 @@ def channel_sums(means: list[np.ndarray]) -> dict[str, list[float]]:
         ss += np.einsum("ij,ij->i", x, x)
         count += x.shape[1]
     return {"count": [count] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
+
+
+def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]:
+    """Per-channel mean and std over every committed shard."""
+    tot: dict[str, np.ndarray] = {}
+    for st in per_shard:
+        for k in ("count", "sum", "sumsq"):
+            v = np.asarray(st[k], dtype=np.float64)
+            tot[k] = tot[k] + v if k in tot else v
+    if not tot:
+        return {}
+    n = np.maximum(tot["count"], 1)
+    mean = tot["sum"] / n
+    var = np.maximum(tot["sumsq"] / n - mean * mean, 0.0)
+    return {"channels": int(len(mean)), "count": [int(v) for v in tot["count"]], "mean": mean.tolist(),
+            "std": np.sqrt(var).tolist()}
 
 
 # -- reading -----------------------------------------------------------------------------------
