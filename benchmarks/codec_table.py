@@ -10,7 +10,7 @@ Test data (held out of the shipped codecs' training, validation and α guard):
 * synthetic: SYNTHETIC phantoms 512×416, seeds 10000–10007 (calcification and fracture
   kinds alternating), each positive and its negative (identical but for the finding).
   "finding PSNR": the reconstructed finding rec(pos) − rec(neg) against the true one
-  pos − neg, over the finding's bounding box + 8 px (trainers/vae/evaluate.py).
+  pos − neg, over the finding's bounding box + 8 px (latentds/train/vae/evaluate.py).
 
 PSNR (dB, data range 1) and MS-SSIM from ``latentds.metrics``. FID variants are computed
 only where their extractor loads locally (``latentds.metrics.available_extractors``);
@@ -81,7 +81,7 @@ def test_images(n_synthetic: int = 8) -> dict[str, Any]:
 
 
 def evaluate_codec(codec: Any, data: dict[str, Any]) -> dict[str, float]:
-    from trainers.vae.evaluate import finding_psnr
+    from latentds.train.vae.evaluate import finding_psnr
 
     rg3 = _metrics(data["rg3"], _roundtrip(codec, data["rg3"]))
     ps, ms, fs = [], [], []

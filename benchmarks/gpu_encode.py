@@ -81,9 +81,9 @@ def import_codecs() -> types.ModuleType:
 
 
 def import_probe_model() -> Any:
-    """``trainers/probe/model.py`` on its own (it imports only torch and timm; the package
-    ``trainers.probe`` also imports the Lightning runner and latentds' datasets)."""
-    spec = importlib.util.spec_from_file_location("_latentds_probe_model", ROOT / "trainers" / "probe" / "model.py")
+    """``latentds/train/probe/model.py`` on its own (it imports only torch and timm; the package
+    ``latentds.train.probe`` also imports the Lightning runner and latentds' datasets)."""
+    spec = importlib.util.spec_from_file_location("_latentds_probe_model", ROOT / "latentds" / "train" / "probe" / "model.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

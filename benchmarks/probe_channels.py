@@ -101,8 +101,8 @@ def run_one(job: dict) -> dict:
     _light_latentds()
     torch.set_num_threads(job.get("threads", 1))
     from latentds.probes import make_probe_module
-    from trainers.probe import fit_probe, stratified_split
-    from trainers.probe.metrics import auroc
+    from latentds.train.probe import fit_probe, stratified_split
+    from latentds.train.probe.metrics import auroc
 
     d = np.load(job["data"])
     x, y, sizes = torch.from_numpy(d["x"]), torch.from_numpy(d["y"]), d["sizes"]

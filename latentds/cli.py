@@ -388,7 +388,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_probe(args: argparse.Namespace) -> int:
-    from trainers.probe.run import main as probe_main
+    from latentds.train.probe.run import main as probe_main
 
     argv = [x for c in args.config for x in ("--config", c)] + list(args.overrides)
     return probe_main(argv + (["--print-config"] if args.print_config else []))
@@ -547,9 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dest-storage-options", type=_json_object,
                    help="fsspec options for DEST as JSON (default: --storage-options)")
 
-    tp = sub.add_parser("train-probe", help="train an HRNet / linear probe on latents (trainers.probe)",
+    tp = sub.add_parser("train-probe", help="train an HRNet / linear probe on latents (latentds.train.probe)",
                         description="Train a timm backbone (default hrnet_w64) or a linear probe on a LatentDataset "
-                                    "and report AUROC with a bootstrap CI. Same as python -m trainers.probe.",
+                                    "and report AUROC with a bootstrap CI. Same as python -m latentds.train.probe.",
                         epilog="examples:\n  latentds train-probe --config probe.yaml\n"
                                "  latentds train-probe --config probe.yaml model.mode=linear optim.epochs=10\n"
                                "  latentds train-probe --config probe.yaml --print-config\n\n"
@@ -595,7 +595,7 @@ def _check_config_args(argv: list[str], command: str) -> None:
     for flag, value in zip(argv, argv[1:]):
         if flag in ("-c", "--config") and not Path(value).is_file():
             raise ConfigError(f"{command}: no such config file: {value!r} (the YAML files under "
-                              "trainers/vae/configs/ are examples; `latentds train-vae print-config` shows every key)")
+                              "latentds/train/vae/configs/ are examples; `latentds train-vae print-config` shows every key)")
 
 
 _CURRENT: dict[str, Any] = {}
@@ -604,7 +604,7 @@ _CURRENT: dict[str, Any] = {}
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "train-vae":  # the trainer parses its own YAML + --set overrides
         _check_config_args(argv[1:], "train-vae")
-        from trainers.vae.cli import main as train_vae
+        from latentds.train.vae.cli import main as train_vae
 
         return int(train_vae(argv[1:]))
     if argv and argv[0] == "review":  # `latentds review` has its own sub-commands (latentds/review/)

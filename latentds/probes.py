@@ -116,7 +116,7 @@ class StemmedBackbone(nn.Module):
         # a timm backbone behind the stem may need each side a multiple of its stride (HRNet: 32);
         # the probe model fits inputs to the *stem's* needs (none), so the stem output is padded here
         try:
-            from trainers.probe.model import required_multiple
+            from latentds.train.probe.model import required_multiple
         except ImportError:  # an older probe trainer without input fitting
             self.multiple = 1
         else:
@@ -166,7 +166,7 @@ def build_probe_backbone(name: str, in_chans: int, *, f: int = 1, stem_chans: in
     it has a stem (then the caller must not flip latents itself). A "d2s+" name whose stem
     scale is 1 (one-channel latents, full size) gets no stem: the plain backbone is already
     per image pixel (bicubic) or per latent pixel with nothing to rearrange."""
-    from trainers.probe.model import build_backbone
+    from latentds.train.probe.model import build_backbone
 
     spec = parse_probe(name)
     s = stem_scale(f, in_chans) if spec.stem else 1
@@ -188,7 +188,7 @@ def stem_lr_factor(C: int, stem_lr_scale: float = 0.1) -> float:
 
 
 def _stem_probe_module_class():
-    from trainers.probe.module import ProbeModule
+    from latentds.train.probe.module import ProbeModule
 
     class StemProbeModule(ProbeModule):
         """A ProbeModule whose stem trains at ``stem_lr_scale`` times the learning rate: Adam
@@ -215,11 +215,11 @@ def make_probe_module(backbone: str, in_chans: int, num_classes: int, *, f: int 
                       lr: float = 3e-3, weight_decay: float = 0.01, flip: bool = True, standardize: bool = True,
                       stem_chans: int = 4, stem_kernel: int = 1, stem_init: str = "d2s", stem_lr_scale: float = 0.1,
                       backbone_kwargs: dict | None = None):
-    """A :class:`trainers.probe.module.ProbeModule` whose backbone is :func:`build_probe_backbone`'s
+    """A :class:`latentds.train.probe.module.ProbeModule` whose backbone is :func:`build_probe_backbone`'s
     (pass it to ``fit_probe(..., module=...)``). With a stem, flips and standardisation move
     into :class:`StemmedBackbone` and the stem trains at ``lr × stem_lr_factor(C, stem_lr_scale)``.
     ``mode="linear"`` freezes the whole feature extractor, stem included."""
-    from trainers.probe.model import SMALL_CNN, num_outputs
+    from latentds.train.probe.model import SMALL_CNN, num_outputs
 
     feats, has_stem = build_probe_backbone(backbone, in_chans, f=f, stem_chans=stem_chans, stem_kernel=stem_kernel,
                                            stem_init=stem_init, flip=flip, standardize=standardize,

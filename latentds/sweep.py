@@ -6,7 +6,7 @@ Rows (:func:`default_methods`): full size; bicubic f=4/8/16; for every f swept t
 channels); ``s2d-f{f}c{C}`` at the (f, C) -- the compression ratio γ = f²/C -- of every
 learned codec in the sweep (its free, FLOP-matched baseline); and every KL / SD VAE /
 MedVAE codec whose weights are present locally. Each row encodes the task's images (a
-``LatentDataset`` per codec), trains the same probe (:func:`trainers.probe.fit_probe`) with
+``LatentDataset`` per codec), trains the same probe (:func:`latentds.train.probe.fit_probe`) with
 every seed of ``seeds`` (a different train/test split and initialisation each), scores
 AUROC with a bootstrap CI on the held-out split and reports the mean over seeds (and each
 seed's value).
@@ -338,7 +338,7 @@ def size_breakdown(method: str, sizes, preds) -> SizeBreakdown:
     targets)] per seed. Binary tasks only."""
     import numpy as np
 
-    from trainers.probe.metrics import auroc as auroc_fn
+    from latentds.train.probe.metrics import auroc as auroc_fn
     import torch
 
     bins, vals, counts = [], [], []
@@ -383,7 +383,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None) -> 
     import torch
     from torch.utils.data import TensorDataset
 
-    from trainers.probe import fit_probe, stratified_split
+    from latentds.train.probe import fit_probe, stratified_split
 
     from .dataset import LatentDataset
     from .flops import hrnet_gmacs

@@ -314,7 +314,7 @@ def test_source_id_keeps_a_moved_tree_cached(tmp_path) -> None:
 def test_lightning_advert_is_filtered_once_trainers_is_imported(tmp_path) -> None:
     """A sweep builds one Trainer per method: Lightning's "💡 Tip" line must not print each time."""
     script = (
-        "import trainers, torch, lightning as L\n"
+        "import latentds.train, torch, lightning as L\n"
         "from torch.utils.data import DataLoader, TensorDataset\n"
         "class M(L.LightningModule):\n"
         "    def __init__(self): super().__init__(); self.l = torch.nn.Linear(2, 1)\n"

@@ -11,7 +11,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from latentds.testing import synthetic
 from latentds.dataset import LatentDataset
-from trainers.probe import (ProbeModule, auroc, bootstrap_auroc, fit_probe, load_config, stratified_split)
+from latentds.train.probe import (ProbeModule, auroc, bootstrap_auroc, fit_probe, load_config, stratified_split)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -124,8 +124,8 @@ def test_train_probe_cli(tiny_latents, tmp_path, source, capsys):
 def test_fit_probe_scores_every_test_sample_once_in_order(tiny_latents):
     """Trainer.test path, single process: the scores returned are those of ``predict`` on the
     trained module, in test-set order, and the AUROC / CI are computed from them."""
-    from trainers.probe import Indexed, predict
-    from trainers.probe.module import _first_occurrence
+    from latentds.train.probe import Indexed, predict
+    from latentds.train.probe.module import _first_occurrence
 
     _, ds, train, test = tiny_latents
     r = fit_probe(train, test, in_chans=1, num_classes=2, backbone="small-cnn", epochs=1, batch_size=4, lr=1e-2,

@@ -19,8 +19,8 @@ import yaml
 pytest.importorskip("lightning")
 
 from latentds.testing import synthetic  # noqa: E402
-from trainers.probe import bootstrap_auroc, build_datasets, load_config, load_probe, predict  # noqa: E402
-from trainers.vae.module import state_hash  # noqa: E402
+from latentds.train.probe import bootstrap_auroc, build_datasets, load_config, load_probe, predict  # noqa: E402
+from latentds.train.vae.module import state_hash  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def test_ddp_two_ranks_identical_weights_and_unpadded_auroc(tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "trainers.probe", "--config", str(path)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "latentds.train.probe", "--config", str(path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("AUROC") == 1, proc.stdout  # printed by global rank 0 only

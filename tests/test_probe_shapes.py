@@ -24,9 +24,9 @@ pytest.importorskip("timm")
 pytest.importorskip("lightning")
 
 from latentds.flops import FlopCountError, count_macs, gmacs  # noqa: E402
-from trainers.probe import (ProbeModule, ProbeShapeError, fit_probe, load_config, load_probe,  # noqa: E402
+from latentds.train.probe import (ProbeModule, ProbeShapeError, fit_probe, load_config, load_probe,  # noqa: E402
                             required_multiple)
-from trainers.probe.model import ProbeModel, build_backbone, fitted_size  # noqa: E402
+from latentds.train.probe.model import ProbeModel, build_backbone, fitted_size  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -126,7 +126,7 @@ def test_flops_count_runs_in_eval_mode_and_restores_modes() -> None:
 
 def test_padded_gmacs_equal_the_count_of_the_padded_shape() -> None:
     m = ProbeModule(HRNET, 4, 5, input_shape=(4, 64, 52))
-    from trainers.probe import count_probe_gmacs
+    from latentds.train.probe import count_probe_gmacs
 
     g, err = count_probe_gmacs(m, (4, 64, 52))
     assert err is None
@@ -264,7 +264,7 @@ def test_docs_example_config_runs_scaled_down(tmp_path: Path, backbone: str | No
     takes unpadded) with its sizes scaled down 4x (32x26 latents), a few images, one epoch, one
     CPU process instead of 4 DDP GPUs."""
     from latentds.testing import synthetic
-    from trainers.probe import run_from_config
+    from latentds.train.probe import run_from_config
 
     doc = _docs_example()
     assert doc["data"]["codec"] == "kl-f8c4" and doc["data"]["image_size"] == [1024, 832]

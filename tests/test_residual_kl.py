@@ -139,11 +139,11 @@ pytest.importorskip("lightning")
 
 
 def test_trainer_residual_arch_with_hf_loss_trains_and_exports(tmp_path: Path) -> None:
-    from trainers.vae.config import load_config
-    from trainers.vae.module import VAEModule
-    from trainers.vae.run import fit
+    from latentds.train.vae.config import load_config
+    from latentds.train.vae.module import VAEModule
+    from latentds.train.vae.run import fit
 
-    cfg = load_config([ROOT / "trainers" / "vae" / "configs" / "tiny-cpu.yaml"], [
+    cfg = load_config([ROOT / "latentds" / "train" / "vae" / "configs" / "tiny-cpu.yaml"], [
         f"trainer.out_dir={tmp_path}", "model.arch_kind=residual-s2d", "loss.hf_l1_weight=1.0",
         "loss.disc_start=100", "trainer.steps=3", "perceptual.kind=none"])
     x = images(2, 32, 32)
@@ -160,20 +160,20 @@ def test_trainer_residual_arch_with_hf_loss_trains_and_exports(tmp_path: Path) -
     codec = create_codec(out["codec_last"])
     assert isinstance(codec, ResidualKLCodec) and codec.f == 8 and codec.latent_channels == 4
     assert 0.0 <= codec.alpha <= 1.0
-    plain = load_config([ROOT / "trainers" / "vae" / "configs" / "tiny-cpu.yaml"], [f"trainer.out_dir={tmp_path}/p"])
+    plain = load_config([ROOT / "latentds" / "train" / "vae" / "configs" / "tiny-cpu.yaml"], [f"trainer.out_dir={tmp_path}/p"])
     assert plain["model"]["arch_kind"] == "plain"  # the paper architecture stays the default
 
 
 def test_trainer_refuses_mismatched_init(tmp_path: Path) -> None:
-    from trainers.vae.config import ConfigError, load_config
-    from trainers.vae.module import VAEModule
+    from latentds.train.vae.config import ConfigError, load_config
+    from latentds.train.vae.module import VAEModule
 
     with pytest.raises(ConfigError, match="square"):
-        load_config([ROOT / "trainers" / "vae" / "configs" / "tiny-cpu.yaml"],
+        load_config([ROOT / "latentds" / "train" / "vae" / "configs" / "tiny-cpu.yaml"],
                     [f"trainer.out_dir={tmp_path}", "model.arch_kind=residual-s2d", "model.latent_channels=2"])
     vae = tiny_vae(8, 4)
     p = save_kl_codec(ResidualS2DAutoencoder(vae, 8, 4), tmp_path / "r.safetensors", name="kl-f8c4", alpha=1.0)
-    cfg = load_config([ROOT / "trainers" / "vae" / "configs" / "tiny-cpu.yaml"],
+    cfg = load_config([ROOT / "latentds" / "train" / "vae" / "configs" / "tiny-cpu.yaml"],
                       [f"trainer.out_dir={tmp_path}", f"init.codec={p}"])
     with pytest.raises(ValueError, match="arch_kind"):
         VAEModule(cfg)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "trainers" / "vae" / "train_six.py"
+SCRIPT = ROOT / "latentds" / "train" / "vae" / "train_six.py"
 
 #: Absent on the GPU machine (or must not be needed there).
 BLOCKED = ["pydicom", "pyarrow", "google_crc32c", "webdataset", "zarr", "dask", "s3fs", "fsspec", "lightning",

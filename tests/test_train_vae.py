@@ -1,4 +1,4 @@
-"""Tests for trainers.vae (the KL-autoencoder trainer). Tiny models (16-32 channels),
+"""Tests for latentds.train.vae (the KL-autoencoder trainer). Tiny models (16-32 channels),
 32-px crops of SYNTHETIC phantoms, a handful of steps: CPU only, no network."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 pytest.importorskip("lightning")
 
 from latentds.codecs import create_codec  # noqa: E402
-from trainers.vae.config import ConfigError, load_config  # noqa: E402
+from latentds.train.vae.config import ConfigError, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "trainers" / "vae" / "configs" / "tiny-cpu.yaml"
+TINY = ROOT / "latentds" / "train" / "vae" / "configs" / "tiny-cpu.yaml"
 
 
 def tiny(tmp_path: Path, *overrides: str) -> dict:
@@ -53,8 +53,8 @@ def test_config_overrides_and_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of model.f"):
         tiny(tmp_path, "data.crop=36")
     for name in ("f4c1", "f4c4", "f8c1", "f8c4", "f16c1", "f16c16"):
-        cfg = load_config([ROOT / "trainers" / "vae" / "configs" / f"{name}.yaml"])
-        from trainers.vae.module import arch_config
+        cfg = load_config([ROOT / "latentds" / "train" / "vae" / "configs" / f"{name}.yaml"])
+        from latentds.train.vae.module import arch_config
 
         a = arch_config(cfg["model"])
         f, c = int(name[1:name.index("c")]), int(name[name.index("c") + 1:])
@@ -65,7 +65,7 @@ def test_patient_disjoint_split_and_crops(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from trainers.vae.data import ImageBank, TrainCrops, items_from_source, patient_split
+    from latentds.train.vae.data import ImageBank, TrainCrops, items_from_source, patient_split
 
     rows = ["path,patient"]
     for i in range(12):
@@ -89,7 +89,7 @@ def test_patient_disjoint_split_and_crops(tmp_path: Path) -> None:
 
 
 def test_window_augmentation_saturates_and_is_deterministic(tmp_path: Path) -> None:
-    from trainers.vae.data import ImageBank, TrainCrops, items_from_source
+    from latentds.train.vae.data import ImageBank, TrainCrops, items_from_source
 
     bank = ImageBank(items_from_source({"source": "synthetic", "n": 2, "shape": [96, 96]}), {})
     plain = TrainCrops(bank, {"crop": 32, "crop_mode": "random"}, seed=1)
@@ -102,7 +102,7 @@ def test_window_augmentation_saturates_and_is_deterministic(tmp_path: Path) -> N
 
 
 def test_logvar_init_and_lr_schedule(tmp_path: Path) -> None:
-    from trainers.vae.module import VAEModule
+    from latentds.train.vae.module import VAEModule
 
     cfg = tiny(tmp_path, "model.logvar_init=-10", "optim.schedule=cosine", "optim.warmup_steps=2",
                "optim.min_lr_ratio=0.1", "trainer.steps=12")
@@ -124,13 +124,13 @@ def test_logvar_init_and_lr_schedule(tmp_path: Path) -> None:
 
 
 def test_few_steps_lower_the_loss_offline(tmp_path: Path, no_network: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainers.vae.run import fit
+    from latentds.train.vae.run import fit
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = tiny(tmp_path, "trainer.steps=10", "loss.disc_start=100", "optim.lr=1e-3", "trainer.val_every=100",
                "trainer.ckpt_every=100", "data.train.n=2", "data.val_fraction=0")
-    from trainers.vae.data import ImageBank, TrainCrops, items_from_source
-    from trainers.vae.module import VAEModule
+    from latentds.train.vae.data import ImageBank, TrainCrops, items_from_source
+    from latentds.train.vae.module import VAEModule
 
     bank = ImageBank(items_from_source(cfg["data"]["train"]), {})
     crops = TrainCrops(bank, {**cfg["data"], "crop_mode": "random", "crop": 64}, seed=99)
@@ -151,8 +151,8 @@ def test_few_steps_lower_the_loss_offline(tmp_path: Path, no_network: None, monk
 
 def test_gradient_accumulation_equals_larger_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two micro-batches of 1 accumulate to the generator gradient of one batch of 2."""
-    from trainers.vae import module as vm
-    from trainers.vae.run import fit
+    from latentds.train.vae import module as vm
+    from latentds.train.vae.run import fit
 
     grads: list[dict[str, torch.Tensor]] = []
     step = vm.VAEModule._step
@@ -181,7 +181,7 @@ def test_gradient_accumulation_equals_larger_batch(tmp_path: Path, monkeypatch: 
 
 
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
-    from trainers.vae.run import fit
+    from latentds.train.vae.run import fit
 
     # disc_start=2: the adversarial phase starts exactly at the resume point
     full = fit(tiny(tmp_path / "full", "trainer.steps=4", "loss.disc_start=2"))
@@ -201,7 +201,7 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
 
 
 def test_bf16_mixed_runs(tmp_path: Path) -> None:
-    from trainers.vae.run import fit
+    from latentds.train.vae.run import fit
 
     res = fit(tiny(tmp_path, "trainer.steps=2", "loss.disc_start=1", "trainer.precision=bf16-mixed",
                    "trainer.val_every=100", "trainer.export=false"))
@@ -211,7 +211,7 @@ def test_bf16_mixed_runs(tmp_path: Path) -> None:
 def test_ddp_two_ranks_keep_identical_weights(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "trainers.vae", "fit", "-c", str(TINY), "--set", f"trainer.out_dir={tmp_path}",
+    cmd = [sys.executable, "-m", "latentds.train.vae", "fit", "-c", str(TINY), "--set", f"trainer.out_dir={tmp_path}",
            "trainer.devices=2", "trainer.strategy=ddp", "trainer.steps=3", "loss.disc_start=1",
            "trainer.val_every=100", "trainer.export=false"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
@@ -225,7 +225,7 @@ def test_ddp_two_ranks_keep_identical_weights(tmp_path: Path) -> None:
 
 
 def test_export_loads_through_create_codec_and_encodes_deterministically(tmp_path: Path) -> None:
-    from trainers.vae.run import export_checkpoint, fit
+    from latentds.train.vae.run import export_checkpoint, fit
 
     res = fit(tiny(tmp_path, "trainer.steps=2"))
     out = export_checkpoint(res["best"], tmp_path / "mine.safetensors")
@@ -239,7 +239,7 @@ def test_export_loads_through_create_codec_and_encodes_deterministically(tmp_pat
     other = create_codec(res["codec_last"])
     assert other.weights_sha256 != create_codec("kl-f8c4", weights="random", arch=by_name.config).weights_sha256
     # CLI export
-    from trainers.vae.cli import main
+    from latentds.train.vae.cli import main
 
     assert main(["export", res["last"], str(tmp_path / "cli.safetensors")]) == 0
     assert create_codec(str(tmp_path / "cli.safetensors")).weights_sha256 == other.weights_sha256
@@ -249,7 +249,7 @@ def test_init_from_medvae_and_sd_vae_checkpoints(tmp_path: Path, no_network: Non
     sys.path.insert(0, str(ROOT / "tests"))
     from test_codecs import ldm_state_dict
 
-    from trainers.vae.module import VAEModule
+    from latentds.train.vae.module import VAEModule
 
     # MedVAE f4/C1 (1 channel, ldm layout, {"state_dict": ...})
     sd = ldm_state_dict(ch=32, ch_mult=(1, 2, 2), z=1, in_ch=1, medvae_head=True)
@@ -281,7 +281,7 @@ def test_init_from_medvae_and_sd_vae_checkpoints(tmp_path: Path, no_network: Non
 def test_lpips_from_local_files_and_ms_ssim_fallback(tmp_path: Path, no_network: None) -> None:
     from torchvision.models.vgg import cfgs, make_layers
 
-    from trainers.vae.losses import build_perceptual
+    from latentds.train.vae.losses import build_perceptual
 
     mod, desc = build_perceptual({"kind": "auto", "weight": 1.0, "weights_path": None})
     assert desc.startswith("ms-ssim")

@@ -1,0 +1,102 @@
+"""Install the six codecs written by :mod:`latentds.train.vae.train_six` as latentds' shipped
+defaults (``latentds/weights/kl-f{f}c{C}.safetensors`` + model card ``.json``).
+
+    python -m latentds.train.vae.install_six --from OUT [--table benchmarks/results/codec_table.json]
+
+Checks each file (loads through create_codec, residual-s2d, the right f and C), the total
+size (≤ 40 MB), copies it, and writes the model card: sha256 of the file, the card (GPU /
+CPU) and seconds it was trained on, steps, objective, data, validation numbers and α, and
+-- with ``--table`` -- the held-out numbers of ``benchmarks/codec_table.py`` (run it after
+a first install, then install again with the table: the weights do not change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["install", "main"]
+
+NAMES = ["kl-f4c1", "kl-f4c4", "kl-f8c1", "kl-f8c4", "kl-f16c1", "kl-f16c16"]
+MAX_TOTAL_BYTES = 40_000_000
+
+
+def install(src: str | Path, *, table: str | Path | None = None, dest: str | Path | None = None) -> list[Path]:
+    from latentds.codecs import create_codec
+    from latentds.codecs.kl import PACKAGED_WEIGHTS_DIR, ResidualKLCodec
+
+    src = Path(src)
+    dest = Path(dest) if dest else PACKAGED_WEIGHTS_DIR
+    log = json.loads((src / "train_log.json").read_text())
+    rows = {}
+    if table:
+        rows = {r["name"]: r for r in json.loads(Path(table).read_text())["rows"]}
+    total = sum((src / f"{n}.safetensors").stat().st_size for n in NAMES)
+    if total > MAX_TOTAL_BYTES:
+        raise SystemExit(f"{src}: the six weight files hold {total} bytes, over the {MAX_TOTAL_BYTES} budget")
+    written = []
+    for name in NAMES:
+        w = src / f"{name}.safetensors"
+        codec = create_codec(str(w))
+        f, c = int(name[4:name.index("c", 4)]), int(name[name.index("c", 4) + 1:])
+        if not isinstance(codec, ResidualKLCodec) or codec.name != name or (codec.f, codec.latent_channels) != (f, c):
+            raise SystemExit(f"{w}: expected a residual-s2d {name} codec, got {codec!r}")
+        card_in = json.loads((src / f"{name}.json").read_text())
+        shutil.copyfile(w, dest / f"{name}.safetensors")
+        sha = hashlib.sha256((dest / f"{name}.safetensors").read_bytes()).hexdigest()
+        card = {
+            "name": name,
+            "sha256": sha,
+            "summary": (
+                f"Residual-s2d KL autoencoder: the free s2d-f{f}c{c} baseline plus a learned correction scaled by "
+                f"alpha={codec.alpha:g} (alpha=0 is exactly s2d; alpha chosen on validation data so that the codec is "
+                f"never worse than s2d there). Trained on {card_in.get('trained_on')} for {card_in.get('train_seconds')} s "
+                f"({card_in.get('steps')} steps) on SYNTHETIC phantoms plus public pydicom-data test images. "
+                "NOT a clinical model. Train your own with `latentds train-vae` (model.arch_kind: residual-s2d) for real work."
+            ),
+            "architecture": {"kind": "residual-s2d", "base": f"s2d-f{f}c{c}", "alpha": codec.alpha,
+                             "params": card_in.get("params"), "autoencoder_config": card_in.get("config"),
+                             "tensor_dtype": card_in.get("tensor_dtype")},
+            "training": {
+                "script": "latentds/train/vae/train_six.py (data: latentds/train/vae/prepare_six_data.py)",
+                "card": card_in.get("trained_on"), "train_seconds": card_in.get("train_seconds"),
+                "steps": card_in.get("steps"), "batch": card_in.get("batch"), "crop": card_in.get("crop"),
+                "objective": card_in.get("objective"), "optimizer": card_in.get("optimizer"),
+                "data": card_in.get("data"), "held_out": card_in.get("held_out"),
+                "run_wall_seconds": log.get("wall_seconds"), "run_args": log.get("args"),
+                "installed": _dt.date.today().isoformat(),
+            },
+            "validation": card_in.get("validation"),
+            "alpha_rule": card_in.get("alpha_rule"),
+        }
+        if name in rows:
+            r = rows[name]
+            card["evaluation"] = {
+                "source": "benchmarks/codec_table.py (held out: pydicom-data RG3_UNCR.dcm at 512 px; "
+                          "SYNTHETIC phantoms seeds 10000+)",
+                "kl": r["kl"], "s2d": r["s2d"], "bicubic": r["bicubic"], "margin_vs_s2d": r["margin_vs_s2d"],
+                "never_worse_than_s2d": r["never_worse_than_s2d"],
+            }
+        (dest / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+        written += [dest / f"{name}.safetensors", dest / f"{name}.json"]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--from", dest="src", required=True, help="train_six.py output folder")
+    p.add_argument("--table", default=None, help="benchmarks/codec_table.py --json output, for the held-out numbers")
+    p.add_argument("--dest", default=None, help="default: latentds/weights")
+    a = p.parse_args(argv)
+    for path in install(a.src, table=a.table, dest=a.dest):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
