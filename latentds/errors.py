@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "CacheError", "CodecError", "ConfigError", "DicomError", "EXTRA_OF_MODULE", "ImageReadError", "LatentdsError",
     "ManifestError", "MissingExtraError", "ShardError", "SourceError", "StoreAccessError", "TransientStoreError",
+    "WorkerDiedError",
     "missing_extra", "require",
 ]
 
@@ -51,6 +52,11 @@ class ManifestError(CacheError):
 class SourceError(LatentdsError, FileNotFoundError):
     """A source folder, URL or table is missing, empty or not in a layout latentds can read.
     Also a ``FileNotFoundError``, as torchvision's ``ImageFolder`` raises for the same trees."""
+
+
+class WorkerDiedError(LatentdsError):
+    """A bulk worker process died (out of memory, a signal, a crash in native code) while encoding
+    one file alone: that file is recorded as failed, the rest of its partition is encoded."""
 
 
 class ConfigError(LatentdsError, ValueError):
