@@ -99,6 +99,8 @@ def test_tiny_sweep_writes_table_csv_plot(tmp_path):
     # the lossless control of every f swept runs by default
     assert [r.method for r in rows] == [FULL, "bicubic-f4", "s2d-f4c16"]
     assert [(r.f, r.C, r.gamma, r.input) for r in rows] == [(1, 1, 1, "32x32"), (4, 1, 16, "8x8"), (4, 16, 1, "8x8")]
+    # what the backbone sees: the control's stem restores the image resolution (4x), bicubic has no stem
+    assert [r.backbone_input for r in rows] == ["32x32", "8x8", "32x32"]
     assert rows[0].gmacs > rows[1].gmacs > 0
     assert rows[2].gmacs > rows[0].gmacs  # the control's probe (stem to full size) is counted whole
     assert rows[1].paper_gmacs == pytest.approx(37.96, rel=1e-3)
@@ -123,6 +125,8 @@ def test_tiny_sweep_writes_table_csv_plot(tmp_path):
     assert [r.method for r in back] == [r.method for r in rows]
     assert back[1].auroc == pytest.approx(rows[1].auroc, abs=1e-5) and back[1].aurocs == pytest.approx(rows[1].aurocs)
     assert [r.control for r in back] == [r.control for r in rows]
+    assert [r.backbone_input for r in back] == [r.backbone_input for r in rows]
+    assert "8x8 → 32x32" in md
 
 
 def _write_png_task(root, n_per_class, size=32, seed=0):
