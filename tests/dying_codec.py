@@ -1,0 +1,57 @@
+"""A codec that kills its own worker process, for tests of worker deaths in bulk jobs.
+
+It encodes exactly as ``bicubic-f4`` (same fingerprint, so the same namespace and the same
+bytes) and dies when told to: the seam through which tests make a real Dask worker die inside
+a task without any test hook in the library. Registered under :data:`NAME` when imported; Dask
+workers import it through :class:`Register` (a worker plugin, re-run on every restarted worker).
+
+kwargs: ``die_on_shape`` ((h, w): SIGKILL the process, as the kernel's OOM killer would, when a
+batch holds an image of that shape, so the one source file of that size is the culprit), ``die_marker`` (``os._exit`` in the first batch
+that finds no file at that path, creating it: one death per job), ``delay_s`` (sleep before each
+batch: widens a kill window).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+from distributed import WorkerPlugin
+
+from latentds.codecs import register_codec
+from latentds.codecs.bicubic import BicubicCodec
+
+NAME = "test-dying-bicubic-f4"
+
+
+class DyingCodec(BicubicCodec):
+    def __init__(self, *, device: str = "cpu", die_on_shape: tuple[int, int] | list[int] | None = None, die_marker: str | None = None,
+                 delay_s: float = 0.0) -> None:
+        super().__init__(4, device=device, name="bicubic-f4")  # bicubic-f4's fingerprint
+        self.die_on_shape, self.die_marker, self.delay_s = (tuple(die_on_shape) if die_on_shape else None), die_marker, delay_s
+
+    def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.die_marker and not os.path.exists(self.die_marker):
+            with open(self.die_marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            os._exit(1)
+        if self.die_on_shape and tuple(x.shape[-2:]) == self.die_on_shape:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+        return super().encode_dist(x)
+
+
+register_codec(NAME, DyingCodec, replace=True)
+
+
+class Register(WorkerPlugin):
+    """Dask worker plugin: ``client.register_plugin(Register())`` makes :data:`NAME` known in
+    every worker, including those the nanny restarts after a death."""
+
+    name = "latentds-test-dying-codec"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 (distributed.Worker)
+        import dying_codec  # noqa: F401  (registers on import)
