@@ -1,202 +1,31 @@
-"""Perceptual metrics of the paper's Table 2: PSNR, MS-SSIM and FID with pluggable extractors.
-
-Images are float tensors in ``[0, 1]``, shaped ``N×C×H×W`` (``C×H×W`` and ``H×W`` are
-promoted to a batch of one); grayscale (``C=1``) is the normal case.
-
-* :func:`psnr`, :func:`ms_ssim`: torchmetrics' functional metrics, computed per image and
-  averaged (``reduction="mean"``) or returned per image (``reduction="none"``).
-* :func:`frechet_distance`: the Fréchet distance between two Gaussians, computed in torch
-  float64 (no scipy): ``|mu1-mu2|^2 + tr(S1) + tr(S2) - 2 ||S2^½ S1^½||_*`` (nuclear norm),
-  which equals scipy's ``tr sqrtm(S1 @ S2)`` form for covariance (positive semi-definite)
-  matrices and needs no eps / imaginary-part fix-ups.
-* :func:`fid`: Fréchet distance between the feature statistics of two image sets under a
-  feature extractor: ``"inception"`` (FID-Inc), ``"clip"`` (FID-CLIP), ``"biomedclip"``
-  (FID-BiomedCLIP), or ``"random-conv"`` (a tiny fixed random network, for tests only; its
-  numbers mean nothing clinically). Weights are never downloaded: an extractor whose
-  library or weights are not available locally raises :class:`ExtractorUnavailable`.
-"""
+"""FID feature extractors: Inception (FID-Inc), CLIP, BiomedCLIP and a tiny random CNN for
+tests. Weights are never downloaded: an extractor whose library or weights are not available
+locally raises :class:`ExtractorUnavailable`."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .errors import LatentdsError
+from ..errors import LatentdsError
 
-Reduction = Literal["mean", "none"]
+__all__ = [
+    "BIOMEDCLIP_HUB_ID", "BiomedClipExtractor", "ClipExtractor", "EXTRACTORS", "ExtractorUnavailable",
+    "FeatureExtractor", "INCEPTION_WEIGHTS_FILE", "InceptionExtractor", "RandomConvExtractor",
+    "available_extractors", "get_extractor",
+]
 
 
 class ExtractorUnavailable(LatentdsError):
     """A FID feature extractor's library or weights are not available locally (latentds
     never downloads them); the message says what is missing and how to provide it."""
-
-
-# ----------------------------------------------------------------------------- images
-
-def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim == 2:
-        x = x[None, None]
-    elif x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be N×C×H×W, C×H×W or H×W, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype}")
-    return x
-
-
-def _check_range(x: torch.Tensor, name: str) -> None:
-    if x.numel() and (not torch.isfinite(x).all() or x.min() < -1e-6 or x.max() > 1 + 1e-6):
-        raise ValueError(f"{name} must hold finite values in [0, 1] (clamp decoder outputs first); "
-                         f"got min {x.min().item():.4g}, max {x.max().item():.4g}")
-
-
-def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _as_batch(x, "x"), _as_batch(y, "y")
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    _check_range(x, "x")
-    _check_range(y, "y")
-    return x, y
-
-
-def _reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, reduction: Reduction = "mean") -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB, per image (over C, H, W), then averaged.
-
-    Identical images give ``inf`` (torchmetrics' ``10 log10(range² / 0)``); so does a mean
-    that includes one identical pair."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    x, y = _pair(x, y)
-    per_image = peak_signal_noise_ratio(x.double(), y.double(), data_range=data_range, reduction="none",
-                                        dim=(1, 2, 3))
-    return _reduce(per_image, reduction)
-
-
-#: The five MS-SSIM scale weights of Wang et al. (2003), torchmetrics' default.
-MS_SSIM_BETAS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def _fits(side: int, scales: int, kernel_size: int) -> bool:
-    # torchmetrics' own conditions for len(betas) == scales
-    return side >= 2 ** scales and side // max(1, scales - 1) ** 2 > kernel_size - 1
-
-
-def ms_ssim_min_size(scales: int = 5, kernel_size: int = 11) -> int:
-    """The smallest image side torchmetrics accepts for MS-SSIM with ``scales`` scales
-    (176 for the standard 5 scales and 11-pixel kernel)."""
-    side = 1
-    while not _fits(side, scales, kernel_size):
-        side += 1
-    return side
-
-
-def ms_ssim_scales(height: int, width: int, *, kernel_size: int = 11) -> int:
-    """The number of scales :func:`ms_ssim` uses for an image (5 unless it is smaller than
-    :func:`ms_ssim_min_size`; 0 when even one scale does not fit)."""
-    side = min(int(height), int(width))
-    for n in range(len(MS_SSIM_BETAS), 0, -1):
-        if _fits(side, n, kernel_size):
-            return n
-    return 0
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, kernel_size: int = 11,
-            reduction: Reduction = "mean", small: Literal["reduce", "error"] = "reduce") -> torch.Tensor:
-    """Multi-scale SSIM (torchmetrics; Gaussian kernel, sigma 1.5), per image, then averaged.
-
-    The standard five scales need both sides >= 176 pixels (:func:`ms_ssim_min_size`). For
-    smaller images ``small="reduce"`` (default) uses the largest number of scales that fits
-    (4 from 99 px, 3 from 44 px, 2 from 11 px) with the first weights of
-    :data:`MS_SSIM_BETAS` rescaled to the same sum, and warns: such values are not
-    comparable with five-scale MS-SSIM. ``small="error"`` raises ``ValueError`` instead;
-    images under 11 px always raise.
-    """
-    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
-
-    x, y = _pair(x, y)
-    scales = ms_ssim_scales(x.shape[-2], x.shape[-1], kernel_size=kernel_size)
-    full = len(MS_SSIM_BETAS)
-    if scales < full:
-        need = ms_ssim_min_size(full, kernel_size)
-        if scales == 0 or small == "error":
-            raise ValueError(f"MS-SSIM with {full} scales needs images of at least {need}×{need} pixels, got "
-                             f"{x.shape[-2]}×{x.shape[-1]}" + ("" if scales else "; even one scale does not fit"))
-        if small != "reduce":
-            raise ValueError(f"small must be 'reduce' or 'error', got {small!r}")
-        warnings.warn(f"MS-SSIM on {x.shape[-2]}×{x.shape[-1]} images uses {scales} of {full} scales "
-                      f"(images under {need} px); not comparable with {full}-scale values", stacklevel=2)
-    betas = MS_SSIM_BETAS[:scales]
-    total = sum(MS_SSIM_BETAS)
-    betas = tuple(b * total / sum(betas) for b in betas)
-    per_image = multiscale_structural_similarity_index_measure(
-        x.double(), y.double(), kernel_size=kernel_size, data_range=data_range, betas=betas, reduction="none")
-    return _reduce(per_image, reduction)
-
-
-# ----------------------------------------------------------------------------- Fréchet distance
-
-def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-
-
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (torch, float64).
-
-    ``d² = |mu1 - mu2|² + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^½)``, with the last
-    trace computed as the sum of the singular values of ``S2^½ S1^½`` (square roots of the
-    covariances from symmetric eigendecompositions, negative rounding eigenvalues clamped to
-    0). Accepts tensors or numpy arrays; covariance matrices are assumed symmetric positive
-    semi-definite.
-    """
-    mu1 = torch.as_tensor(mu1, dtype=torch.float64).reshape(-1)
-    mu2 = torch.as_tensor(mu2, dtype=torch.float64).reshape(-1)
-    s1 = torch.as_tensor(sigma1, dtype=torch.float64)
-    s2 = torch.as_tensor(sigma2, dtype=torch.float64)
-    d = mu1.numel()
-    if s1.ndim == 0 and d == 1:
-        s1 = s1.reshape(1, 1)
-    if s2.ndim == 0 and d == 1:
-        s2 = s2.reshape(1, 1)
-    if mu2.numel() != d or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"shapes do not match: mu1 {tuple(mu1.shape)}, sigma1 {tuple(s1.shape)}, "
-                         f"mu2 {tuple(mu2.shape)}, sigma2 {tuple(s2.shape)}")
-    # tr((S1^½ S2 S1^½)^½) is the nuclear norm of S2^½ S1^½ (its singular values are the square
-    # roots of that matrix's eigenvalues). Taking singular values avoids square-rooting tiny,
-    # noisy eigenvalues, which would cost ~sqrt(eps)·|S| of accuracy on rank-deficient
-    # covariances (fewer samples than features, or a set compared with itself).
-    tr_covmean = torch.linalg.svdvals(_sqrt_psd(s2) @ _sqrt_psd(s1)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
-
-
-def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased, N-1) covariance of ``features`` (N×D, N >= 2), in float64."""
-    f = torch.as_tensor(features).to(torch.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be N×D with N >= 2, got shape {tuple(f.shape)}")
-    mu = f.mean(0)
-    centred = f - mu
-    return mu, centred.T @ centred / (f.shape[0] - 1)
 
 
 # ----------------------------------------------------------------------------- extractors
@@ -480,47 +309,3 @@ def available_extractors() -> dict[str, str | None]:
         except ExtractorUnavailable as e:
             out[name] = str(e)
     return out
-
-
-def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        images = _as_batch(images, "images")
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i:i + batch_size]
-    else:
-        for b in images:
-            yield _as_batch(b, "images")
-
-
-@torch.no_grad()
-def extract_features(images: torch.Tensor | Iterable[torch.Tensor], extractor: str | FeatureExtractor = "random-conv",
-                     *, batch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Features (N×D, float64 on CPU) of ``images``: a tensor, or an iterable of batches."""
-    ext = get_extractor(extractor).to(device).eval()
-    feats = []
-    for b in _batches(images, batch_size):
-        _check_range(b, "images")
-        feats.append(ext(b.to(device)).to("cpu", torch.float64))
-    if not feats:
-        raise ValueError("no images given")
-    return torch.cat(feats)
-
-
-def fid(real_images: torch.Tensor | Iterable[torch.Tensor], fake_images: torch.Tensor | Iterable[torch.Tensor],
-        extractor: str | FeatureExtractor = "inception", *, batch_size: int = 32,
-        device: str | torch.device = "cpu") -> float:
-    """Fréchet distance between the ``extractor`` features of two image sets (each N >= 2;
-    thousands for a stable estimate). ``extractor``: a name in ``EXTRACTORS`` or an instance;
-    raises :class:`ExtractorUnavailable` when its weights are not available locally."""
-    ext = get_extractor(extractor)
-    mu1, s1 = feature_statistics(extract_features(real_images, ext, batch_size=batch_size, device=device))
-    mu2, s2 = feature_statistics(extract_features(fake_images, ext, batch_size=batch_size, device=device))
-    return frechet_distance(mu1, s1, mu2, s2)
-
-
-__all__ = [
-    "BIOMEDCLIP_HUB_ID", "BiomedClipExtractor", "ClipExtractor", "EXTRACTORS", "ExtractorUnavailable",
-    "FeatureExtractor", "INCEPTION_WEIGHTS_FILE", "InceptionExtractor", "MS_SSIM_BETAS", "RandomConvExtractor",
-    "available_extractors", "extract_features", "feature_statistics", "fid", "frechet_distance", "get_extractor",
-    "ms_ssim", "ms_ssim_min_size", "ms_ssim_scales", "psnr",
-]
