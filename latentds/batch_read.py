@@ -8,12 +8,15 @@ read and one Python round trip per sample. A batch instead:
 2. groups the rows by shard, sorts them by offset and coalesces neighbouring byte ranges
    (each range includes the 512-byte tar header in front of the member, whose name is checked)
    whose gap is at most ``gap`` bytes into one read;
-3. reads: local disk -> one ``os.preadv`` per coalesced range that scatters each sample's
-   latent bytes straight into its slot of one preallocated batch tensor (no second copy) and
-   everything else (tar headers, ``.npy`` headers, std, gaps) into scratch; object stores ->
-   every coalesced range of the batch in ONE concurrent ``fs.cat_ranges`` call (s3fs issues
-   the GETs on its event loop at once), so requests per batch <= ranges <= samples, and
-   <= shards touched when ``gap`` spans a shard;
+3. reads: local disk -> through per-process read-only maps of the immutable shards
+   (:mod:`latentds.mapped`; one ``fstat`` per shard touched guards against a truncated file),
+   one ``memcpy`` per sample straight into its slot of one preallocated batch tensor
+   (``MMAP = False``: one ``os.preadv`` per coalesced range instead); object stores -> every
+   coalesced range of the batch in ONE concurrent ``fs.cat_ranges`` call (s3fs issues the GETs
+   on its event loop at once), so requests per batch <= ranges <= samples, and <= shards
+   touched when ``gap`` spans a shard; with a local read-through cache
+   (``LatentDataset(local_cache=...)``) each shard touched is instead fetched whole once into
+   ``<local_cache>/shards`` (:mod:`latentds.shard_cache`) and read there through a map;
 4. checks every sample's tar member name and CRC32C (as the per-sample path does), in batch
    order;
 5. returns ``[(latent, target), ...]`` whose latents are views of one contiguous tensor per
@@ -22,7 +25,7 @@ read and one Python round trip per sample. A batch instead:
 Exactness contract: the batch equals ``[dataset[i] for i in indices]`` bit for bit. Whatever
 the batched path does not reproduce exactly takes the per-sample path: a ``transform``
 (its per-sample contract stays), ``sample_posterior`` (same random stream), a read-through
-local cache, samples not committed yet (staging, misses: they are encoded or read per
+local cache over a local store, samples not committed yet (staging, misses: they are encoded or read per
 sample), and rows without a CRC32C (legacy generations). Any failure the batched read sees
 (a CRC or member-name mismatch, a short read, a missing shard, a storage error) re-runs the
 batch per sample, so the caller gets exactly the typed error that ``dataset[i]`` raises for
@@ -32,20 +35,23 @@ the first bad sample in batch order, never a different one.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .errors import LatentdsError
-from .shards import TAR_HEADER, check_member
-from .storage import call
+from .mapped import MAPS
+from .shard_cache import ShardCache
+from .store.shards import TAR_HEADER, check_member
+from .store.fsio import call
 
 if TYPE_CHECKING:
     from .dataset import LatentDataset
-    from .manifest import Manifest
+    from .store.manifest import Manifest
 
-__all__ = ["LOCAL_GAP_BYTES", "REMOTE_GAP_BYTES", "ShardAwareSampler", "getitems", "coalesce", "collate"]
+__all__ = ["LOCAL_GAP_BYTES", "MMAP", "REMOTE_GAP_BYTES", "VERIFY", "ShardAwareSampler", "getitems", "coalesce",
+           "collate", "shard_cache_of"]
 
 #: Local disk: a syscall costs about as much as copying a few KiB from the page cache, so only
 #: true neighbours merge (consecutive members are ~1 KiB apart: the ``.json`` member between).
@@ -53,6 +59,14 @@ LOCAL_GAP_BYTES = 8 << 10
 #: Object stores: a request costs 10-30 ms on S3 while one connection moves ~50-100 MB/s, so
 #: reading up to ~2 MiB of unwanted bytes is cheaper than another round trip.
 REMOTE_GAP_BYTES = 2 << 20
+#: Local disk: read through per-process maps of the immutable shards (``latentds.mapped``);
+#: False (or ``dataset.batch_mmap = False``) keeps one ``os.preadv`` per coalesced range.
+MMAP = True
+#: ``"always"``: every read of a sample checks its CRC32C (as ``dataset[i]`` does). ``"once"``
+#: (or ``dataset.batch_verify = "once"``): a member read through a map is checked the first time
+#: this process reads it from that file (device, inode), then trusted while the map lives;
+#: shards are immutable, so only an in-place rewrite or bit rot after that first read escapes.
+VERIFY = "always"
 _IOV_MAX = 1000  # os.preadv takes at most IOV_MAX (1024 on Linux) buffers per call
 
 
@@ -108,18 +122,14 @@ def _per_sample(ds: "LatentDataset", indices: Sequence[int]) -> list[tuple[Any, 
     return [ds[i] for i in indices]
 
 
-def _rows(ds: "LatentDataset", m: "Manifest", idx: np.ndarray) -> np.ndarray:
+def _rows(ds: Any, m: "Manifest", idx: np.ndarray) -> np.ndarray:
     """Manifest rows of ``idx`` (-1: not committed), resolved once per process and generation
-    in the dataset's own memo, exactly as :meth:`LatentDataset.arrays` resolves them."""
-    rows = ds._rows
-    if rows is None or ds._rows_of is not m:
-        rows = ds._rows = np.full(len(ds.samples), -2, np.int64)
-        ds._rows_of = m
-    r = rows[idx]
-    for j in np.flatnonzero(r == -2).tolist():
-        i = int(idx[j])
-        rows[i] = r[j] = m.find(ds.key(i))
-    return r
+    in the dataset's own read plan (``ds.plan``, what ``ds[i]`` reads through), keys looked up
+    all at once."""
+    plan = ds.plan
+    if plan.manifest is not m:
+        plan.bind(m)
+    return plan.rows(idx)
 
 
 def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = None) -> list[tuple[Any, Any]]:
@@ -128,10 +138,10 @@ def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = N
     :data:`LOCAL_GAP_BYTES` / :data:`REMOTE_GAP_BYTES`."""
     indices = [int(i) for i in indices]
     store = ds.store
-    if (not indices or ds.transform is not None or ds.sample_posterior or store.readthrough is not None):
+    if not indices or ds.transform is not None or ds.sample_posterior:
         return _per_sample(ds, indices)
     m = store.manifest()
-    if m is None:
+    if m is None or (store.readthrough is not None and store.location.is_local):
         return _per_sample(ds, indices)
     n = len(ds.samples)
     idx = np.asarray(indices, np.int64)
@@ -195,26 +205,33 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     # heads[k]: the 512-byte tar header in front of sample k's member (its name is checked)
     heads = np.empty((len(rows), TAR_HEADER), np.uint8)
     crcs = np.zeros(len(rows), np.int64)
-    gs, ge, members = _groups(shard, start, end, gap)
-    gsh = shard[[m_[0] for m_ in members]].tolist()
-    groups = list(zip(gsh, gs.tolist(), ge.tolist(), [m_.tolist() for m_ in members]))
-    reader = _read_local if local else _read_remote
-    reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
-           slots.tolist(), bufs, nbytes, heads, crcs)
+    rest = np.arange(len(rows))
+    once = getattr(ds, "batch_verify", VERIFY) == "once"
+    if local and getattr(ds, "batch_mmap", MMAP):
+        store.reads += _read_mapped(lambda s: _store_fd(store, plan_paths[s]), rest, shard, off, length, mean_data,
+                                    layout, slots, bufs, nbytes, heads, crcs, crc, once)
+        rest = rest[:0]
+    elif not local:
+        sc = shard_cache_of(ds)
+        if sc is not None:
+            copied = _copies(store, sc, m, plan_paths, shard)
+            mine = np.isin(shard, np.fromiter(copied, np.int64, len(copied)))
+            if mine.any():
+                _read_mapped(lambda s: _copy_fd(sc, paths[s]), np.flatnonzero(mine), shard, off, length, mean_data,
+                             layout, slots, bufs, nbytes, heads, crcs, crc, once, lambda s: sc.drop(paths[s]))
+            rest = np.flatnonzero(~mine)
+    if len(rest):
+        gs, ge, members = _groups(shard[rest], start[rest], end[rest], gap)
+        members = [rest[m_] for m_ in members]
+        gsh = shard[[m_[0] for m_ in members]].tolist()
+        groups = list(zip(gsh, gs.tolist(), ge.tolist(), [m_.tolist() for m_ in members]))
+        reader = _read_local if local else _read_remote
+        reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
+               slots.tolist(), bufs, nbytes, heads, crcs)
     # every check before anything is returned; on a failure the per-sample loop re-reads the
     # batch and raises for the first bad sample in batch order, as it would have alone
-    keys = [m.key_bytes(r) + b".npy" for r in rows.tolist()]
-    width = len(keys[0])
-    if all(len(k) == width for k in keys) and width < TAR_HEADER:
-        want = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), width)
-        if not (heads[:, :width] == want).all() or heads[:, width].any():
-            raise _Mismatch()
-    else:
-        for k, key in enumerate(keys):
-            try:
-                check_member(heads[k].tobytes(), key[:-4], ".npy", "batch")
-            except LatentdsError:
-                raise _Mismatch() from None
+    if not _names_match(m, rows, heads):
+        raise _Mismatch()
     if not np.array_equal(crcs, crc):
         raise _Mismatch()
     if ds.normalize:
@@ -227,6 +244,155 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         return list(next(iter(tensors.values())).unbind(0))
     views = {lay: t.unbind(0) for lay, t in tensors.items()}
     return [views[lay][sl] for lay, sl in zip(layout.tolist(), slots.tolist())]
+
+
+def _key_matrix(m: "Manifest", rows: np.ndarray) -> np.ndarray | None:
+    """The keys of ``rows`` as an ``(n, width)`` uint8 matrix straight from the manifest's
+    in-memory key index (no ``bytes`` object per sample), or ``None`` if that index is not the
+    fixed-width array it is today."""
+    keys = getattr(m, "_keys", None)
+    if not isinstance(keys, np.ndarray) or keys.dtype.kind != "S" or not len(rows):
+        return None
+    if getattr(m, "_order", None) is not None:
+        m.key_bytes(int(rows[0]))  # builds the manifest's row -> key-index inverse once
+        inv = getattr(m, "_inv", None)
+        if inv is None:
+            return None
+        rows = inv[rows]
+    return keys[rows].view(np.uint8).reshape(len(rows), keys.dtype.itemsize)
+
+
+def _names_match(m: "Manifest", rows: np.ndarray, heads: np.ndarray) -> bool:
+    """Does every tar header name its row's ``<key>.npy`` member (what ``check_member`` checks
+    per sample), compared as one byte matrix."""
+    km = _key_matrix(m, rows)
+    if km is not None and km.shape[1] + 5 < TAR_HEADER and km.all():
+        w = km.shape[1]
+        return bool((heads[:, :w] == km).all() and (heads[:, w:w + 4] == _NPY).all() and not heads[:, w + 4].any())
+    keys = [m.key_bytes(r) for r in rows.tolist()]
+    for k, key in enumerate(keys):
+        try:
+            check_member(heads[k].tobytes(), key, ".npy", "batch")
+        except LatentdsError:
+            return False
+    return True
+
+
+_NPY = np.frombuffer(b".npy", np.uint8)
+
+
+def _store_fd(store: Any, path: str) -> int:
+    """The store's own per-process descriptor of a local shard (opened as the per-sample path does)."""
+    fd = store._fds.get(path) if store._fd_pid == os.getpid() else None
+    if fd is None:
+        store._pread(path, 0, 0)  # opens (and keeps) the descriptor
+        fd = store._fds[path]
+    return fd
+
+
+def _copy_fd(sc: ShardCache, name: str) -> int:
+    fd = sc.fd(name)
+    if fd is None:  # evicted since: the per-sample path reads it by range
+        raise _Mismatch()
+    return fd
+
+
+_SHARD_CACHES: dict[tuple[str, int], ShardCache] = {}
+
+
+def shard_cache_of(ds: Any) -> ShardCache | None:
+    """The whole-shard cache of ``ds``'s batched remote reads: ``ds.shard_cache`` if set, else
+    ``<local_cache>/shards`` of the dataset's read-through cache (``LatentDataset(local_cache=...)``,
+    same byte budget), else ``None`` (ranged reads)."""
+    sc = getattr(ds, "shard_cache", None)
+    if sc is not None:
+        return sc
+    rt = ds.store.readthrough
+    if rt is None:
+        return None
+    key = (rt.directory, rt.max_bytes)
+    sc = _SHARD_CACHES.get(key)
+    if sc is None:
+        sc = _SHARD_CACHES[key] = ShardCache(os.path.join(rt.directory, "shards"), rt.max_bytes)
+    return sc
+
+
+def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], shard: np.ndarray) -> set[int]:
+    """The shards of this batch that have a local copy, fetching the missing ones whole (one
+    concurrent request set; a shard another worker is fetching is read by range meanwhile)."""
+    names = m.shards
+    have, want = set(), []
+    for s in np.unique(shard).tolist():
+        (have.add(s) if sc.fd(names[s]) is not None else want.append(s))
+    if want:
+        fs = store.location.fs
+        rp = [plan_paths[s] for s in want]
+        what = rp[0] if len(rp) == 1 else f"{store.location.url}/shards ({len(rp)} shards)"
+
+        def cat(paths: list[str]) -> list[bytes]:
+            store.reads += len(paths)
+            return call(lambda: fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="raise"),
+                        what, storage_options=store.location.storage_options)
+
+        try:
+            got = set(sc.fetch([names[s] for s in want], rp, cat))
+        except FileNotFoundError:
+            raise _Mismatch() from None
+        have.update(s for s in want if names[s] in got and sc.fd(names[s]) is not None)
+    return have
+
+
+def _read_mapped(fd_of: Callable[[int], int], ks: np.ndarray, shard: np.ndarray, off: np.ndarray,
+                 length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray, slots: np.ndarray,
+                 bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray,
+                 want: np.ndarray, once: bool, on_bad: Callable[[int], None] | None = None) -> int:
+    """Samples ``ks`` of the batch from local files (the store's shards on local disk, or whole
+    local copies of remote ones) through per-process read-only maps (:mod:`latentds.mapped`):
+    per shard one ``fstat`` (the truncation guard); per sample a copy of its tar header, one CRC32C over the mapped member (``once``: only the first time this process
+    reads that member from that file) and one ``memcpy`` of its latent bytes into the batch
+    tensor: no syscall, no temporary, no numpy call per sample. A CRC that differs from
+    ``want`` calls ``on_bad(shard)`` and raises :class:`_Mismatch`. Returns the shards read."""
+    import google_crc32c
+
+    value = google_crc32c.value  # takes numpy views of the map without a copy (not memoryviews)
+    nb_of = np.zeros(int(layout.max()) + 1, np.int64)
+    for lay, n_ in nbytes.items():
+        nb_of[lay] = n_
+    sh, o_, ln, md, lay_ = shard[ks], off[ks], length[ks], mean_data[ks], layout[ks]
+    nb = nb_of[lay_]
+    if (ln < md + nb).any():
+        raise _Mismatch()  # a row whose latent overruns its member: the per-sample path names it
+    end = o_ + ln
+    views: dict[int, memoryview] = {}
+    arrs: dict[int, np.ndarray] = {}
+    oks: dict[int, set[int]] = {}
+    for s in np.unique(sh).tolist():
+        hit = MAPS.get(fd_of(s), int(end[sh == s].max()))
+        if hit is None:
+            raise _Mismatch()  # truncated or empty shard: the per-sample path raises its ShardError
+        views[s], arrs[s], oks[s] = hit
+    dv = {la: memoryview(b.reshape(-1)) for la, b in bufs.items()}
+    hv = memoryview(heads.reshape(-1))  # (a numpy fancy-index gather of the headers costs 5x more)
+    got: list[int] = []
+    for k, s, o, e, a, n, la, t, w in zip((ks * TAR_HEADER).tolist(), sh.tolist(), o_.tolist(), end.tolist(),
+                                          (o_ + md).tolist(), nb.tolist(), lay_.tolist(), (slots[ks] * nb).tolist(),
+                                          want[ks].tolist()):
+        v = views[s]
+        hv[k:k + TAR_HEADER] = v[o - TAR_HEADER:o]
+        if once and (o, w) in oks[s]:
+            got.append(w)  # these very bytes of this immutable file passed this check before
+        else:
+            c = value(arrs[s][o:e])
+            if c != w:
+                if on_bad is not None:
+                    on_bad(s)
+                raise _Mismatch()
+            if once:
+                oks[s].add((o, w))
+            got.append(c)
+        dv[la][t:t + n] = v[a:a + n]
+    crcs[ks] = got
+    return len(views)
 
 
 def _read_local(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], off: list[int],
@@ -326,61 +492,4 @@ def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], path
             bufs[lay][slots[k]] = member[md: md + nbytes[lay]]
 
 
-class ShardAwareSampler(torch.utils.data.Sampler[int]):
-    """A shuffling sampler that keeps each stretch of batches inside a few shards.
-
-    Per epoch (``set_epoch``; ``seed + epoch`` seeds it, as ``DistributedSampler`` does): the
-    committed shards are put in a random order, cut into windows of ``window`` shards, and the
-    samples of each window are shuffled together and yielded before the next window's. Samples
-    not committed yet form one more group, shuffled the same way. A batch then touches at most
-    ``window`` shards (two when it straddles windows), so with ``__getitems__`` it costs at most
-    that many coalesced ranges per shard instead of up to ``batch_size``.
-
-    Shuffle quality: every sample is still seen exactly once per epoch and the window order is
-    random, but two samples from different windows never meet in one batch, and a sample's
-    position is tied to its shard's. Shards are packed in key order and keys are hashes of the
-    source identity, so shard membership carries no class or path information; what is lost is
-    only the mixing across windows. ``window = number of shards`` is a true global shuffle.
-    """
-
-    def __init__(self, dataset: "LatentDataset", *, window: int = 4, seed: int = 0) -> None:
-        if int(window) < 1:
-            raise ValueError(f"window must be >= 1 shard, not {window!r}")
-        self.dataset, self.window, self.seed, self.epoch = dataset, int(window), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def groups(self) -> list[np.ndarray]:
-        """Dataset indices per committed shard (manifest order), then the uncommitted ones."""
-        ds = self.dataset
-        m = ds.store.manifest()
-        n = len(ds)
-        if m is None:
-            return [np.arange(n)]
-        rows = _rows(ds, m, np.arange(n))
-        plan, _ = m.read_plan()
-        shard = np.where(rows >= 0, plan[np.maximum(rows, 0), 0], -1)
-        order = np.argsort(shard, kind="stable")
-        cuts = np.flatnonzero(np.diff(shard[order])) + 1
-        parts = np.split(order, cuts)
-        return sorted(parts, key=lambda p: (shard[p[0]] < 0, int(shard[p[0]])))
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        rng = np.random.default_rng(self.seed + self.epoch)
-        parts = self.groups()
-        committed = [p for p in parts if self._committed(p)]
-        rest = [p for p in parts if not self._committed(p)]
-        committed = [committed[i] for i in rng.permutation(len(committed))]
-        for w in range(0, len(committed), self.window):
-            pool = np.concatenate(committed[w: w + self.window])
-            yield from pool[rng.permutation(len(pool))].tolist()
-        for p in rest:
-            yield from p[rng.permutation(len(p))].tolist()
-
-    def _committed(self, part: np.ndarray) -> bool:
-        ds = self.dataset
-        return bool(ds._rows is not None and ds._rows[part[0]] >= 0)
+from .sampler import ShardAwareSampler  # noqa: E402  (it lived here; old imports keep working)

@@ -225,3 +225,101 @@ def test_shard_aware_sampler_covers_every_sample_within_windows(src: Path, tmp_p
     assert torch.equal(next(iter(loader))[0], torch.stack([ds[i][0] for i in order[:6]]))
     with pytest.raises(ValueError):
         ShardAwareSampler(ds, window=0)
+
+
+# -- issue 15, this session: mapped reads, CRC once, whole-shard copies, shuffle quality ------------
+
+def test_mapped_read_checks_once_then_trusts_only_what_it_checked(src: Path, tmp_path: Path) -> None:
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40)}
+    make(src, b, **kw).fill(progress=False)
+    make(src, b, **kw).compact()
+    ds = make(src, b, **kw)
+    idx = shuffled(ds, 7)
+    ref = [ds[i] for i in idx]
+    ds.batch_verify = "once"
+    same(ds.__getitems__(idx[:8]), ref[:8])  # the first read checks (and remembers) these 8
+    same(ds.__getitems__(idx[:8]), ref[:8])
+    # a sample this process never checked is still checked on its first read, in any dataset
+    _corrupt(ds, idx[-1])
+    fresh = make(src, b, **kw)
+    fresh.batch_verify = "once"
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        fresh.__getitems__(idx[-4:])
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        ds.__getitems__([*idx[:8], idx[-1]])
+    same(ds.__getitems__(idx[:-1]), ref[:-1])
+
+
+def test_mapped_read_of_a_shard_truncated_after_mapping_raises_shard_error(src: Path, tmp_path: Path) -> None:
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40)}
+    make(src, b, **kw).fill(progress=False)
+    make(src, b, **kw).compact()
+    ds = make(src, b, **kw)
+    idx = shuffled(ds, 8)
+    same(ds.__getitems__(idx), [ds[i] for i in idx])  # every shard is mapped now
+    m = ds.store.manifest()
+    path = ds.store.shard_path(m.shards[0])
+    os.chmod(path, 0o644)
+    os.truncate(path, os.path.getsize(path) // 3)  # in place, under the live map: no SIGBUS
+    with pytest.raises(ShardError, match="truncated"):
+        ds.__getitems__(idx)
+
+
+def test_shard_copies_on_s3_read_each_shard_once(src: Path, backend: Backend, tmp_path: Path) -> None:
+    if backend.env is None:
+        pytest.skip("counts requests through the loopback S3 proxy")
+    kw = {"image_size": (48, 40)}
+    make(src, backend, **kw).fill(progress=False)
+    make(src, backend, **kw).compact(shard_samples=5)
+    plain = make(src, backend, **kw)
+    idx = shuffled(plain, 9)
+    ref = [plain[i] for i in idx]
+    ds = make(src, backend, local_cache=tmp_path / "rt", **kw)
+    ds[0]
+    m = ds.store.manifest()
+    proxy = backend.env.proxy
+    proxy.reset_counts()
+    same(ds.__getitems__(idx[:7]), ref[:7])
+    touched = len({m.locate(m.find(ds.key(i)))[0] for i in idx[:7]})
+    assert proxy.counts["GET"] == touched  # each shard touched: one whole GET, no ranges
+    same(ds.__getitems__(idx), ref)
+    assert proxy.counts["GET"] == len(m.shards)
+    proxy.reset_counts()
+    same(ds.__getitems__(idx), ref)  # a second epoch: no request at all
+    assert sum(proxy.counts.values()) == 0
+    copies = sorted((tmp_path / "rt" / "shards").iterdir())
+    assert [p.name for p in copies] == sorted(m.shards)
+    # a corrupt local copy is never served: the batch is re-read, the copy dropped and refetched
+    row = m.find(ds.key(idx[0]))
+    bad = tmp_path / "rt" / "shards" / m.locate(row)[0]
+    off, length = m.locate(row)[1:3]
+    good = bad.read_bytes()
+    with open(bad, "r+b") as fh:  # bit rot in place, under the live map
+        fh.seek(off + length - 3)
+        fh.write(bytes([good[off + length - 3] ^ 0x40]))
+    proxy.reset_counts()
+    same(ds.__getitems__(idx), ref)
+    assert not bad.exists() or bad.read_bytes() == good  # dropped (the batch was re-read per sample)
+    same(ds.__getitems__(idx), ref)
+    assert bad.read_bytes() == good and proxy.counts["GET"] >= 2  # fetched again whole
+
+
+def test_mixing_of_a_global_shuffle_and_of_shard_windows(src: Path, tmp_path: Path) -> None:
+    from latentds.sampler import ShardAwareSampler, mixing
+
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40)}
+    make(src, b, **kw).fill(progress=False)
+    make(src, b, **kw).compact(shard_samples=2)
+    ds = make(src, b, **kw)
+    groups = ShardAwareSampler(ds).groups()
+    n_sh = len(groups)
+    assert all(len(g) == 2 for g in groups)  # so windows of 2 shards are batches of 4
+    glob = mixing(np.random.default_rng(0).permutation(len(ds)), groups, 4)
+    win = mixing(list(ShardAwareSampler(ds, window=2, seed=0)), groups, 4)
+    seq = mixing(np.concatenate(groups), groups, 4)
+    assert win["shards_per_batch"] == 2 < glob["shards_per_batch"]
+    assert win["pair_coverage"] < glob["pair_coverage"] and seq["position_corr"] > 0.95
+    assert glob["position_corr"] < win["position_corr"] and n_sh >= 4

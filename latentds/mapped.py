@@ -1,0 +1,67 @@
+"""Read-only memory maps of immutable shard files, per process, for batched reads.
+
+Why a map: copying a batch's latents out of pages that are already mapped is a ``memcpy``
+per sample (what an ``np.memmap`` fancy-index gather does), while ``pread`` costs a syscall
+and a kernel copy per sample. Committed shards are never rewritten in place (a new generation
+writes new shard names), so a map never goes stale.
+
+The one hazard of a map is a file truncated under it: touching a page past the new end raises
+``SIGBUS`` and kills the process instead of raising a typed error. :meth:`ShardMaps.get`
+therefore ``fstat``\\ s the descriptor on every call (one syscall per shard touched by a batch,
+not per sample) and refuses a range past the file's current end, so a truncated shard is seen
+and the caller re-reads it on the ``pread`` path, which raises ``ShardError``. Only a
+truncation racing the copy itself (between that ``fstat`` and the ``memcpy``, microseconds) can
+still fault; that needs someone truncating an immutable shard in place while it is read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+__all__ = ["ShardMaps", "MAPS"]
+
+
+class ShardMaps:
+    """At most ``limit`` maps per process, keyed by the file's identity (device, inode), so a
+    file replaced under the same name is mapped afresh and a deleted one keeps its old bytes
+    exactly as an open descriptor does."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = int(limit)
+        self._pid = -1
+        self._maps: dict[tuple[int, int], tuple[memoryview, np.ndarray, set[tuple[int, int]]]] = {}
+
+    def get(self, fd: int, end: int) -> tuple[memoryview, np.ndarray, set[tuple[int, int]]] | None:
+        """A flat read-only ``memoryview`` and ``uint8`` array of the whole file behind ``fd``
+        and the set of (offset, CRC32C) of members already checked in it (the caller's to fill),
+        or ``None`` when bytes ``[0, end)`` are not all in the file now (truncated, or an
+        empty file, which cannot be mapped)."""
+        if self._pid != os.getpid():  # a fork's copies work, but the parent's LRU is not ours
+            self._maps, self._pid = {}, os.getpid()
+        st = os.fstat(fd)
+        if end > st.st_size:
+            return None
+        ident = (st.st_dev, st.st_ino)
+        hit = self._maps.get(ident)
+        if hit is None or len(hit[0]) < end:
+            if st.st_size == 0:
+                return None
+            # no MADV_RANDOM: a cold read of a 50 KB sample would then fault page by page
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            hit = (memoryview(mm), np.frombuffer(mm, np.uint8), set())
+            if len(self._maps) >= self.limit:
+                # dropping our references unmaps once no returned view is alive (batches are
+                # copies, so none is)
+                self._maps.pop(next(iter(self._maps)))
+            self._maps[ident] = hit
+        return hit
+
+    def clear(self) -> None:
+        self._maps = {}
+
+
+#: the process-wide maps the batched read path uses
+MAPS = ShardMaps()
