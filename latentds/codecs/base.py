@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from latentds.canonical import canonical_json
 from latentds.errors import CodecError
 
 #: Bumped whenever the meaning of a codec's output changes in a way the other
@@ -27,19 +27,6 @@ CODEC_FORMAT_VERSION = 1
 #: Inputs may overshoot [0, 1] by this much (float rounding in resize / windowing)
 #: before ``encode`` refuses them.
 RANGE_TOLERANCE = 1e-3
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and tuples as lists, so equal configs hash equally."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    if isinstance(obj, torch.dtype):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable in a codec fingerprint: {obj!r}")
 
 
 def compute_fingerprint(
@@ -57,7 +44,7 @@ def compute_fingerprint(
         "weights_sha256": weights_sha256,
         "preprocessing": dict(preprocessing),
     }
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(payload, strict=True).encode("utf-8")).hexdigest()
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

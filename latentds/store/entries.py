@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..canonical import canonical_json
 from ..errors import CacheError, StoreAccessError
 from . import layout
 from .backend import Backend
@@ -40,10 +41,6 @@ def sha256_hex(*chunks: bytes) -> str:
     for c in chunks:
         h.update(c)
     return h.hexdigest()
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def namespace_id(codec_fingerprint: str, preprocessing: dict[str, Any]) -> str:
