@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Codec": ".codecs", "create_codec": ".codecs", "list_codecs": ".codecs", "register_codec": ".codecs",
     "encode": ".bulk", "LatentDataset": ".dataset", "LatentIterableDataset": ".iterable",
+    "CachedLatentDataset": ".serve", "ShardAwareSampler": ".sampler",
     "Preprocess": ".preprocess", "load_image": ".preprocess", "read_dicom": ".preprocess", "read_image": ".preprocess",
 }
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ below d
     from .dataset import LatentDataset
     from .iterable import LatentIterableDataset
     from .preprocess import Preprocess, load_image, read_dicom, read_image
+    from .sampler import ShardAwareSampler
+    from .serve import CachedLatentDataset
 
 
 def __getattr__(name: str) -> Any:
@@ -47,6 +50,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CacheError",
+    "CachedLatentDataset",
     "Codec",
     "CodecError",
     "ConfigError",
@@ -69,4 +73,5 @@ __all__ = [
     "read_dicom",
     "read_image",
     "register_codec",
+    "ShardAwareSampler",
 ]
