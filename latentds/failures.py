@@ -47,7 +47,7 @@ class FailureBook:
     def record(self, it: Any, error_type: str, stored: str, shown: str) -> None:
         """Record that ``it`` failed: ``stored`` (no path) goes to the cache, ``shown`` to the report."""
         n = self.name(it)
-        self._store.record_failure(n, error_type, stored)
+        self._store.record_failure(n, error_type, stored, identity=self._ids.tag)  # how the name was made
         self._drop_legacy(n)
         self.known[n] = {"error_type": error_type, "reason": shown}
 

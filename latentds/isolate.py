@@ -9,11 +9,13 @@ workers again for all of them (issue 11, item 3).
 
 Here a partition whose worker died is split into :data:`PIECES` balanced sub-partitions that run
 as tasks of their own; the pieces without the culprit finish (their shards are committed as
-usual), the piece with it dies again and is split again, down to the single file, which is
-recorded as a :class:`~latentds.errors.WorkerDiedError` failure naming that file. The partition's
+usual), the piece with it dies again and is split again, down to the single file, which is run once
+more alone and, if its worker dies again, recorded as a :class:`~latentds.errors.WorkerDiedError`
+failure naming that file (one death alone is not proof: Dask counts a death against every task
+the dying worker held). The partition's
 record (``bulk/<partition>.json``, what lets a re-run skip it) is written once every piece is
 done. A split costs ``allowed-failures + 1`` worker deaths per level, about
-``log_4(partition size)`` levels (5 for 1024 files), and leaves one shard per finished piece
+``log_4(partition size)`` levels (5 for 1024 files) plus one to confirm, and leaves one shard per finished piece
 instead of one per partition: both only when a worker died.
 """
 
@@ -71,6 +73,7 @@ class Splits:
         self._root: dict[str, str] = {}
         self._pending: dict[str, _Pending] = {}
         self._split: set[str] = set()
+        self._again: set[str] = set()
 
     def split(self, pid: str, chunk: Sequence[Any], keys: Sequence[str]) -> list[tuple[str, list[Any]]]:
         """The pieces of partition (or piece) ``pid`` whose worker died: ``[(piece id, items)]``."""
@@ -86,6 +89,21 @@ class Splits:
             self._root[sub] = root
             out.append((sub, [chunk[i] for i in run]))
         return out
+
+    def again(self, pid: str, chunk: Sequence[Any], keys: Sequence[str]) -> tuple[str, list[Any]] | None:
+        """A one-file piece whose worker died: the first time, the same file as a new piece to
+        run again (returned); the second time None, and the file is the culprit. A file that was
+        only on the dying worker beside the culprit's task (Dask counts a death against every
+        task the worker held) is not accused on one death."""
+        if pid in self._again:
+            return None
+        root = self._root.get(pid, pid)
+        self._split.add(root)
+        self._pending.setdefault(root, _Pending())
+        sub = hashlib.sha256(("\0".join([self._ns, "again", *keys])).encode()).hexdigest()[:32]
+        self._root[sub] = root
+        self._again.add(sub)
+        return sub, list(chunk)
 
     def is_piece(self, pid: str) -> bool:
         return pid in self._root

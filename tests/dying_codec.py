@@ -8,7 +8,8 @@ workers import it through :class:`Register` (a worker plugin, re-run on every re
 kwargs: ``die_on_shape`` ((h, w): SIGKILL the process, as the kernel's OOM killer would, when a
 batch holds an image of that shape, so the one source file of that size is the culprit), ``die_marker`` (``os._exit`` in the first batch
 that finds no file at that path, creating it: one death per job), ``delay_s`` (sleep before each
-batch: widens a kill window).
+batch: widens a kill window), ``death_log`` (append a line per death to this file; the
+environment variable ``LATENTDS_TEST_DEATH_LOG`` names another).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ NAME = "test-dying-bicubic-f4"
 
 class DyingCodec(BicubicCodec):
     def __init__(self, *, device: str = "cpu", die_on_shape: tuple[int, int] | list[int] | None = None, die_marker: str | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, death_log: str | None = None) -> None:
         super().__init__(4, device=device, name="bicubic-f4")  # bicubic-f4's fingerprint
+        self.death_log = death_log
         self.die_on_shape, self.die_marker, self.delay_s = (tuple(die_on_shape) if die_on_shape else None), die_marker, delay_s
 
     def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,10 +40,19 @@ class DyingCodec(BicubicCodec):
         if self.die_marker and not os.path.exists(self.die_marker):
             with open(self.die_marker, "w") as fh:
                 fh.write(str(os.getpid()))
+            self._log_death()
             os._exit(1)
         if self.die_on_shape and tuple(x.shape[-2:]) == self.die_on_shape:
+            self._log_death()
             os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
         return super().encode_dist(x)
+
+
+    def _log_death(self) -> None:
+        # one line per death, for tests and benchmarks/reliability_counts.py (LATENTDS_TEST_DEATH_LOG)
+        for path in {self.death_log, os.environ.get("LATENTDS_TEST_DEATH_LOG")} - {None, ""}:
+            with open(str(path), "a") as fh:
+                fh.write(f"{os.getpid()}\n")
 
 
 register_codec(NAME, DyingCodec, replace=True)
