@@ -62,7 +62,8 @@ def main() -> int:
     ap.add_argument("--n-per-class", type=int, default=12)
     ap.add_argument("--shard-samples", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--task-delay", type=float, default=0.4, help="seconds each task sleeps (widens the window)")
+    ap.add_argument("--task-delay", type=float, default=0.4,
+                    help="seconds each encoder batch sleeps (widens the window)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -71,13 +72,18 @@ def main() -> int:
 
     from latentds.testing.synthetic import make_dataset
 
-    os.environ["LATENTDS_TEST_TASK_DELAY"] = str(args.task_delay)  # inherited by the worker processes
+    # each task sleeps in the encoder: the test codec (tests/dying_codec.py), preloaded into the
+    # workers as bicubic-f4 (same bytes), reads its delay from the environment they inherit
+    os.environ["DYING_CODEC_DELAY_S"] = str(args.task_delay)
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    os.environ["PYTHONPATH"] = os.pathsep.join([tests, *filter(None, [os.environ.get("PYTHONPATH")])])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lds-kill-"))
     src = work / "src"
     make_dataset(src, n_per_class=args.n_per_class, shape=(64, 48))
     bad = src / "negative" / "zz-garbage.dcm"  # one broken file: the failure report must match too
     bad.write_bytes(b"not a dicom" * 20)
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           preload=["dying_codec"])
     addr = cluster.scheduler_address
     rng = random.Random(args.seed)
     try:

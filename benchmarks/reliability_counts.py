@@ -2,15 +2,18 @@
 
     .venv/bin/python benchmarks/reliability_counts.py [--json out.json] [pytest args ...]
 
-Runs tests/test_reliability*.py, tests/test_store_faults.py, tests/test_bulk.py and
-tests/test_repair.py in this process (default selection: slow tests skipped) with a pytest plugin
+Runs tests/test_reliability*.py, tests/test_store_faults.py, tests/test_bulk.py,
+tests/test_repair.py, tests/test_worker_death.py, tests/test_identity.py and tests/test_soak.py
+(``--files`` picks fewer) in this process (default selection: slow tests skipped) with a pytest plugin
 that tallies, in the test process:
 
 * typed refusals: ``LatentdsError`` instances created (each a bad input, crafted name, corrupt or
   missing object refused with a typed error; one refusal re-raised as another type counts twice);
 * test cases run per file (parametrizations counted separately);
 * faults injected: HTTP errors answered by the loopback S3 fault proxy (``FaultProxy``), and
-  worker processes made to die inside a task (bulk ``_crash_marker``: ``os._exit``);
+  worker processes made to die inside a task by the test codec (tests/dying_codec.py: ``os._exit``
+  or SIGKILL; each death appends a line to the file ``LATENTDS_TEST_DEATH_LOG`` names, which this
+  script sets, so deaths inside Dask workers are counted);
 * SIGKILLs: ``os.kill`` / ``os.killpg`` / ``Popen.kill`` with SIGKILL called from a test module
   (Dask's own teardown kills are not counted);
 * bit-for-bit comparisons: calls of ``torch.equal``, ``np.array_equal`` and
@@ -20,7 +23,10 @@ that tallies, in the test process:
   comparisons that came out unequal are counted apart (tests also assert that different
   samples differ, e.g. train vs val twins);
 * lost / corrupt: tests that failed (every comparison above sits in an assertion: a lost or
-  corrupt sample fails its test).
+  corrupt sample fails its test);
+* soak runs (tests/test_soak.py, which keeps each run's figures in ``test_soak.RESULTS``): the
+  latents its filler processes compared with the clean run while it ran, the keys read back at
+  the end, and lost / corrupt among them.
 
 Not counted: comparisons, refusals and kills inside subprocesses (Dask workers, CLI children).
 Numbers are of one run; the figures in benchmarks/RESULTS.md come from this script.
@@ -34,6 +40,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +50,8 @@ __all__ = ["FILES", "Tally", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["tests/test_reliability.py", "tests/test_reliability_inputs.py", "tests/test_store_faults.py",
-         "tests/test_bulk.py", "tests/test_repair.py"]
+         "tests/test_bulk.py", "tests/test_repair.py", "tests/test_worker_death.py", "tests/test_identity.py",
+         "tests/test_soak.py"]
 
 
 def _from_test(depth: int = 2) -> bool:
@@ -72,7 +80,6 @@ class Tally:
         import numpy as np
         import torch
 
-        from latentds import bulk
         from latentds.errors import LatentdsError
         from latentds.testing.loopback_s3 import FaultProxy
 
@@ -129,25 +136,9 @@ class Tally:
 
         os.kill, os.killpg = kill, killpg  # Popen.kill / Process.kill go through os.kill
 
-        real_encode = bulk.encode
-
-        def encode(*a: Any, _crash_marker: str | None = None, **kw: Any) -> Any:
-            existed = bool(_crash_marker) and os.path.exists(str(_crash_marker))
-            try:
-                return real_encode(*a, _crash_marker=_crash_marker, **kw)
-            finally:
-                if _crash_marker and not existed and os.path.exists(_crash_marker):
-                    c["worker_deaths"] += 1  # the first task to find no marker called os._exit
-
-        self._encode = (real_encode, encode)
-        bulk.encode = encode  # type: ignore[assignment]
-
     def pytest_collection_modifyitems(self, session: Any, config: Any, items: list[Any]) -> None:
-        real_encode, encode = self._encode
         c = self.c
         for mod in {id(i.module): i.module for i in items if getattr(i, "module", None)}.values():
-            if getattr(mod, "encode", None) is real_encode:
-                mod.encode = encode  # imported by name before the patch
             same = getattr(mod, "assert_same", None)
             if callable(same):
                 def counting_same(a: Any, b: Any, _same: Any = same) -> None:
@@ -169,13 +160,18 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--json", default=None, help="also write the counts here")
+    ap.add_argument("--files", nargs="+", default=FILES, help="test files to run (default: all of FILES)")
     args, rest = ap.parse_known_args(argv)
     os.chdir(ROOT)
     tally = Tally()
+    deaths = Path(tempfile.mkdtemp(prefix="lds-deaths-")) / "deaths.log"
+    os.environ["LATENTDS_TEST_DEATH_LOG"] = str(deaths)  # inherited by Dask workers started from here
     t0 = time.time()
-    rc = pytest.main(["-q", "-p", "no:cacheprovider", *FILES, *rest], plugins=[tally])
+    rc = pytest.main(["-q", "-p", "no:cacheprovider", *args.files, *rest], plugins=[tally])
     wall = time.time() - t0
     c = tally.c
+    c["worker_deaths"] = len(deaths.read_text().splitlines()) if deaths.exists() else 0
+    soak = list(getattr(sys.modules.get("test_soak"), "RESULTS", []))
     out = {
         "test_cases_passed": c["tests_passed"], "test_cases_failed": c["tests_failed"],
         "test_cases_skipped": c["tests_skipped"], "per_file_passed": dict(tally.per_file),
@@ -184,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                             "sigkills": c["sigkills"]},
         "bit_for_bit_comparisons": c["bit_comparisons"], "unequal_comparisons": c["unequal_comparisons"],
         "lost_or_corrupt": c["tests_failed"], "failed": tally.failed,
+        "soak": soak, "soak_compared": sum(r["compared_while_running"] + r["served_keys"] for r in soak),
+        "soak_lost": sum(r["lost"] for r in soak), "soak_corrupt": sum(r["corrupt"] for r in soak),
         "wall_s": round(wall, 1), "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }

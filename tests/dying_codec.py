@@ -58,6 +58,15 @@ class DyingCodec(BicubicCodec):
 register_codec(NAME, DyingCodec, replace=True)
 
 
+def dask_setup(worker) -> None:  # noqa: ANN001 (distributed.Worker)
+    """Dask preload hook (``LocalCluster(preload=["dying_codec"])``, tests/ on ``PYTHONPATH``): in
+    this worker, ``bicubic-f4`` itself becomes the test codec, configured by the environment
+    (``DYING_CODEC_DELAY_S``), so a client - the CLI included - needs no change at all."""
+    delay = float(os.environ.get("DYING_CODEC_DELAY_S") or 0)
+    register_codec("bicubic-f4", lambda device="cpu", **kw: DyingCodec(device=device, delay_s=delay, **kw),
+                   replace=True)
+
+
 class Register(WorkerPlugin):
     """Dask worker plugin: ``client.register_plugin(Register())`` makes :data:`NAME` known in
     every worker, including those the nanny restarts after a death."""
