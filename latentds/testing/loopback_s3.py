@@ -17,6 +17,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+__all__ = ["FaultProxy", "free_port", "LOOPBACK", "MotoS3", "storage_options"]
+
 LOOPBACK = "127.0.0.1"
 
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 from latentds.train.vae.config import ConfigError, dump_config, load_config
 
+__all__ = ["main"]
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentds train-vae", description="Train the KL autoencoder (paper §2.1, A.2).")

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+__all__ = ["ConfigError", "DEFAULTS", "dump_config", "load_config", "parse_override", "validate"]
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {

@@ -38,6 +38,11 @@ from torch.utils.data import Dataset, Sampler
 
 from latentds.preprocess import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, load_image
 
+__all__ = [
+    "build_banks", "ImageBank", "Item", "items_from_source", "patient_split", "StepSampler", "TrainCrops",
+    "ValCrops",
+]
+
 
 @dataclass(frozen=True)
 class Item:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+__all__ = ["bicubic_roundtrip", "codec_roundtrip", "evaluate", "finding_psnr", "main"]
+
 
 def bicubic_roundtrip(x: torch.Tensor, s: int) -> torch.Tensor:
     h, w = x.shape[-2], x.shape[-1]

@@ -26,6 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+__all__ = [
+    "adaptive_weight", "build_perceptual", "hinge_d_loss", "LPIPS", "MSSSIMLoss", "NLayerDiscriminator",
+    "NoPerceptual", "VGG16_FILE",
+]
+
 log = logging.getLogger("latentds.train.vae")
 
 VGG16_FILE = "vgg16-397923af.pth"

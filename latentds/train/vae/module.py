@@ -19,6 +19,11 @@ import torch.nn.functional as F
 
 from latentds.train.vae.losses import NLayerDiscriminator, adaptive_weight, build_perceptual, hinge_d_loss
 
+__all__ = [
+    "adapt_to_one_channel", "arch_config", "build_autoencoder", "init_logvar", "state_hash", "VAEModule",
+    "wrap_architecture",
+]
+
 log = logging.getLogger("latentds.train.vae")
 
 

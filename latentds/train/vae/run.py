@@ -18,6 +18,8 @@ from latentds.train.vae.config import dump_config
 from latentds.train.vae.data import StepSampler, TrainCrops, ValCrops, build_banks
 from latentds.train.vae.module import VAEModule
 
+__all__ = ["export_checkpoint", "fit", "run_dir_of", "VAEData"]
+
 log = logging.getLogger("latentds.train.vae")
 
 
