@@ -139,3 +139,41 @@ def test_fit_probe_scores_every_test_sample_once_in_order(tiny_latents):
     assert Indexed(test)[2][0] == 2 and torch.equal(Indexed(test)[2][1], test[2][0])
     uniq, first = _first_occurrence(torch.tensor([3, 0, 1, 0, 2, 3]))  # a padded, gathered index list
     assert uniq.tolist() == [0, 1, 2, 3] and first.tolist() == [1, 2, 4, 0]
+
+
+def test_train_probe_cli_d2s_stem(tiny_latents, tmp_path, capsys):
+    """``model.backbone: d2s+small-cnn`` on a lossless s2d-f4c16 latent: the stem's f comes from
+    the codec, the GMACs count the stem (the CNN then runs at the image's 64x48, not 16x12), and
+    the saved probe reloads to the same scores."""
+    from latentds.cli import main
+    from latentds.train.probe import load_probe, predict
+    from latentds.errors import ConfigError
+    from latentds.train.probe.stem import stem_probe_module
+
+    root = tiny_latents[0]
+    cfg = {"model": {"backbone": "d2s+small-cnn", "stem": {"chans": 2}},
+           "data": {"root": str(root / "data"), "cache": str(root / "cache"), "codec": "s2d-f4c16",
+                    "image_size": [64, 48], "crop_roi": False},
+           "optim": {"epochs": 1, "batch_size": 4}, "eval": {"bootstrap": 50}, "output": str(tmp_path / "out")}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train-probe", "--config", str(path)]) == 0
+    assert "AUROC" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "result.json").read_text())["result"]
+    assert result["input_shape"] == [16, 16, 12] and result["backbone"] == "d2s+small-cnn"
+    # small-cnn at 64x48 with 2 input channels: two 3x3 convs of width 16 alone are ~0.0031 GMACs;
+    # the same CNN on the 16x12 latent would be 16x fewer
+    assert result["gmacs"] > 0.003
+    module = load_probe(tmp_path / "out" / "probe.pt")
+    assert module.hparams["stem"]["f"] == 4 and module.hparams["stem"]["chans"] == 2
+    assert module.model.backbone.stem.shuffle.upscale_factor == 4
+    ds = LatentDataset(root / "data", codec="s2d-f4c16", cache=root / "cache", crop_roi=False, image_size=(64, 48))
+    _, te = stratified_split(ds.targets, 0.5, seed=0)
+    scores, _ = predict(module, Subset(ds, te))
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[2]) for r in rows] == pytest.approx(scores.tolist(), abs=1e-5)
+    # a tensor dataset has no codec to read f from: the error says which key to set
+    with pytest.raises(Exception, match="model.stem.f"):
+        stem_probe_module("d2s+small-cnn", 16, 2, f=None)
+    with pytest.raises(ConfigError, match="stem_probe_module"):
+        ProbeModule("d2s+small-cnn", 16, 2)

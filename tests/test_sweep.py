@@ -211,3 +211,26 @@ def test_sweep_with_own_weights_file(tmp_path):
                               seeds=(0,), controls=False)
     (row,) = run_sweep(cfg, log=lambda *a: None)
     assert (row.method, row.f, row.C, row.input) == ("kl-f8c1", 8, 1, "4x4") and row.bytes_per_image > 0
+
+
+def test_foreign_task_generator_is_deterministic_and_an_imagefolder(tmp_path):
+    """benchmarks/foreign_task.py (the second task, written without latentds): same seed, same
+    bytes; a plain ImageFolder that LatentDataset reads; one speck level per positive."""
+    import importlib.util
+    from pathlib import Path
+
+    from latentds.dataset import LatentDataset
+
+    spec = importlib.util.spec_from_file_location(
+        "foreign_task", Path(__file__).resolve().parent.parent / "benchmarks" / "foreign_task.py")
+    ft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
+    a = ft.write_task(tmp_path / "a", n_per_class=3, shape=(40, 40), seed=3)
+    b = ft.write_task(tmp_path / "b", n_per_class=3, shape=(40, 40), seed=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 6 and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    labels = (a / "labels.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[2] for r in labels] == ["0"] * 3 + [f"{d:g}" for d in ft.LEVELS]
+    ds = LatentDataset(a, codec="bicubic-f4", cache=tmp_path / "cache", crop_roi=False, image_size=(40, 40))
+    assert ds.classes == ["negative", "positive"] and len(ds) == 6
+    assert ds[5][0].shape == (1, 10, 10)

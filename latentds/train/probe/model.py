@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from latentds.errors import LatentdsError
+from latentds.errors import ConfigError, LatentdsError
 
 MODES = ("full", "linear")
 #: How an input is fitted to the backbone's required multiple (see the module docstring).
@@ -53,6 +53,10 @@ def build_backbone(name: str, in_chans: int, **kwargs) -> nn.Module:
     """A feature extractor returning ``N×num_features``; never downloads weights."""
     if name == SMALL_CNN:
         return SmallCNN(in_chans, **kwargs)
+    if name.startswith("d2s+"):  # the stem needs the codec's f: built by .stem, not here
+        raise ConfigError(f"probe backbone {name!r}: a d2s+ probe is built by latentds.train.probe.stem."
+                          "stem_probe_module (fit_probe(backbone=...) and train-probe do so), not by ProbeModule; "
+                          f"use {name[4:]!r} for the plain backbone")
     import timm
 
     return timm.create_model(name, pretrained=False, in_chans=int(in_chans), num_classes=0, **kwargs)

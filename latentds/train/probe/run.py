@@ -26,12 +26,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .metrics import bootstrap_auroc
 from .model import INPUT_FITS, MODES, ProbeShapeError
 from .module import Indexed, ProbeModule
+from .stem import STEM_DEFAULTS, codec_factor, is_stem_backbone, load_stem_probe, stem_probe_module
 
 #: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {
-        "backbone": "hrnet_w64",   # any timm model name (pretrained=False, in_chans=C), or "small-cnn"
+        "backbone": "hrnet_w64",   # any timm model name (pretrained=False, in_chans=C), or "small-cnn";
+                                   # "d2s+<either>": a learned depth-to-space stem first (latentds.probes)
+        "stem": dict(STEM_DEFAULTS),  # d2s+ only: f (None: the codec's), chans, kernel, init, lr_scale
         "mode": "full",            # full | linear (frozen backbone + linear head)
         "standardize": True,       # per-image, per-channel standardisation (no weights)
         "kwargs": {},              # extra timm.create_model keyword arguments
@@ -269,11 +272,14 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
               accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1, strategy: Any = "auto",
               precision: str = "auto", bootstrap: int = 1000, level: float = 0.95, val: Dataset | None = None,
               progress: bool = False, module: ProbeModule | None = None, input_fit: str = "pad",
-              output: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None) -> ProbeResult:
+              output: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None,
+              stem: Mapping[str, Any] | None = None) -> ProbeResult:
     """Train a probe on ``train`` with Lightning and score AUROC (bootstrap CI) on ``test``.
 
     Items are ``(C×H×W tensor, int target)``. ``module``: a prepared :class:`ProbeModule` to
     train instead of a fresh one (the model arguments, ``input_fit`` included, are then ignored).
+    ``backbone="d2s+<name>"``: the depth-to-space stem probe (:mod:`.stem`; ``stem`` overrides
+    :data:`~.stem.STEM_DEFAULTS`, f defaults to the factor of ``train``'s codec).
 
     Shapes: inputs are fitted to the backbone's required multiple (``input_fit``: ``pad``,
     ``resize`` or ``none``; see :class:`~latentds.train.probe.model.ProbeModel`). The train and test
@@ -306,7 +312,12 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
     shape = _shape_of(train, "training")
     test_shape = _shape_of(test, "test")
     L.seed_everything(seed, workers=True, verbose=False)
-    if module is None:  # the shape is checked at construction, before any training
+    if module is None and is_stem_backbone(backbone):
+        module = stem_probe_module(backbone, in_chans, num_classes, f=codec_factor(train), mode=mode, lr=lr,
+                                   weight_decay=weight_decay, flip=flip, standardize=standardize,
+                                   backbone_kwargs=backbone_kwargs, stem=stem)
+        module.model.check_input(shape)
+    elif module is None:  # the shape is checked at construction, before any training
         module = ProbeModule(backbone, in_chans, num_classes, mode=mode, lr=lr, weight_decay=weight_decay, flip=flip,
                              standardize=standardize, backbone_kwargs=backbone_kwargs, input_fit=input_fit,
                              input_shape=shape)
@@ -372,7 +383,8 @@ def run_from_config(cfg: Mapping[str, Any]) -> ProbeResult:
                      weight_decay=o["weight_decay"], flip=o["flip"], seed=cfg["seed"],
                      num_workers=cfg["data"]["num_workers"], accelerator=t["accelerator"], devices=t["devices"],
                      num_nodes=t["num_nodes"], strategy=t["strategy"], precision=t["precision"],
-                     bootstrap=e["bootstrap"], level=e["level"], progress=True, output=cfg["output"], config=cfg)
+                     bootstrap=e["bootstrap"], level=e["level"], progress=True, output=cfg["output"], config=cfg,
+                     stem=m.get("stem"))
 
 
 def save_probe(module: ProbeModule, path: str | os.PathLike) -> None:
@@ -386,7 +398,10 @@ def load_probe(path: str | os.PathLike, map_location: Any = "cpu") -> ProbeModul
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     hp = dict(ckpt["hparams"])
     hp.setdefault("input_fit", "none")  # probes saved before input fitting existed saw inputs as they were
-    module = ProbeModule(hp.pop("backbone"), hp.pop("in_chans"), hp.pop("num_classes"), **hp)
+    if hp.get("stem"):
+        module = load_stem_probe(hp)
+    else:
+        module = ProbeModule(hp.pop("backbone"), hp.pop("in_chans"), hp.pop("num_classes"), **hp)
     module.model.load_state_dict(ckpt["state_dict"])
     return module
 
