@@ -7,6 +7,7 @@ is a membership test; an OSError's repr(path) leaked a patient's name through a 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -89,3 +90,47 @@ def test_a_message_that_quotes_the_path_is_withheld_not_edited(tmp_path):
     assert stored_reason(DicomError(f"{path}: pixel data is constant"), path) == "pixel data is constant"
     quoted = stored_reason(ValueError(f"cannot parse {path!r} (bad tag)"), path)
     assert "Doe" not in quoted and "Jane" not in quoted and quoted.startswith("ValueError")
+
+
+def _item(root: str, rel: str):
+    from latentds.sources import SourceItem
+
+    return SourceItem(f"{root}/{rel}", rel, 0, (("mtime_ns", 1), ("path", rel), ("root", root), ("size", 10)))
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_failure_records_hold_no_path_hash_and_trees_never_share_one(tmp_path, keyed):
+    from latentds.bulk import read_failures
+    from latentds.failures import FailureBook
+    from latentds.store import open_store
+
+    store = open_store(str(tmp_path / "cache"), "ns")
+    ids = Identities(IdentityKey(KEY.encode()) if keyed else None)
+    train, val = _item("/data/train", "benign/Doe Jane.dcm"), _item("/data/val", "benign/Doe Jane.dcm")
+    book = FailureBook(store, ids, [train, val], {})
+    book.record(train, "DicomError", "bad tag", "/data/train/benign/Doe Jane.dcm: bad tag")
+    book.record(val, "DicomError", "bad tag", "/data/val/benign/Doe Jane.dcm: bad tag")
+    recs = read_failures(store.location)
+    assert len(recs) == 2 and book.name(train) != book.name(val)  # one record per tree
+    old = hashlib.sha256(train.rel.encode()).hexdigest()[:16]
+    assert old not in recs and not any(old in json.dumps(r) for r in recs.values())
+    assert all(r["identity"] == ids.tag for r in recs.values())
+    assert "Doe" not in json.dumps(recs)
+    # the report (not the cache) keeps the real paths
+    assert [it.url for it, _ in book.outstanding()] == [train.url, val.url]
+    book.clear(train)
+    assert set(read_failures(store.location)) == {book.name(val)}
+
+
+def test_a_record_written_before_keyed_names_is_found_and_replaced(tmp_path):
+    from latentds.bulk import read_failures
+    from latentds.failures import FailureBook
+    from latentds.store import open_store
+
+    store = open_store(str(tmp_path / "cache"), "ns")
+    it = _item("/data/train", "benign/x.dcm")
+    store.record_failure(it.relpath_hash, "DicomError", "bad tag")  # as the previous version named it
+    book = FailureBook(store, Identities(IdentityKey(KEY.encode())), [it], read_failures(store.location))
+    assert book.failed(it)  # --retry-failed still finds it
+    book.record(it, "DicomError", "bad tag", "bad tag")
+    assert set(read_failures(store.location)) == {book.name(it)}  # the old name is gone
