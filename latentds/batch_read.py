@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from .dataset import LatentDataset
     from .store.manifest import Manifest
 
-__all__ = ["LOCAL_GAP_BYTES", "MMAP", "REMOTE_GAP_BYTES", "VERIFY", "ShardAwareSampler", "getitems", "coalesce",
-           "collate", "shard_cache_of"]
+__all__ = ["LOCAL_GAP_BYTES", "MMAP", "REMOTE_GAP_BYTES", "VERIFY", "getitems", "coalesce", "collate",
+           "shard_cache_of"]
 
 #: Local disk: a syscall costs about as much as copying a few KiB from the page cache, so only
 #: true neighbours merge (consecutive members are ~1 KiB apart: the ``.json`` member between).
@@ -491,5 +491,3 @@ def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], path
             crcs[k] = google_crc32c.value(member)
             bufs[lay][slots[k]] = member[md: md + nbytes[lay]]
 
-
-from .sampler import ShardAwareSampler  # noqa: E402  (it lived here; old imports keep working)

@@ -55,9 +55,7 @@ class ShardAwareSampler(torch.utils.data.Sampler[int]):
         n = len(ds)
         if m is None:
             return [np.arange(n)]
-        from .batch_read import _rows
-
-        rows = _rows(ds, m, np.arange(n))
+        rows = _committed_rows(ds, m, np.arange(n))
         plan, _ = m.read_plan()
         shard = np.where(rows >= 0, plan[np.maximum(rows, 0), 0], -1)
         order = np.argsort(shard, kind="stable")
@@ -84,9 +82,11 @@ class ShardAwareSampler(torch.utils.data.Sampler[int]):
 
 
 def _committed_rows(ds: "LatentDataset", m: object, idx: np.ndarray) -> np.ndarray:
-    from .batch_read import _rows
-
-    return _rows(ds, m, idx)  # type: ignore[arg-type]
+    """Manifest rows of ``idx`` (-1: not committed) through the dataset's read plan."""
+    plan = ds.plan
+    if plan.manifest is not m:
+        plan.bind(m)  # type: ignore[arg-type]
+    return plan.rows(idx)
 
 def mixing(order: list[int] | np.ndarray, groups: list[np.ndarray], batch_size: int) -> dict[str, float]:
     """How well ``order`` (one epoch of indices) mixes the shards ``groups`` (indices per shard),

@@ -203,7 +203,7 @@ def test_collate_returns_the_batch_tensor_without_a_copy(src: Path, tmp_path: Pa
 
 
 def test_shard_aware_sampler_covers_every_sample_within_windows(src: Path, tmp_path: Path) -> None:
-    from latentds.batch_read import ShardAwareSampler
+    from latentds.sampler import ShardAwareSampler
 
     b = Backend("local", str(tmp_path / "cache"))
     kw = {"image_size": (48, 40)}
