@@ -26,14 +26,20 @@ class FailureBook:
         self._legacy: dict[str, str] = {}   # name -> old name of the same file's record
         self.known: dict[str, dict[str, Any]] = {}
         self._items: dict[str, Any] = {}
+        matched: set[str] = set()
         for it in items:
             n = self.name(it)
             self._items[n] = it
             if n in records:
                 self.known[n] = records[n]
+                matched.add(n)
             elif it.relpath_hash in records:  # written before names were keyed (issue 11, item 7)
                 self.known[n] = records[it.relpath_hash]
                 self._legacy[n] = it.relpath_hash
+                matched.add(it.relpath_hash)
+        # records no file of this job has now: another tree's, or (without a key, where a name
+        # follows the file's size and mtime) a file of this tree that has changed since it failed
+        self._unmatched = set(records) - matched
 
     def name(self, it: Any) -> str:
         n = self._names.get(it)
@@ -58,6 +64,29 @@ class FailureBook:
             return
         self._remove(n)
         self._drop_legacy(n)
+
+    @property
+    def unmatched(self) -> bool:
+        return bool(self._unmatched)
+
+    def sweep(self, partition_records: Iterable[dict[str, Any]], job_keys: set[str]) -> list[str]:
+        """Remove the records of files of this job's tree that changed since they failed.
+
+        A partition record lists the keys it committed and the names of its failures. When its
+        keys are all keys of this job, the partition is of this tree, so a failure it names that
+        no file of this job has now is of a file since fixed, renamed or removed: its record is
+        stale. (Another tree's partitions hold none of this job's keys and are left alone.)"""
+        gone = []
+        for rec in partition_records:
+            keys = rec.get("keys") if isinstance(rec, dict) else None
+            if not isinstance(keys, list) or not keys or not set(keys) <= job_keys:
+                continue
+            for name in rec.get("failed") or []:
+                if name in self._unmatched:
+                    self._unmatched.discard(name)
+                    self._remove(str(name))
+                    gone.append(str(name))
+        return gone
 
     def outstanding(self) -> list[tuple[Any, dict[str, Any]]]:
         """``(item, record)`` of every file of this job still failed, by relative path."""

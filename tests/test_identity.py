@@ -134,3 +134,25 @@ def test_a_record_written_before_keyed_names_is_found_and_replaced(tmp_path):
     assert book.failed(it)  # --retry-failed still finds it
     book.record(it, "DicomError", "bad tag", "bad tag")
     assert set(read_failures(store.location)) == {book.name(it)}  # the old name is gone
+
+
+def test_without_a_key_the_record_of_a_file_fixed_since_is_swept(tmp_path):
+    from latentds.bulk import read_failures
+    from latentds.failures import FailureBook
+    from latentds.sources import SourceItem
+    from latentds.store import open_store
+
+    store = open_store(str(tmp_path / "cache"), "ns")
+    ids = Identities(None)
+    bad = _item("/data/train", "benign/x.dcm")
+    good = _item("/data/train", "benign/y.dcm")
+    FailureBook(store, ids, [bad, good], {}).record(bad, "DicomError", "truncated", "truncated")
+    fixed = SourceItem(bad.url, bad.rel, 0, (("mtime_ns", 2), ("path", bad.rel), ("root", "/data/train"),
+                                             ("size", 20)))  # rewritten: a new size and mtime, a new key
+    book = FailureBook(store, ids, [fixed, good], read_failures(store.location))
+    assert not book.failed(fixed) and book.unmatched  # its name followed the old key
+    other_tree = {"keys": ["not-this-jobs-key"], "failed": [ids.failure_name("", "", bad.key)]}
+    assert book.sweep([other_tree], {fixed.key, good.key}) == []  # another tree's partition: left alone
+    ours = {"keys": [good.key], "failed": [ids.failure_name("", "", bad.key)]}
+    assert book.sweep([ours], {fixed.key, good.key}) == [ids.failure_name("", "", bad.key)]
+    assert read_failures(store.location) == {}
