@@ -29,7 +29,10 @@ def build_cache(root: Path, cache: str, n: int, shape: tuple[int, ...], *, shard
     """A committed cache of ``n`` random float32 latents of ``shape`` for a tree of ``n`` small
     files under ``root`` (two classes); returns ``(dataset, latents in dataset order)``."""
     from latentds import LatentDataset
-    from latentds.sample.encode import make_entry
+    try:
+        from latentds.sample.encode import make_entry
+    except ImportError:
+        make_entry = None
 
     rng = np.random.default_rng(seed)
     for c in ("a", "b"):
@@ -41,7 +44,10 @@ def build_cache(root: Path, cache: str, n: int, shape: tuple[int, ...], *, shard
     for i in range(len(ds)):
         meta = {"content_sha256": f"{i:064x}", "content_shape": [1, 1], "image_shape": [1, 1],
                 "relpath_hash": f"{i:016x}"}
-        ds._put(make_entry(ds.key(i), ds.targets[i], lat[i], None, meta))
+        if hasattr(ds, "_put"):
+            ds._put(make_entry(ds.key(i), ds.targets[i], lat[i], None, meta))
+        else:  # the dataset before latentds.sample (same entry)
+            ds._store(i, ds.key(i), torch.from_numpy(lat[i]), torch.zeros(1), meta)
     per = max(1, shard_bytes // (lat[0].nbytes + 2048))
     ds.compact(shard_samples=per, shard_bytes=shard_bytes)
     return LatentDataset(root, codec="bicubic-f4", cache=cache, **kw), lat

@@ -125,11 +125,21 @@ def _per_sample(ds: "LatentDataset", indices: Sequence[int]) -> list[tuple[Any, 
 def _rows(ds: Any, m: "Manifest", idx: np.ndarray) -> np.ndarray:
     """Manifest rows of ``idx`` (-1: not committed), resolved once per process and generation
     in the dataset's own read plan (``ds.plan``, what ``ds[i]`` reads through), keys looked up
-    all at once."""
-    plan = ds.plan
-    if plan.manifest is not m:
-        plan.bind(m)
-    return plan.rows(idx)
+    all at once; a dataset without a plan keeps its rows in ``ds._rows`` / ``ds._rows_of``."""
+    plan = getattr(ds, "plan", None)
+    if plan is not None:
+        if plan.manifest is not m:
+            plan.bind(m)
+        return plan.rows(idx)
+    rows = ds._rows
+    if rows is None or ds._rows_of is not m:
+        rows = ds._rows = np.full(len(ds.samples), -2, np.int64)
+        ds._rows_of = m
+    r = rows[idx]
+    for j in np.flatnonzero(r == -2).tolist():
+        i = int(idx[j])
+        rows[i] = r[j] = m.find(ds.key(i))
+    return r
 
 
 def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = None) -> list[tuple[Any, Any]]:

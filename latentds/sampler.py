@@ -82,11 +82,10 @@ class ShardAwareSampler(torch.utils.data.Sampler[int]):
 
 
 def _committed_rows(ds: "LatentDataset", m: object, idx: np.ndarray) -> np.ndarray:
-    """Manifest rows of ``idx`` (-1: not committed) through the dataset's read plan."""
-    plan = ds.plan
-    if plan.manifest is not m:
-        plan.bind(m)  # type: ignore[arg-type]
-    return plan.rows(idx)
+    """Manifest rows of ``idx`` (-1: not committed), as the batched read path resolves them."""
+    from .batch_read import _rows  # batch_read never imports this module: no circle
+
+    return _rows(ds, m, idx)  # type: ignore[arg-type]
 
 def mixing(order: list[int] | np.ndarray, groups: list[np.ndarray], batch_size: int) -> dict[str, float]:
     """How well ``order`` (one epoch of indices) mixes the shards ``groups`` (indices per shard),
