@@ -105,7 +105,7 @@ def string_array(fixed: np.ndarray) -> Any:
 
 
 def store_at(directory: str) -> Any:
-    from latentds.cache import LatentCache
+    from latentds.store.entries import LatentCache
     from latentds.store import ShardedStore
 
     return ShardedStore(LatentCache(directory, NAMESPACE))
@@ -124,8 +124,7 @@ def child(op: str, directory: str, *extra: str) -> dict[str, Any]:
 
 
 def run_child(op: str, directory: str, args: argparse.Namespace) -> dict[str, Any]:
-    import latentds.manifest  # noqa: F401  imports first: their RSS is the baseline, not the op's
-    import latentds.ops
+    import latentds.store.manifest  # noqa: F401  imports first: their RSS is the baseline, not the op's
     import latentds.store
 
     base = proc_status()["VmRSS"]
@@ -159,7 +158,7 @@ def run_child(op: str, directory: str, args: argparse.Namespace) -> dict[str, An
         out["warm_read_us"] = (time.perf_counter() - t) / len(rows) * 1e6
     elif op == "verify":
         t = time.perf_counter()
-        rep = latentds.ops.verify(store, staging=False)
+        rep = latentds.store.verify(store, staging=False)
         out["verify_s"] = time.perf_counter() - t
         out["samples_checked"] = rep.samples
         out["shards"] = rep.shards
@@ -173,7 +172,7 @@ def run_child(op: str, directory: str, args: argparse.Namespace) -> dict[str, An
         out["files"] = len(files)
         del files
         t = time.perf_counter()
-        rep = latentds.ops.gc(store, grace_s=1e9, dry_run=True)
+        rep = latentds.store.gc(store, grace_s=1e9, dry_run=True)
         out["gc_s"] = time.perf_counter() - t
         out["kept_young"] = rep.kept_young
     elif op == "compact":
@@ -230,8 +229,8 @@ def plain_copy(store: Any, out_dir: str, per_file: int) -> tuple[float, float, i
 
 
 def real_tier(args: argparse.Namespace, res: dict[str, Any]) -> Any:
-    from latentds.cache import sample_key
-    from latentds.ops import gc, verify
+    from latentds.store.entries import sample_key
+    from latentds.store import gc, verify
     from latentds.store import DEFAULT_SHARD_SAMPLES
 
     store = store_at(args.dir)
@@ -286,9 +285,10 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     layout. Returns the simulated shard names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from google_crc32c import Checksum
 
-    from latentds.manifest import META_KEY, SCHEMA, new_generation
-    from latentds.storage import write_atomic
+    from latentds.store.manifest import META_KEY, SCHEMA, new_generation
+    from latentds.store.fsio import write_atomic
     from latentds.store import DEFAULT_SHARD_SAMPLES, combine_stats
 
     t0 = time.perf_counter()
@@ -317,7 +317,8 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     real_shard = np.array(real.column("shard").to_pylist(), dtype="S42")
     real_sha = np.array(real.column("sha256").to_pylist(), dtype="S64")
     real_content = np.array(real.column("content_sha256").to_pylist(), dtype="S64")
-    sim_shard_np = np.array(sim_shards, dtype="S42")
+    # (a placeholder when nothing is simulated: np.where indexes both sides)
+    sim_shard_np = np.array(sim_shards or ["shard-" + "0" * 32 + ".tar"], dtype="S42")
     shape = list(real.column("shape")[0].as_py())
     dtype = real.column("dtype")[0].as_py()
     generation = new_generation()
@@ -332,6 +333,7 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     path = store.manifests.generation_path(generation)
     tmp = os.path.join(mdir, f".tmp-{generation}.parquet")
     h = hashlib.sha256()
+    crc = Checksum()
     with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
         for a in range(0, rows, ROW_GROUP):
             idx = order[a:a + ROW_GROUP]
@@ -358,10 +360,12 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     with open(tmp, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 24), b""):
             h.update(chunk)
+            crc.update(chunk)
     size = os.path.getsize(tmp)
     os.replace(tmp, path)
+    # the pointer as ManifestStore.commit writes it (sha256 and, since the store package, crc32c)
     ptr = {"generation": generation, "path": f"manifest/{generation}.parquet", "sha256": h.hexdigest(),
-           "rows": rows, "bytes": size}
+           "crc32c": int.from_bytes(crc.digest(), "big"), "rows": rows, "bytes": size}
     write_atomic(store.location.fs, store.manifests.pointer_path, json.dumps(ptr, sort_keys=True).encode())
     res_sim["write_s"] = time.perf_counter() - t0
     res_sim["manifest_bytes"] = size
@@ -445,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     store = real_tier(args, res)
     print(f"real tier done in {time.perf_counter() - t0:.1f} s; {load_state()}", flush=True)
+    print(json.dumps(res["real"]), flush=True)
     sim_shards = simulate_manifest(store, args.rows, res, seed=2)
     print(f"simulated manifest written in {res['sim']['write_s']:.1f} s; {load_state()}", flush=True)
     runs = [child("open", args.dir) for _ in range(args.open_runs)]
@@ -473,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         res["scale_gc"] = child("gc", args.dir)
         print(f"gc measured; {load_state()}", flush=True)
     if not args.skip_scale_compact:
-        from latentds.cache import sample_key
+        from latentds.store.entries import sample_key
 
         new = [sample_key({"sim-new": i}) for i in range(args.compact_new)]
         write_staging(store, new, tuple(args.latent_shape), seed=3)

@@ -15,7 +15,7 @@ from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
 from .errors import ConfigError, SourceError
 from .preprocess import DICOM_EXTENSIONS
-from .storage import Location
+from .store.fsio import Location
 
 __all__ = ["DEFAULT_EXTENSIONS", "LAYOUT_HINT", "check_nonempty", "find_classes", "is_remote", "make_dataset"]
 

@@ -3,6 +3,8 @@ while importers move; it is the same module object, so nothing is defined twice.
 
 import sys
 
+__all__: list[str] = []  # an alias of the moved module (its own __all__ applies)
+
 from .store import export as _moved
 
 sys.modules[__name__] = _moved

@@ -261,7 +261,7 @@ def _half_compacted(tmp_path: Path, age_s: float) -> tuple[LatentDataset, list, 
 
 
 def test_gc_grace_has_a_floor_for_work_in_flight(tmp_path: Path) -> None:
-    from latentds.store.ops import MIN_GRACE_S, gc
+    from latentds.store import MIN_GRACE_S, gc
 
     ds, rows, stats, shard = _half_compacted(tmp_path, age_s=10)  # written 10 s ago, not committed
     rep = gc(ds.store, grace_s=0)
@@ -276,7 +276,7 @@ def test_gc_grace_has_a_floor_for_work_in_flight(tmp_path: Path) -> None:
 
 
 def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentds.store.ops import gc, verify
+    from latentds.store import gc, verify
 
     monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")  # isolate the re-check from the floor
     ds, rows, stats, shard = _half_compacted(tmp_path, age_s=7200)  # an old shard, not named yet

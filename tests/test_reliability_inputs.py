@@ -154,7 +154,7 @@ def test_crafted_shard_name_is_refused_by_every_reader(tmp_path: Path, shard: st
     from latentds.cli import main
     from latentds.errors import ManifestError
     from latentds.store.export import export_webdataset
-    from latentds.store.ops import gc, verify
+    from latentds.store import gc, verify
 
     ds, src = _crafted_cache(tmp_path, shard=shard)
     fresh = LatentDataset(src, codec="bicubic-f4", cache=tmp_path / "cache")

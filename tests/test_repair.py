@@ -53,7 +53,7 @@ def _clean(src: Path, tmp: Path) -> list[torch.Tensor]:
 
 def test_repair_drops_exactly_the_bad_rows_and_they_are_reencoded_bit_identically(backend: Any, tmp_path: Path
                                                                                    ) -> None:
-    from latentds.store.ops import gc, repair, verify
+    from latentds.store import gc, repair, verify
 
     src = tmp_path / "src"
     ds = _filled(src, backend.url, backend.options)
@@ -82,7 +82,7 @@ def test_repair_drops_exactly_the_bad_rows_and_they_are_reencoded_bit_identicall
 
 
 def test_repair_with_sources_reencodes_and_commits(tmp_path: Path) -> None:
-    from latentds.store.ops import gc, repair, verify
+    from latentds.store import gc, repair, verify
 
     src = tmp_path / "src"
     ds = _filled(src, str(tmp_path / "cache"), None)
@@ -100,7 +100,7 @@ def test_repair_with_sources_reencodes_and_commits(tmp_path: Path) -> None:
 
 
 def test_gc_keeps_the_staging_copy_of_a_row_whose_shard_is_corrupt(backend: Any, tmp_path: Path) -> None:
-    from latentds.store.ops import gc, repair
+    from latentds.store import gc, repair
 
     src = tmp_path / "src"
     ds = _filled(src, backend.url, backend.options)
@@ -123,7 +123,7 @@ def test_gc_keeps_the_staging_copy_of_a_row_whose_shard_is_corrupt(backend: Any,
 
 
 def test_repair_repoints_a_garbage_pointer(tmp_path: Path) -> None:
-    from latentds.store.ops import repair, verify
+    from latentds.store import repair, verify
 
     ds = _filled(tmp_path / "src", str(tmp_path / "cache"), None)
     n = len(ds.store.refresh())
@@ -135,7 +135,7 @@ def test_repair_repoints_a_garbage_pointer(tmp_path: Path) -> None:
 
 def test_cli_verify_repair_and_repair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from latentds.cli import main
-    from latentds.store.ops import gc
+    from latentds.store import gc
 
     src, cache = tmp_path / "src", str(tmp_path / "cache")
     ds = _filled(src, cache, None)
@@ -156,7 +156,7 @@ def test_cli_verify_repair_and_repair(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_repair_of_a_lost_shard_drops_its_rows(tmp_path: Path) -> None:
-    from latentds.store.ops import gc, repair, verify
+    from latentds.store import gc, repair, verify
 
     src = tmp_path / "src"
     ds = _filled(src, str(tmp_path / "cache"), None)

@@ -20,7 +20,7 @@ from latentds import LatentDataset
 from latentds.testing import synthetic
 from latentds.cli import main as cli_main
 from latentds.errors import LatentdsError, ManifestError, ShardError
-from latentds.store.ops import gc, verify
+from latentds.store import gc, verify
 from latentds.store.shards import build_shard, shard_name
 from latentds.store.fsio import write_atomic
 

@@ -64,12 +64,13 @@ class Backend:
     def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
         self.location = Location(os.fspath(url), dict(storage_options or {}))
         self._caps: Capabilities | None = None
+        self._root: str | None = None
 
     def __repr__(self) -> str:
         return f"Backend({self.location!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "_caps": None}
+        return {"location": self.location, "_caps": None, "_root": None}
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -92,7 +93,10 @@ class Backend:
 
     def path(self, rel: str = "") -> str:
         """The filesystem path of ``rel`` (for error messages and for ``pread``)."""
-        return self.location.join(rel) if rel else self.location.path
+        root = self._root
+        if root is None:  # fsspec's protocol stripping costs more than the read of a small object
+            root = self._root = self.location.path.rstrip("/")
+        return f"{root}/{rel.strip('/')}" if rel else root
 
     def child(self, rel: str) -> "Backend":
         return Backend(self.location.child(rel).url, self.storage_options)

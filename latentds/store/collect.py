@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import LatentdsError
 from . import layout
-from .ops import _partition_problem, _records
+from .records import partition_problem, records
 from .sharded import ShardedStore
 
 __all__ = ["MIN_GRACE_S", "GcReport", "gc", "min_grace_s"]
@@ -104,10 +104,10 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
     # bulk partition records that stand for no committed work (see _partition_problem) and failure
     # records nobody can read: a re-run needs the sound ones (resume, --retry-failed, exit code)
     stale: set[str] = set()
-    for path, rec in _records(store, "bulk"):
-        if _partition_problem(store, path, rec, view.committed, view.shards) is not None:
+    for path, rec in records(store, "bulk"):
+        if partition_problem(store, path, rec, view.committed, view.shards) is not None:
             stale.add(path)
-    for path, rec in _records(store, "failures"):
+    for path, rec in records(store, "failures"):
         stem = path.rsplit("/", 1)[-1][: -len(".json")]
         if not isinstance(rec, dict) or rec.get("relpath_hash") != stem or "error_type" not in rec:
             stale.add(path)

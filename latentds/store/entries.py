@@ -19,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +86,60 @@ def encode_entry(mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any])
     return buf.getvalue()
 
 
+_LOCAL = struct.Struct("<4s5H3L2H")  # a zip local file header (30 bytes)
+
+
+def _stored_members(data: bytes) -> dict[str, memoryview] | None:
+    """The members of an uncompressed zip as ``np.savez`` writes it (local headers back to back,
+    sizes in the header or its zip64 extra field, no data descriptors), each checked against
+    its CRC-32 as zipfile would; ``None`` for any other layout (the caller then uses zipfile).
+    A walk over a few headers instead of zipfile's central-directory objects: the staging
+    object read is the bulk of a compaction's per-sample work."""
+    mv = memoryview(data)
+    out: dict[str, memoryview] = {}
+    pos = 0
+    while pos + 30 <= len(data) and data[pos:pos + 4] == b"PK\x03\x04":
+        _, _, flag, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(data, pos)
+        if method != 0 or flag & 0x08:
+            return None
+        name = data[pos + 30:pos + 30 + nlen].decode("utf-8", "replace")
+        extra = pos + 30 + nlen
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF:  # zip64: the sizes are in the extra field
+            e, end = extra, extra + elen
+            while e + 4 <= end:
+                hid, hlen = struct.unpack_from("<2H", data, e)
+                if hid == 1 and hlen >= 16:
+                    usize, csize = struct.unpack_from("<2Q", data, e + 4)
+                    break
+                e += 4 + hlen
+            else:
+                return None
+        start = extra + elen
+        if csize != usize or start + csize > len(data):
+            return None
+        body = mv[start:start + csize]
+        if zlib.crc32(body) != crc:
+            raise ValueError(f"member {name!r}: CRC-32 mismatch")
+        out[name] = body
+        pos = start + csize
+    return out if out and data[pos:pos + 2] == b"PK" else None
+
+
 def decode_entry(data: bytes, name: str) -> Entry:
     """Parse and verify one cached object; ``name`` is used in error messages."""
+    from .npy import parse_npy  # the shard reader's .npy parser: no pickle, headers parsed once
+
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            mean = z["mean"]
-            std = z["std"] if "std" in z.files else None
-            meta = json.loads(z["meta"].tobytes().decode())
+        # np.load would re-parse every .npy header with ast.literal_eval (most of a compaction's
+        # CPU); the members are the same .npy bytes, read with the cached parser and copied
+        # (callers get writable arrays, as from np.load)
+        members = _stored_members(data)
+        if members is None:  # not the plain layout np.savez writes: the general reader
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members = {n: z.read(n) for n in z.namelist()}
+        mean = parse_npy(members["mean.npy"], name).copy()
+        std = parse_npy(members["std.npy"], name).copy() if "std.npy" in members else None
+        meta = json.loads(parse_npy(members["meta.npy"], name).tobytes().decode())
     except Exception as exc:  # zipfile, ValueError, KeyError, JSON errors: all mean "corrupt"
         raise CacheError(f"{name}: corrupt cache object ({type(exc).__name__}: {exc})") from exc
     if meta.get("sha256") != _array_digest(mean, std):

@@ -2,7 +2,7 @@
 
 Every problem is reported by the name of the object at fault (shard, manifest, staging object);
 nothing here prints credentials, signed URLs or source paths. ``gc`` and ``repair`` live in
-:mod:`latentds.store.collect` and :mod:`latentds.store.repairs` (re-exported here).
+:mod:`latentds.store.collect` and :mod:`latentds.store.repairs` (both from ``latentds.store``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CacheError, LatentdsError, ManifestError
+from ..identity import content_matches
 from . import layout
 from .entries import LatentCache
 from .fsio import RETRY_STATS
-from .layout import INDEX_SUFFIX, POINTER, SHARD_NAME, SHARD_SUFFIX
+from .layout import INDEX_SUFFIX, POINTER, SHARD_SUFFIX
+from .records import partition_problem, records
 from .sharded import ShardedStore
 from .shards import TAR_HEADER, check_member, crc32c, decode_sample
 
-__all__ = ["MIN_GRACE_S", "GcReport", "RepairReport", "SourceReport", "VerifyReport", "describe", "gc",
-    "min_grace_s", "repair", "verify", "verify_sources"]
+__all__ = ["SourceReport", "VerifyReport", "describe", "verify", "verify_sources"]
 
 
 @dataclass
@@ -96,7 +97,7 @@ def verify(store: ShardedStore, *, staging: bool = True) -> VerifyReport:
                     rep.bad.append((path, why))
                     rep.bad_rows[keys[r]] = (shard, why)
     committed = (m.keys() if m is not None else set()) if manifest_ok else None
-    _check_records(rep, store, m, committed)
+    _checkrecords(rep, store, m, committed)
     if staging:
         for key in store.cache.keys():
             rep.staging += 1
@@ -131,15 +132,15 @@ def _row_problem(m: Any, r: int, key: str, path: str, data: bytes) -> str | None
     return None
 
 
-def _check_records(rep: VerifyReport, store: ShardedStore, m: Any, committed: set[str] | None) -> None:
+def _checkrecords(rep: VerifyReport, store: ShardedStore, m: Any, committed: set[str] | None) -> None:
     """Bulk partition records and failure records (see :func:`_partition_problem`)."""
     shards = set(m.shards) if m is not None else set()
-    for path, rec in _records(store, "bulk"):
+    for path, rec in records(store, "bulk"):
         rep.partitions += 1
-        why = _partition_problem(store, path, rec, committed, shards)
+        why = partition_problem(store, path, rec, committed, shards)
         if why is not None:
             rep.bad.append((path, f"{path}: {why}"))
-    for path, rec in _records(store, "failures"):
+    for path, rec in records(store, "failures"):
         stem = path.rsplit("/", 1)[-1][: -len(".json")]
         if not isinstance(rec, dict) or rec.get("relpath_hash") != stem or "error_type" not in rec:
             rep.bad.append((path, f"{path}: corrupt failure record (unreadable, or not this file's record); "
@@ -188,72 +189,15 @@ def verify_sources(ds: Any) -> SourceReport:
         _, digest = ds._read_source(i)
         if not stored:
             rep.stale.append((path, f"{path}: no content hash was stored for sample {key}; cannot verify"))
-        elif digest != stored:
-            rep.stale.append((path, f"{path}: content differs from what sample {key} was encoded from (same size "
-                                    f"and mtime): its cached latent is stale; `touch` the file or re-encode it"))
+        else:
+            same = content_matches(stored, digest, getattr(ds, "identity_key", None))
+            if same is None:  # a keyed content id written under another identity key (or none now)
+                rep.stale.append((path, f"{path}: sample {key} was written with another identity key (or one is "
+                                        f"needed now: LATENTDS_IDENTITY_KEY); cannot verify its content"))
+            elif not same:
+                rep.stale.append((path, f"{path}: content differs from what sample {key} was encoded from (same "
+                                        f"size and mtime): its cached latent is stale; `touch` the file or re-encode it"))
     return rep
-
-
-_CORRUPT = object()
-
-
-def _records(store: ShardedStore, sub: str) -> list[tuple[str, Any]]:
-    """``(path, parsed JSON or _CORRUPT)`` of each record under ``<ns>/<sub>/`` (bulk partition
-    records, failure records), temp files of interrupted writers left out."""
-    be = store.backend
-    out: list[tuple[str, Any]] = []
-    for rel in sorted(be.list(sub)):
-        name = rel.rsplit("/", 1)[-1]
-        if not name.endswith(".json") or layout.is_temp(rel):
-            continue
-        p = be.path(rel)
-        try:
-            out.append((p, json.loads(be.get(rel))))
-        except FileNotFoundError:
-            continue  # removed meanwhile (a retry that succeeded, gc)
-        except ValueError:
-            out.append((p, _CORRUPT))
-    return out
-
-
-def _partition_problem(store: ShardedStore, path: str, rec: Any, committed: set[str] | None, shards: set[str]
-                       ) -> str | None:
-    """Why the bulk partition record at ``path`` does not stand for committed work, or None.
-
-    A record tells a bulk job that its partition is done, so a re-run skips it. It is sound while
-    every sample it encoded is in the committed manifest: records written by this version list those
-    keys. Older records (no ``keys``) are judged by their shard: named by the manifest, or its index
-    lists only committed keys (the manifest kept earlier rows of the same samples).
-    ``committed=None`` (the manifest itself is unreadable): only the record's own form is checked."""
-    stem = path.rsplit("/", 1)[-1][: -len(".json")]
-    if rec is _CORRUPT or not isinstance(rec, dict) or rec.get("partition") != stem:
-        return ("corrupt partition record (unreadable, or not this partition's record); a re-run would skip "
-                "the partition; `latentds gc` removes it")
-    if committed is None:
-        return None
-    keys = rec.get("keys")
-    if isinstance(keys, list):
-        missing = [k for k in keys if k not in committed]
-        if missing:
-            return (f"partition record lists {len(missing)} of {len(keys)} samples that the committed manifest "
-                    f"does not hold (e.g. {missing[0]}); a re-run would skip them; `latentds gc` removes the "
-                    f"record, then re-run the job")
-        return None
-    shard = rec.get("shard")
-    if not shard or shard in shards:
-        return None
-    if not isinstance(shard, str) or not SHARD_NAME.fullmatch(shard):  # never made into a path
-        return (f"partition record names {str(shard)[:80]!r}, which is not a shard name (corrupt or crafted); "
-                f"a re-run would skip the partition; `latentds gc` removes the record, then re-run the job")
-    try:
-        idx = json.loads(store.backend.get(layout.shard(layout.index_of(shard))))
-        keys = [r["key"] for r in idx.get("samples", [])]
-    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
-        keys = None
-    if keys and all(k in committed for k in keys):
-        return None
-    return (f"partition record names shard {shard}, which the committed manifest does not name; a re-run "
-            f"would skip the partition; `latentds gc` removes the record, then re-run the job")
 
 
 def _name_of(message: str, default: str) -> str:
@@ -285,16 +229,3 @@ def describe(store: ShardedStore) -> dict[str, Any]:
     out["retries"] = dict(RETRY_STATS)
     out["pointer"] = f"manifest/{POINTER}"
     return out
-
-
-def __getattr__(name: str) -> Any:
-    # gc and repair build on verify: imported on first use, so there is no import circle
-    if name in ("MIN_GRACE_S", "GcReport", "gc", "min_grace_s"):
-        from . import collect as _gc
-
-        return getattr(_gc, name)
-    if name in ("RepairReport", "repair"):
-        from . import repairs as _repair
-
-        return getattr(_repair, name)
-    raise AttributeError(f"module 'latentds.store.ops' has no attribute {name!r}")

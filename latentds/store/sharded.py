@@ -295,9 +295,10 @@ class ShardedStore:
                 os.close(fd)
         self._fds = {}
 
-    def record_failure(self, relpath_hash: str, error_type: str, reason: str) -> None:
-        """Keep a failure record (no source path: the caller passes a hash and a redacted reason)."""
-        body = json.dumps({"relpath_hash": relpath_hash, "error_type": error_type, "reason": reason,
+    def record_failure(self, relpath_hash: str, error_type: str, reason: str, **extra: Any) -> None:
+        """Keep a failure record (no source path: the caller passes a record name and a redacted
+        reason; ``extra``: more JSON fields, e.g. the identity scheme the name was made with)."""
+        body = json.dumps({**extra, "relpath_hash": relpath_hash, "error_type": error_type, "reason": reason,
                            "time_unix": time.time()}, sort_keys=True).encode()
         self.backend.put(layout.failure_record(relpath_hash), body)
 
@@ -319,9 +320,10 @@ class ShardedStore:
                 raise
             ptr, recovered = found[0], True
         base = self.manifests.load(ptr)
-        have = base.keys() if base is not None else set()
         staged = self.cache.keys()
-        todo = [k for k in staged if k not in have]
+        # committed already: one vectorised search of the key index, no set of every key
+        todo = ([k for k, r in zip(staged, base.find_many(staged).tolist()) if r < 0] if base is not None and staged
+                else staged)
         report.already_committed = len(staged) - len(todo)
         new_rows: list[tuple[str, Row]] = []
         shard_stats: dict[str, dict[str, list[float]]] = {}
@@ -453,8 +455,7 @@ class ShardedStore:
             shards_meta: dict[str, Any] = {}
         else:
             # rows the base already has win (same key -> same latent; keeps one copy referenced)
-            have = base.keys()
-            mask = pa.array([k not in have for k in added.column("key").to_pylist()], type=pa.bool_())
+            mask = pa.array(base.find_many(added.column("key").to_pylist()) < 0, type=pa.bool_())
             table = pa.concat_tables([base.table, added.filter(mask)])
             shards_meta = dict(base.meta.get("shards") or {})
         shards_meta.update(shard_stats)

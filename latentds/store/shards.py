@@ -16,20 +16,21 @@ Keys are hex hashes, so they contain no dot (webdataset splits the key at the fi
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import json
-import math
 import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+from google_crc32c import Checksum as _Checksum
 from google_crc32c import value as _crc32c_value
 
 from .entries import Entry, canonical_json
 from ..errors import ShardError
+from .npy import npy_bytes as _npy_bytes
+from .npy import parse_npy
 from .layout import INDEX_SUFFIX, KEY_NAME, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, check_shard_name
 
 __all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
@@ -77,50 +78,98 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     accidental corruption (flipped bits, truncation, stale bytes); ``sha256`` stays the
     cryptographic checksum that ``latentds verify`` recomputes. The extension takes only
     ``bytes``, so other buffers are copied first (off the hot path: reads return ``bytes``)."""
-    return _crc32c_value(data if type(data) is bytes else bytes(data))
+    if type(data) is bytes:
+        return _crc32c_value(data)
+    mv = memoryview(data).cast("B")
+    if len(mv) <= 1 << 24:
+        return _crc32c_value(bytes(mv))
+    # a large map (a manifest generation): 8 MiB copies, never the whole object at once
+    c = _Checksum()
+    for s in range(0, len(mv), 1 << 23):
+        c.update(bytes(mv[s:s + (1 << 23)]))
+    return int.from_bytes(c.digest(), "big")
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads a closed archive to a multiple of this
+_HEADER_TEMPLATE: bytes | None = None
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Append one member; return the offset of its data in the archive."""
+def _ustar_header(name: str, size: int) -> bytes:
+    """The USTAR header ``tarfile`` writes for a member ``name`` of ``size`` bytes with the
+    fixed fields of :func:`build_shard` (mode 0444, uid/gid 0, mtime 0, owner ``latentds``),
+    byte for byte, without tarfile's per-field Python work: a template made by tarfile once,
+    with name, size and checksum patched in. Names longer than 99 bytes (never ours: keys are
+    40 hex digits) go through tarfile itself."""
+    global _HEADER_TEMPLATE
+    raw = name.encode("ascii")
+    if len(raw) > 99 or size >= 8 ** 11:
+        return _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    if _HEADER_TEMPLATE is None:
+        _HEADER_TEMPLATE = _tarinfo("", 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    h = bytearray(_HEADER_TEMPLATE)
+    h[0:len(raw)] = raw
+    h[124:136] = b"%011o\0" % size
+    h[148:156] = b"        "
+    h[148:155] = b"%06o\0" % sum(h)
+    return bytes(h)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o444, 0, 0
+    info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o444, 0, 0
     info.uname = info.gname = "latentds"
-    header = len(info.tobuf(tar.format, tar.encoding, tar.errors))  # 512 for our short USTAR names
-    start = tar.offset + header
-    tar.addfile(info, io.BytesIO(data))
-    return start
+    return info
+
+
+class _TarWriter:
+    """Appends members the way ``tarfile.open(mode="w", format=USTAR_FORMAT)`` does (header,
+    data, zero padding to 512; two zero blocks and padding to 10240 at the end), so shards keep
+    their exact bytes and content-addressed names; ~10x less Python per member."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.offset = 0
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append one member; return the offset of its data in the archive."""
+        header = _ustar_header(name, len(data))
+        start = self.offset + len(header)
+        pad = -len(data) % _BLOCK
+        self.parts += (header, data, b"\0" * pad) if pad else (header, data)
+        self.offset = start + len(data) + pad
+        return start
+
+    def close(self) -> bytes:
+        end = self.offset + 2 * _BLOCK
+        self.parts.append(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
+        return b"".join(self.parts)
 
 
 def build_shard(items: list[tuple[str, Entry]]) -> tuple[bytes, list[Row]]:
     """Pack ``(key, entry)`` pairs, in the given order, into one tar; return bytes and rows."""
-    buf = io.BytesIO()
+    tar = _TarWriter()
     rows: list[Row] = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, e in items:
-            mean_b = _npy_bytes(e.mean)
-            off = _add(tar, f"{key}.npy", mean_b)
-            std_rel, end = -1, off + len(mean_b)
-            if e.std is not None:
-                std_b = _npy_bytes(e.std)
-                std_off = _add(tar, f"{key}.std.npy", std_b)
-                std_rel, end = std_off - off, std_off + len(std_b)
-            target = int(e.meta.get("target", -1))
-            _add(tar, f"{key}.cls", str(target).encode())
-            meta_b = canonical_json(e.meta).encode()
-            meta_off = _add(tar, f"{key}.json", meta_b)
-            rows.append(Row(key, off, end - off, len(mean_b), std_rel, tuple(int(s) for s in e.mean.shape),
-                            str(e.mean.dtype), target, "", str(e.meta.get("content_sha256", "")), meta_off,
-                            len(meta_b)))
-    data = buf.getvalue()
-    rows = [Row(**{**r.__dict__, "sha256": hashlib.sha256(data[r.offset:r.offset + r.length]).hexdigest(),
-                   "crc32c": crc32c(data[r.offset:r.offset + r.length])}) for r in rows]
-    return data, rows
+    for key, e in items:
+        mean_b = _npy_bytes(e.mean)
+        off = tar.add(f"{key}.npy", mean_b)
+        std_rel, end = -1, off + len(mean_b)
+        sample = mean_b
+        if e.std is not None:
+            std_b = _npy_bytes(e.std)
+            std_off = tar.add(f"{key}.std.npy", std_b)
+            std_rel, end = std_off - off, std_off + len(std_b)
+            # the ranged read covers mean, the std header block and std: the bytes as in the tar
+            sample = mean_b + b"\0" * (-len(mean_b) % _BLOCK) + _ustar_header(f"{key}.std.npy", len(std_b)) + std_b
+        target = int(e.meta.get("target", -1))
+        tar.add(f"{key}.cls", str(target).encode())
+        meta_b = canonical_json(e.meta).encode()
+        meta_off = tar.add(f"{key}.json", meta_b)
+        assert len(sample) == end - off
+        rows.append(Row(key, off, end - off, len(mean_b), std_rel, tuple(int(s) for s in e.mean.shape),
+                        str(e.mean.dtype), target, hashlib.sha256(sample).hexdigest(),
+                        str(e.meta.get("content_sha256", "")), meta_off, len(meta_b), crc32c(sample)))
+    return tar.close(), rows
 
 
 def shard_name(data: bytes) -> str:
@@ -201,46 +250,6 @@ def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]
 
 
 # -- reading -----------------------------------------------------------------------------------
-
-_HEADER_CACHE: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-
-
-def parse_npy(buf: memoryview | bytes, name: str) -> np.ndarray:
-    """Decode one ``.npy`` from bytes without pickle. Headers repeat (same shape, dtype), so
-    they are parsed once and cached: this is on the hot path of every warm read."""
-    mv = memoryview(buf)
-    if len(mv) < 10 or bytes(mv[:6]) != b"\x93NUMPY":
-        raise ShardError(f"{name}: not a .npy array (bad magic); the shard is corrupt")
-    major = mv[6]
-    if major == 1:
-        hlen, start = int.from_bytes(mv[8:10], "little"), 10
-    elif major in (2, 3):
-        hlen, start = int.from_bytes(mv[8:12], "little"), 12
-    else:
-        raise ShardError(f"{name}: unsupported .npy version {major}")
-    header = bytes(mv[start:start + hlen])
-    parsed = _HEADER_CACHE.get(header)
-    if parsed is None:
-        try:
-            d = ast.literal_eval(header.decode("latin1"))  # a dict literal; literal_eval runs no code
-            dtype = np.dtype(d["descr"])
-            shape = tuple(int(s) for s in d["shape"])
-            fortran = bool(d["fortran_order"])
-        except Exception as exc:
-            raise ShardError(f"{name}: unreadable .npy header ({exc})") from exc
-        if dtype.hasobject:
-            raise ShardError(f"{name}: object arrays are refused (they would need pickle)")
-        parsed = (dtype, shape, fortran)
-        if len(_HEADER_CACHE) < 4096:
-            _HEADER_CACHE[header] = parsed
-    dtype, shape, fortran = parsed
-    data = mv[start + hlen:]
-    n = math.prod(shape) * dtype.itemsize
-    if len(data) < n:
-        raise ShardError(f"{name}: .npy data truncated ({len(data)} of {n} bytes)")
-    arr = np.frombuffer(data[:n], dtype=dtype)
-    return arr.reshape(shape, order="F" if fortran else "C")
-
 
 def decode_sample(buf: bytes | bytearray, *, mean_length: int, std_offset: int, sha256: str, name: str,
                   verify: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
