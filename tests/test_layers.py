@@ -22,6 +22,7 @@ MAX_LINES = 500
 #: list at the end of issue 14; an entry that is already short enough only warns (files are
 #: being renamed while the list is worked down).
 TOO_LONG_ALLOWED: dict[str, str] = {
+    "latentds/batch_read.py": "H5",
     "latentds/bulk.py": "H1",
     "latentds/dataset.py": "H1",
     "latentds/preprocess.py": "H1",
@@ -34,7 +35,6 @@ TOO_LONG_ALLOWED: dict[str, str] = {
 CYCLES_ALLOWED: dict[frozenset[str], str] = {
     frozenset({"latentds.codecs.bicubic", "latentds.codecs.kl", "latentds.codecs.registry",
                "latentds.codecs.residual", "latentds.codecs.s2d"}): "H3",
-    frozenset({"latentds.store.collect", "latentds.store.ops", "latentds.store.repairs"}): "H2",
 }
 
 
@@ -162,3 +162,4 @@ def test_the_graph_sees_lazy_and_package_imports(tmp_path, monkeypatch, code, ex
     assert len(imported) == 1
     (target,) = imported
     assert layer_name(target.replace("latentds_probe_pkg", "latentds")) == expect
+
