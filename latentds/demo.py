@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .testing import synthetic
 from .codecs import list_codecs
 from .probes import build_probe_backbone, stem_lr_factor
-from .codecs.kl import shipped_kl_defaults
+from .codecs import shipped_kl_defaults
 from .dataset import LatentDataset
 
 

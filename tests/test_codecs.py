@@ -320,7 +320,7 @@ def test_save_kl_codec_refuses_mismatched_name_and_load_checks_fc(tmp_path: Path
 
 
 def test_missing_default_weights_say_what_to_do() -> None:
-    from latentds.codecs.kl import shipped_kl_defaults
+    from latentds.codecs import shipped_kl_defaults
 
     assert "kl-f4c16" not in shipped_kl_defaults()  # the six Table-1 pairs ship; kl-f4c16 does not
     with pytest.raises(CodecError) as exc:
@@ -347,7 +347,7 @@ def test_codecs_cli_lists_names_and_weight_status(capsys: pytest.CaptureFixture[
 def test_shipped_default_weights_load_and_reconstruct(name: str) -> None:
     """The packaged defaults are trained models (not random init): deterministic, and a
     held-out SYNTHETIC phantom comes back far better than an untrained model's output."""
-    from latentds.codecs.kl import PACKAGED_WEIGHTS_DIR, shipped_kl_defaults
+    from latentds.codecs.weights import PACKAGED_WEIGHTS_DIR, shipped_kl_defaults
     from latentds.metrics import psnr
     from latentds.testing.synthetic import phantom
 
@@ -471,6 +471,26 @@ def test_missing_published_weights_list_where_looked(hf_home: Path) -> None:
     assert "stabilityai/sd-vae-ft-mse" in str(exc.value)
     with pytest.raises(CodecError, match="ommer-lab"):
         create_codec("sd-vae-f16c16")
+
+
+def test_weight_resolver_order(tmp_path: Path, hf_home: Path) -> None:
+    """The one resolver: "random" -> no file; a path as given; None -> packaged file, else
+    the HF cache; naming a hub location skips the packaged file; a miss lists every place."""
+    from latentds.codecs.weights import packaged_path, resolve_weights
+
+    assert resolve_weights("kl-f4c1", "random").path is None
+    assert resolve_weights("kl-f4c1", tmp_path / "mine.safetensors").path == str(tmp_path / "mine.safetensors")
+    assert resolve_weights("kl-f4c1", None).path == str(packaged_path("kl-f4c1"))
+    ck = tmp_path / "f.ckpt"
+    ck.write_bytes(b"not read by the resolver")
+    _fake_hf_cache(hf_home, "me/mirror", {"w/f.ckpt": ck})
+    found = resolve_weights("kl-f4c1", None, hub={"repo_id": "me/mirror", "filename": "w/f.ckpt"})
+    assert found.path is not None and "models--me--mirror" in found.path and found.path.endswith("w/f.ckpt")
+    assert found.looked[0] == str(packaged_path("kl-f4c1"))
+    with pytest.raises(CodecError, match=r"no weights found\. Looked at: .*kl-f4c16\.safetensors.*never downloads"):
+        resolve_weights("kl-f4c16", None)
+    with pytest.raises(CodecError, match="weights must be a path"):
+        resolve_weights("kl-f4c1", 3)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- SD-VAE

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from latentds.codecs import create_codec, save_kl_codec
-from latentds.codecs.kl import KLCodec, ResidualKLCodec, build_model, ldm_config
+from latentds.codecs.build import build_model, ldm_config
+from latentds.codecs.kl import KLCodec, ResidualKLCodec
 from latentds.codecs.residual import ResidualS2DAutoencoder, choose_alpha, high_pass
 from latentds.errors import CodecError
 
@@ -187,7 +188,7 @@ def test_shipped_codec_is_never_worse_than_its_s2d_on_a_small_image(name: str) -
     """Issue 13: every shipped codec >= its s2d baseline (whole-image PSNR and finding-region error)
     on a small held-out image: a SYNTHETIC phantom (seed 10_000+, never trained on) with a
     finding, and its finding region."""
-    from latentds.codecs.kl import shipped_kl_defaults
+    from latentds.codecs import shipped_kl_defaults
     from latentds.metrics import psnr
     from latentds.testing.synthetic import phantom
 

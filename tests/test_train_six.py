@@ -101,11 +101,11 @@ def test_script_model_config_fits_the_size_budget(name: str) -> None:
         import train_six
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    from latentds.codecs import kl
+    from latentds.codecs import build
 
     f, c = int(name[4:name.index("c", 4)]), int(name[name.index("c", 4) + 1:])
-    cfg = train_six.model_config(kl, f, c, 32, 1)
-    model = kl.build_model(cfg, seed=0, where=name)
+    cfg = train_six.model_config(build, f, c, 32, 1)
+    model = build.build_model(cfg, seed=0, where=name)
     n = sum(p.numel() for p in model.parameters())
     assert 2 ** (len(cfg["block_out_channels"]) - 1) == f and cfg["latent_channels"] == c
     assert n * 2 < 40e6 / 6  # fp16 bytes: six of them stay under the 40 MB budget

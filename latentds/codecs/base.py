@@ -3,7 +3,9 @@
 
 A codec maps a batch of grayscale images ``B×1×H×W`` in ``[0, 1]`` to latents
 ``B×C×ceil(H/f)×ceil(W/f)`` and back. Codecs are deterministic (docs/design.md invariant 1):
-``encode`` returns the posterior *mean*, never a sample.
+``encode`` returns the posterior *mean*, never a sample. :attr:`Codec.posterior` says
+whether there is a posterior at all (KL autoencoders) or the codec is one fixed map
+(bicubic, s2d), whose ``encode_dist`` std is zero.
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from latentds.canonical import canonical_json
 from latentds.errors import CodecError
+
+__all__ = [
+    "CODEC_FORMAT_VERSION",
+    "RANGE_TOLERANCE",
+    "Codec",
+    "canonical_json",
+    "ceil_div",
+    "check_image_batch",
+    "check_latent_batch",
+    "compute_fingerprint",
+    "pad_to_multiple",
+    "state_dict_sha256",
+]
 
 #: Bumped whenever the meaning of a codec's output changes in a way the other
 #: fingerprint fields cannot see (e.g. a different padding rule or blending ramp), so
@@ -127,12 +142,17 @@ class Codec(abc.ABC):
         f: downsampling factor per side.
         latent_channels: C, channels of the latent.
         device: where the codec computes; outputs stay on this device.
+        posterior: False (default) for a deterministic map whose ``encode_dist`` std is
+            zero (bicubic, s2d); True when ``encode`` is the mean of a posterior whose
+            std ``encode_dist`` reports (KL autoencoders). Either way ``encode`` itself is
+            deterministic; a consumer that wants samples draws them from ``encode_dist``.
     """
 
     name: str
     f: int
     latent_channels: int
     device: torch.device
+    posterior: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

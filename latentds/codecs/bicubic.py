@@ -15,7 +15,10 @@ from latentds.codecs.base import (
     compute_fingerprint,
     pad_to_multiple,
 )
+from latentds.codecs.registry import register_codec
 from latentds.errors import CodecError
+
+__all__ = ["BICUBIC_FACTORS", "BicubicCodec", "bicubic_down", "bicubic_up", "register_bicubic_codecs"]
 
 BICUBIC_FACTORS = (4, 8, 16)
 
@@ -88,7 +91,5 @@ def _factory(f: int, **kwargs: object) -> BicubicCodec:
 
 
 def register_bicubic_codecs() -> None:
-    from latentds.codecs.registry import register_codec
-
     for f in BICUBIC_FACTORS:
         register_codec(f"bicubic-f{f}", partial(_factory, f))

@@ -1,6 +1,7 @@
 """Reading autoencoder weights safely and turning them into diffusers ``AutoencoderKL``
-state dicts: ldm (CompVis / MedVAE) or diffusers key layouts, MedVAE LoRA merging, and
-look-ups in the local Hugging Face cache (never the network).
+state dicts: ldm (CompVis / MedVAE) or diffusers key layouts and MedVAE LoRA merging.
+Where a file comes from (packaged, a path, the local Hugging Face cache) is
+:mod:`latentds.codecs.weights`' job.
 
 Only safetensors and ``torch.load(weights_only=True)`` are used (docs/design.md invariant 7).
 """
@@ -10,13 +11,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from latentds.errors import CodecError
+
+__all__ = [
+    "DIFFUSERS_WEIGHT_NAMES",
+    "StateDict",
+    "detect_layout",
+    "fix_deprecated_attention_names",
+    "ldm_to_diffusers",
+    "merge_lora",
+    "read_diffusers_folder",
+    "read_weights_file",
+    "split_autoencoder_keys",
+    "strip_wrapper_prefix",
+]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -237,75 +250,3 @@ def read_diffusers_folder(folder: str | os.PathLike[str]) -> tuple[dict[str, Any
             sd, _ = read_weights_file(d / name)
             return config, sd
     raise CodecError(f"diffusers folder {str(d)!r} has none of {', '.join(DIFFUSERS_WEIGHT_NAMES)}")
-
-
-# --------------------------------------------------------------------------- HF cache
-
-
-@dataclass(frozen=True)
-class HFSource:
-    """A place in the Hugging Face cache where published weights may already be.
-
-    ``filename`` is one file (ldm ckpt/safetensors), or, with ``layout="diffusers"``,
-    the subfolder holding ``config.json`` + ``diffusion_pytorch_model.safetensors``
-    (``""`` for the repo root).
-    """
-
-    repo_id: str
-    filename: str
-    layout: str = "file"  # "file" | "diffusers"
-
-    def describe(self) -> str:
-        if self.layout == "diffusers":
-            sub = f"{self.filename}/" if self.filename else ""
-            return f"hf://{self.repo_id}/{sub}{{config.json, {DIFFUSERS_WEIGHT_NAMES[0]}}}"
-        return f"hf://{self.repo_id}/{self.filename}"
-
-
-def hf_cache_dir() -> str:
-    """The hub cache directory, resolved from the environment *now*.
-
-    huggingface_hub freezes ``HF_HUB_CACHE`` at import time; reading the variables here
-    means a later ``HF_HOME=...`` (tests, notebooks) is honoured.
-    """
-    env = os.environ
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return os.path.expanduser(env[var])
-    if env.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
-    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "huggingface", "hub")
-
-
-def _cached_file(repo_id: str, filename: str, cache_dir: str, revision: str | None) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    # try_to_load_from_cache only reads the cache directory; it never opens a connection.
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
-    return found if isinstance(found, str) and os.path.isfile(found) else None
-
-
-def find_in_hf_cache(
-    sources: list[HFSource], *, cache_dir: str | None = None, revision: str | None = None
-) -> tuple[tuple[HFSource, str] | None, list[str]]:
-    """First source present in the local cache -> (source, local path). For a diffusers
-    source the path is the snapshot folder. Also returns what was looked at, for errors."""
-    cache = cache_dir or hf_cache_dir()
-    looked: list[str] = []
-    for src in sources:
-        repo_dir = os.path.join(cache, "models--" + src.repo_id.replace("/", "--"))
-        looked.append(f"{src.describe()} (in {repo_dir}, revision {revision or 'main'})")
-        if src.layout == "diffusers":
-            sub = f"{src.filename}/" if src.filename else ""
-            cfg = _cached_file(src.repo_id, f"{sub}config.json", cache, revision)
-            if cfg is None:
-                continue
-            for wname in DIFFUSERS_WEIGHT_NAMES:
-                if _cached_file(src.repo_id, f"{sub}{wname}", cache, revision):
-                    return (src, os.path.dirname(cfg)), looked
-        else:
-            path = _cached_file(src.repo_id, src.filename, cache, revision)
-            if path is not None:
-                return (src, path), looked
-    return None, looked

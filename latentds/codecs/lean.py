@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["decoder_forward", "encoder_forward", "supports_lean"]
+
 Box = list  # a one-element list holding the only reference to an activation
 
 

@@ -1,15 +1,19 @@
-"""One registry for every codec: built-in ones register themselves when
-``latentds.codecs`` is imported, users add their own with :func:`register_codec`."""
+"""One registry for every codec: name -> factory. Built-in codecs are registered by
+``latentds.codecs`` on import (factories only: nothing is built or loaded until
+``create_codec`` is called, :mod:`latentds.codecs.factory`); users add their own with
+:func:`register_codec`.
+
+This module imports no codec implementation, so every codec module can import it
+without an import circle."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from latentds.codecs.base import Codec
 from latentds.errors import CodecError
+
+__all__ = ["get_factory", "list_codecs", "register_codec"]
 
 _REGISTRY: dict[str, Callable[..., Codec]] = {}
 
@@ -34,32 +38,6 @@ def list_codecs() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _looks_like_path(name_or_path: str) -> bool:
-    return (
-        name_or_path.endswith(".safetensors")
-        or os.sep in name_or_path
-        or "/" in name_or_path
-        or Path(name_or_path).is_file()
-    )
-
-
-def create_codec(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Codec:
-    """Build a codec from a registered name, or from a ``.safetensors`` file written by
-    :func:`latentds.codecs.save_kl_codec` (its embedded name and config are used)."""
-    if isinstance(name_or_path, os.PathLike):
-        name_or_path = os.fspath(name_or_path)
-    if not isinstance(name_or_path, str):
-        raise CodecError(f"create_codec expects a codec name or a path, got {type(name_or_path).__name__}")
-    factory = _REGISTRY.get(name_or_path)
-    if factory is not None:
-        return factory(**kwargs)
-    if _looks_like_path(name_or_path):
-        # Imported here so that registry stays importable without diffusers.
-        from latentds.codecs.kl import load_exported_kl_codec
-
-        return load_exported_kl_codec(name_or_path, **kwargs)
-    known = ", ".join(list_codecs())
-    raise CodecError(
-        f"unknown codec {name_or_path!r}. Known codecs: {known}. "
-        "Or pass the path of a .safetensors file written by save_kl_codec."
-    )
+def get_factory(name: str) -> Callable[..., Codec] | None:
+    """The factory registered under ``name``, or None."""
+    return _REGISTRY.get(name)

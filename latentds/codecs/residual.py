@@ -218,5 +218,5 @@ def choose_alpha(
 
 
 def residual_metadata(alpha: float) -> Mapping[str, str]:
-    """Export-file metadata that marks a residual model (read back by kl._parse_export)."""
+    """Export-file metadata that marks a residual model (read back by codec_file.parse_codec_file)."""
     return {"latentds_arch_kind": RESIDUAL_S2D, "latentds_residual_alpha": repr(float(alpha))}

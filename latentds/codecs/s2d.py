@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from latentds.codecs.base import Codec, check_image_batch, check_latent_batch, compute_fingerprint, pad_to_multiple
 from latentds.codecs.bicubic import bicubic_down, bicubic_up
+from latentds.codecs.registry import register_codec
 from latentds.errors import CodecError
 
 __all__ = ["S2D_FACTORS", "S2DCodec", "register_s2d_codecs", "s2d_channels", "s2d_decode", "s2d_encode"]
@@ -119,8 +120,6 @@ def _factory(f: int, c: int, **kwargs: object) -> S2DCodec:
 
 
 def register_s2d_codecs() -> None:
-    from latentds.codecs.registry import register_codec
-
     for f in S2D_FACTORS:
         for c in s2d_channels(f):
             register_codec(f"s2d-f{f}c{c}", partial(_factory, f, c))

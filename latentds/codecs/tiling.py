@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+__all__ = ["blend_tiles", "tile_starts"]
+
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     """Start offsets covering [0, size): regular steps, the last tile flush with the end

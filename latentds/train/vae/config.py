@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "arch_kind": "plain",      # plain (paper / ldm AutoencoderKL) | residual-s2d (s2d baseline + learned correction)
         "latent_channels": 4,      # C
         "base_channels": 128,      # ldm ``ch``; channels per level = base_channels * ch_mult
-        "ch_mult": None,           # default: latentds.codecs.kl.CH_MULT[f] (ldm kl-f4/f8/f16)
+        "ch_mult": None,           # default: latentds.codecs.build.CH_MULT[f] (ldm kl-f4/f8/f16)
         "layers_per_block": 2,
         "norm_num_groups": 32,
         "attn_levels": [],         # levels with self-attention (ldm attn_resolutions); mid-block attn always on

@@ -49,7 +49,8 @@ def install(
     measure is refused (issue 13: a shipped codec is never worse than s2d) unless
     ``allow_worse``; codecs not in ``only`` keep whatever is installed now."""
     from latentds.codecs import create_codec
-    from latentds.codecs.kl import PACKAGED_WEIGHTS_DIR, ResidualKLCodec
+    from latentds.codecs.kl import ResidualKLCodec
+    from latentds.codecs.weights import PACKAGED_WEIGHTS_DIR
 
     src = Path(src)
     dest = Path(dest) if dest else PACKAGED_WEIGHTS_DIR

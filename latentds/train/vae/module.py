@@ -32,7 +32,7 @@ log = logging.getLogger("latentds.train.vae")
 
 def arch_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """diffusers ``AutoencoderKL`` config (1 channel) from the ``model`` section."""
-    from latentds.codecs.kl import CH_MULT, ldm_config
+    from latentds.codecs.build import CH_MULT, ldm_config
 
     f, c = int(model_cfg["f"]), int(model_cfg["latent_channels"])
     cfg = ldm_config(f, c, 1, ch=int(model_cfg["base_channels"]), attn_levels=tuple(model_cfg.get("attn_levels") or ()))
@@ -68,7 +68,7 @@ def build_autoencoder(model_cfg: Mapping[str, Any], init_cfg: Mapping[str, Any] 
     ``model.arch_kind: residual-s2d`` the AutoencoderKL holds the correction networks and
     :func:`wrap_architecture` puts the s2d baseline around it."""
     from latentds.codecs import create_codec
-    from latentds.codecs.kl import build_model, load_model
+    from latentds.codecs.build import build_model, load_model
 
     init_cfg = init_cfg or {}
     kind = model_cfg.get("arch_kind", "plain")

@@ -175,7 +175,8 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out: str | os.PathLike[str],
     else the α that :func:`latentds.codecs.residual.choose_alpha` picks on ``val_images``
     (never worse than s2d on any of them), else 1.0 (no validation data: stated in the log)."""
     from latentds.codecs import save_kl_codec
-    from latentds.codecs.kl import ResidualKLCodec, load_model
+    from latentds.codecs.build import load_model
+    from latentds.codecs.kl import ResidualKLCodec
     from latentds.codecs.residual import choose_alpha
 
     state = torch.load(str(ckpt), map_location="cpu", weights_only=True)

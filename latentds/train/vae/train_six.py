@@ -47,10 +47,15 @@ def _import_codecs():
         pkg = types.ModuleType("latentds")
         pkg.__path__ = [str(ROOT / "latentds")]  # type: ignore[attr-defined]
         sys.modules["latentds"] = pkg
-    import latentds.codecs.kl as kl
+    import latentds.codecs.build as build
+    import latentds.codecs.codec_file as codec_file
     import latentds.codecs.residual as residual
     import latentds.codecs.s2d as s2d
 
+    # One handle for the KL helpers this script uses (model building and the codec file).
+    kl = types.SimpleNamespace(
+        ldm_config=build.ldm_config, build_model=build.build_model, save_kl_codec=codec_file.save_kl_codec
+    )
     return kl, residual, s2d
 
 
