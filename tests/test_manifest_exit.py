@@ -2,13 +2,13 @@
 
 ``pq.read_table(io.BytesIO(raw))`` leaves clean-up work on Arrow's I/O threads that takes the
 GIL after the call returns; a process exiting right then dies with SIGABRT ("terminate called
-without an active exception", apache/arrow#33975, #34314). ``latentds.manifest`` therefore reads
+without an active exception", apache/arrow#33975, #34314). ``latentds.store.manifest`` therefore reads
 through ``pa.BufferReader`` with ``use_threads=False``.
 
 Honest scope: the abort is a race. With the old ``io.BytesIO`` reads this exact child (load,
 then the full table and a lazy column, then exit) aborted 4 of 60 times on the 2-core dev box,
 and 0 of 60 with the fix; so 30 children catch a regression only most of the time (~85 %),
-never falsely fail a correct build. The children import ``latentds.manifest`` without running
+never falsely fail a correct build. The children import ``latentds.store.manifest`` without running
 ``latentds/__init__`` (which imports torch and the codecs, ~3 s per process) so the test stays
 near 10 s.
 """

@@ -244,6 +244,10 @@ class Manifest:
             self._inv = inv
         return bytes(self._keys[int(self._inv[row])])
 
+    def shard_ids(self) -> np.ndarray:
+        """Per row, the index of its shard in :attr:`shards` (int32; no read plan needed)."""
+        return self._cols["shard"]
+
     def key_matrix(self, rows: np.ndarray) -> np.ndarray:
         """The keys of ``rows`` as an ``(n, 40)`` uint8 matrix (from the in-memory key index),
         for checking many tar member names at once (batched reads)."""
