@@ -5,7 +5,7 @@
   input alone.
 * One Dask task per partition reads + preprocesses its files on prefetch threads (I/O overlaps
   the encoder), encodes in batches bucketed by image shape on the worker's device, writes ONE
-  content-addressed shard (``latentds.shards.build_shard``, temp + rename / single PUT) plus its
+  content-addressed shard (``latentds.store.shards.build_shard``, temp + rename / single PUT) plus its
   index, and returns the index rows. The task writes nothing a reader trusts: a killed or
   repeated task has no visible effect (the same partition always gives the same bytes).
 * The **client** commits manifest generations incrementally (``ShardedStore.commit_rows``), then
@@ -22,11 +22,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,64 +32,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import Entry, LatentCache, _array_digest, canonical_json, namespace_id
-from .dataset import Failure
-from .errors import LatentdsError
-from .sources import SourceItem, SourceList, list_sources, redact_reason, redact_text
-from .storage import Location, call, write_atomic
+from .preprocess import Preprocess
+from .sample.encode import Failure, ShapeBatches, adopted_entry, make_entry
+from .sample.image import Pipeline
+from .sample.reuse import cached_copies, take_copy
+from .sample.source import read_bytes
+from .sample.views import apply_view, view_key, view_of
+from .sample.worker import CODEC_LOCK, get_codec, restore_malloc_thresholds
+from .failures import FailureBook
+from .identity import Identities, IdentityKey, stored_reason
+from .identity import resolve as resolve_identity
+from .isolate import WORKER_DIED, WORKER_DIED_TYPE, Splits, is_worker_death
+from .sources import SourceItem, SourceList, list_sources
+from .store.entries import Entry, LatentCache, canonical_json, namespace_id
+from .store.fsio import Location, call, write_atomic
+
+__all__ = ["BulkReport", "DEFAULT_PARTITION", "Spec", "encode", "encode_partition", "format_report", "get_codec",
+           "list_temps", "partition_id", "preprocessing_spec", "read_failures", "remove_temp_leftovers",
+           "restore_malloc_thresholds"]
 
 DEFAULT_PARTITION = 1024
-
-_CODECS: dict[str, Any] = {}
-_CODEC_LOCK = threading.Lock()
-_MALLOC_RESTORED = False
-
-# glibc's steady state under its dynamic mmap threshold (see restore_malloc_thresholds)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * 8  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 32 MiB
-
-
-def restore_malloc_thresholds() -> bool:
-    """Undo, in this worker process, the slowdown Dask's nanny gives CPU encoders.
-
-    The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``
-    (``distributed.nanny.pre-spawn-environ``). Setting any malloc threshold switches off glibc's
-    *dynamic* mmap threshold, so every buffer over 128 KiB (each activation of the encoder) is
-    mmap'ed and unmapped again and its pages fault in afresh on every batch: the forward ran
-    1.2-1.6x slower in a worker than in a plain process (benchmarks/RESULTS.md). Here the
-    thresholds are set to the values glibc's dynamic rule settles at (mmap 32 MiB, trim twice
-    that), once per process, only where the variable is set (glibc on Linux). Latents are
-    unchanged: this moves where memory comes from, not what is computed.
-    """
-    global _MALLOC_RESTORED
-    if _MALLOC_RESTORED or not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return False
-    _MALLOC_RESTORED = True
-    if os.environ.get("LATENTDS_KEEP_MALLOC_THRESHOLDS"):  # opt out: keep the worker's settings
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX) == 1 and ok
-        return ok
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to undo
-        return False
-
-
-def get_codec(name: str, device: str, kwargs: dict[str, Any]) -> Any:
-    """The codec for this process, created once (per name, device and kwargs)."""
-    from .codecs import create_codec
-
-    k = canonical_json({"name": name, "device": device, "kwargs": kwargs})
-    with _CODEC_LOCK:
-        c = _CODECS.get(k)
-        if c is None:
-            c = _CODECS[k] = create_codec(name, device=device, **kwargs)
-            _CODECS[k + "#loads"] = _CODECS.get(k + "#loads", 0) + 1
-    return c
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -111,16 +71,22 @@ class Spec:
     batch_size: int
     prefetch: int
     torch_threads: int | None
-    crash_marker: str | None = None  # tests: os._exit() in the first task that finds no marker
+    identity_key: IdentityKey | None = None  # keyed identities in entries (never stored; repr hides it)
+    views: int = 1  # augmented views per image (latentds.sample.views); 1: none
 
     def cache(self) -> LatentCache:
         return LatentCache(self.cache_url, self.namespace, storage_options=self.cache_options)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The per-sample pipeline, as ``LatentDataset`` builds it from the same arguments."""
+        return Pipeline(Preprocess(crop_roi=self.crop_roi, size=self.size), self.image_size, self.fit)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         # the spec travels to Dask (dashboard, logs, tracebacks): never show the credentials
         from dataclasses import fields
 
-        from .storage import redact_options
+        from .store.fsio import redact_options
 
         parts = ", ".join(f"{f.name}={redact_options(getattr(self, f.name))!r}" if f.name.endswith("_options")
                           else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -149,12 +115,8 @@ class BulkReport:
 
 def preprocessing_spec(crop_roi: bool, size: int | None, image_size: tuple[int, int] | None,
                        fit: str) -> dict[str, Any]:
-    """Exactly ``LatentDataset._preprocessing_spec`` (no custom loader): same namespace."""
-    from .preprocess import Preprocess
-
-    return {"preprocess": Preprocess(crop_roi=crop_roi, size=size).to_dict(),
-            "image_size": tuple(image_size) if image_size is not None else None,
-            "fit": fit if image_size else None}
+    """The namespace's preprocessing part (:meth:`latentds.sample.Pipeline.spec`, no custom loader)."""
+    return Pipeline(Preprocess(crop_roi=crop_roi, size=size), image_size, fit).spec()  # type: ignore[arg-type]
 
 
 def partition_id(namespace: str, keys: Sequence[str]) -> str:
@@ -163,198 +125,95 @@ def partition_id(namespace: str, keys: Sequence[str]) -> str:
 
 # -- the task ---------------------------------------------------------------------------------
 
-def _read(spec: Spec, item: SourceItem) -> tuple[bytes, str]:
-    from . import discovery
-
-    if discovery.is_remote(item.url):
-        loc = Location(item.url, spec.source_options)
-        fs = loc.fs
-        path = fs._strip_protocol(item.url)
-        data = call(lambda: fs.cat_file(path), path, storage_options=spec.source_options)  # one GET
-    else:
-        from .sources import read_local
-
-        data = read_local(discovery._local(item.url))  # a FIFO/device is this file's error, not a hang
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def _load(spec: Spec, item: SourceItem, data: bytes | None = None, digest: str | None = None
-          ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read + preprocess one file (LatentDataset.load_source, minus the dataset)."""
-    from .dataset import fit_image
-    from .preprocess import Preprocess
-
-    if data is None or digest is None:
-        data, digest = _read(spec, item)
-    img = Preprocess(crop_roi=spec.crop_roi, size=spec.size)(io.BytesIO(data), name=item.url)
-    content_shape = list(img.shape)
-    img = fit_image(img, spec.image_size, spec.fit)  # type: ignore[arg-type]
-    return img, {"content_sha256": digest, "content_shape": content_shape, "image_shape": list(img.shape),
-                 "relpath_hash": item.relpath_hash}
-
-
-def _adopt(spec: Spec, where: tuple, digest: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]] | None:
-    """The committed latent of a cache written before the source root entered the key, if it was
-    made from these very bytes (its content sha256 is the source's); see LatentDataset._adopt_legacy."""
-    from .shards import decode_sample
-
-    shard_path, off, length, mlen, soff, sha, content_sha, meta_off, meta_len = where
-    if content_sha != digest:
-        return None
-    loc = spec.cache().location
-    fs, so = loc.fs, loc.storage_options
-    try:
-        buf = call(lambda: fs.cat_file(shard_path, start=off, end=off + length), shard_path, storage_options=so)
-        raw = call(lambda: fs.cat_file(shard_path, start=meta_off, end=meta_off + meta_len), shard_path,
-                   storage_options=so)
-        mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=shard_path)
-        meta = json.loads(raw)
-    except (OSError, ValueError, LatentdsError):
-        return None  # an unreadable old copy is no reason not to encode afresh
-    return np.array(mean), (np.array(std) if std is not None else None), meta
+def _load(spec: Spec, item: SourceItem, data: bytes, digest: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Preprocess one file's bytes (:meth:`latentds.sample.Pipeline.prepare`, as LatentDataset)."""
+    root_id = str(dict(item.identity).get("root", ""))
+    return spec.pipeline.prepare(data, digest, item.url, item.rel, Identities(spec.identity_key), root_id)
 
 
 def encode_partition(spec: Spec, pid: str, items: list[SourceItem], adopt: dict[int, tuple] | None = None
                      ) -> dict[str, Any]:
     """One Dask task: read, encode, write one shard + index; return its rows (nothing committed).
 
-    ``adopt``: item index -> where its pre-issue-11 (legacy key) copy is committed; taken instead of
-    encoding when the stored content hash equals the file's."""
+    ``adopt``: item index -> where a copy of its latent already is (see :func:`_adopt`): taken
+    instead of encoding (:func:`latentds.sample.reuse.take_copy`), so the shard holds the same
+    bytes as if it had been encoded now."""
     import torch
 
-    from .shards import build_shard, index_document, shard_name
-    from .store import channel_sums
+    from .store import open_store
+    from .store.shards import write_shard
 
-    if spec.crash_marker and not os.path.exists(spec.crash_marker):
-        with open(spec.crash_marker, "w") as fh:
-            fh.write(str(os.getpid()))
-        os._exit(1)  # the worker process dies mid-task (tests)
-    delay = float(os.environ.get("LATENTDS_TEST_TASK_DELAY") or 0)  # tests: widen the kill window
-    if delay:
-        time.sleep(delay)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
-    with _CODEC_LOCK:
+    with CODEC_LOCK:
         restore_malloc_thresholds()
     codec = get_codec(spec.codec, spec.device, spec.codec_kwargs)
     t0 = time.perf_counter()
-    failures: list[tuple[int, str, str]] = []
+    failures: list[tuple[int, str, str, str]] = []
     entries: list[tuple[str, Entry]] = []
-    pending: dict[tuple[int, ...], list[tuple[int, np.ndarray, dict[str, Any]]]] = {}
-    encode_s = 0.0
+    batches: ShapeBatches[tuple[int, int]] = ShapeBatches(codec, spec.batch_size)
+    metas: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def flush(shape: tuple[int, ...]) -> None:
-        nonlocal encode_s
-        group = pending.pop(shape, [])
-        if not group:
-            return
-        t = time.perf_counter()
-        x = torch.from_numpy(np.stack([g[1] for g in group]))[:, None].to(codec.device)
-        with torch.inference_mode():
-            mean, std = codec.encode_dist(x)
-        mean = mean.detach().to("cpu", torch.float32).contiguous().numpy()
-        std = std.detach().to("cpu", torch.float32).contiguous().numpy()
-        encode_s += time.perf_counter() - t
-        for j, (i, _, meta) in enumerate(group):
-            m = np.ascontiguousarray(mean[j])
-            s: np.ndarray | None = np.ascontiguousarray(std[j])
-            if not s.any():  # deterministic codec: no spread worth storing (as LatentDataset._store)
-                s = None
-            item = items[i]
-            full = {"key": item.key, "target": int(item.target), **meta}
-            full = dict(full, sha256=_array_digest(m, s), shape=list(m.shape), dtype=str(m.dtype))
-            entries.append((item.key, Entry(m, s, full)))
+    def add(done: Any) -> None:
+        for (i, v), m, s in done:
+            it = items[i]
+            k = view_key(it.key, v)
+            entries.append((k, make_entry(k, it.target, m, s, metas.pop((i, v)))))
 
-    def load(i: int) -> tuple[int, Any, Any]:
+    def load(i: int) -> tuple[int, Any, Any, Any]:
+        # -> (i, a copy of view 0 already in the cache, (image, meta) to encode, error)
         try:
-            data, digest = _read(spec, items[i])
-            if adopt and i in adopt:
-                old = _adopt(spec, adopt[i], digest)
-                if old is not None:
-                    return i, old, None
-            return i, _load(spec, items[i], data, digest), None
+            where = adopt.get(i) if adopt else None
+            old = None
+            if where is not None and (len(where) == 1 or where[6] is None):  # under its own key: no read
+                old = take_copy(spec.cache(), items[i].key, where, None)
+            if old is not None and spec.views == 1:
+                return i, old, None, None
+            data, digest = read_bytes(items[i].url, spec.source_options)
+            if where is not None and old is None:
+                old = take_copy(spec.cache(), items[i].key, where, digest, spec.identity_key)
+            if old is not None and spec.views == 1:
+                return i, old, None, None
+            return i, old, _load(spec, items[i], data, digest), None
         except Exception as exc:  # any error of one file is that file's failure
-            return i, None, exc
+            return i, None, None, exc
 
     with ThreadPoolExecutor(max(1, spec.prefetch)) as ex:
-        for i, res, exc in ex.map(load, range(len(items))):
+        for i, old, res, exc in ex.map(load, range(len(items))):
+            it = items[i]
             if exc is not None:
                 # what the user sees (real path) and what the cache stores (redacted from the exception)
-                failures.append((i, type(exc).__name__, str(exc), redact_reason(exc, items[i].url, items[i].rel)))
+                failures.append((i, type(exc).__name__, str(exc), stored_reason(exc, it.url, it.rel)))
                 continue
-            if len(res) == 3:  # adopted from an old cache: no encoding
-                m, s, meta = res
-                item = items[i]
-                meta = {k: v for k, v in meta.items() if k not in ("sha256", "shape", "dtype", "shard")}
-                full = dict(meta, key=item.key, target=int(item.target), sha256=_array_digest(m, s),
-                            shape=list(m.shape), dtype=str(m.dtype))
-                entries.append((item.key, Entry(m, s, full)))
+            if old is not None:  # view 0 already in the cache: no encoding
+                entries.append((it.key, adopted_entry(it.key, it.target, *old)))
+            if res is None:
                 continue
             img, meta = res
-            pending.setdefault(img.shape, []).append((i, img, meta))
-            if len(pending[img.shape]) >= spec.batch_size:
-                flush(img.shape)
-    for shape in sorted(pending):
-        flush(shape)
+            for v in range(1 if old is not None else 0, spec.views):
+                view = view_of(it.key, v, int(codec.f), img.shape[0] == img.shape[1])
+                metas[(i, v)] = {**meta, **view.as_meta()} if v else meta
+                add(batches.add(apply_view(img, view), (i, v)))
+    add(batches.drain())
 
     out: dict[str, Any] = {"pid": pid, "shard": None, "rows": [], "stats": None, "failures": failures,
-                           "n": len(items), "encode_s": encode_s, "task_s": 0.0, "pid_os": os.getpid()}
+                           "n": len(items), "encode_s": batches.encode_seconds, "task_s": 0.0,
+                           "pid_os": os.getpid()}
     if entries:
         entries.sort(key=lambda e: e[0])  # as compaction: samples in key order
-        data, rows = build_shard(entries)
-        name = shard_name(data)
-        stats = channel_sums([e.mean for _, e in entries])
-        cache = spec.cache()
-        loc = cache.location
-        fs, so = loc.fs, loc.storage_options
-        path = loc.join("shards", name)
-        # Content-addressed: a shard of this name already there (a killed run's, a re-run task's) holds
-        # these very bytes. It is written again anyway (atomically; readers see the same bytes): no
-        # exists() round trip on the normal path, and an old uncommitted shard gets a fresh age, so
-        # `latentds gc` (grace period) does not remove it between this task and the client's commit.
-        call(lambda: write_atomic(fs, path, data), path, storage_options=so)
-        idx = loc.join("shards", name[: -len(".tar")] + ".index.json")
-        doc = index_document(name, data, rows, stats)
-        call(lambda: write_atomic(fs, idx, doc), idx, storage_options=so)
-        out.update(shard=name, rows=rows, stats=stats)
+        w = write_shard(open_store(spec.cache_url, spec.namespace, spec.cache_options), entries)
+        out.update(shard=w.name, rows=w.rows, stats=w.stats)
     out["task_s"] = time.perf_counter() - t0
     return out
 
 
 # -- the client -------------------------------------------------------------------------------
 
-def _legacy_copies(store: Any, todo: list[tuple[str, list[SourceItem]]]) -> dict[str, dict[int, tuple]]:
-    """Per partition: items not committed under their key whose pre-issue-11 key (no source root)
-    is, with where that copy lives, so the task can take it instead of encoding (after checking
-    the content hash). An old cache is thus re-keyed by a bulk re-run without encoding again."""
-    if not todo:
-        return {}
-    try:
-        m = store.refresh()
-    except LatentdsError:
-        return {}  # a broken manifest is reported by the commit; no shortcut then
-    if m is None:
-        return {}
-    out: dict[str, dict[int, tuple]] = {}
-    content = meta_off = meta_len = None
-    for pid, chunk in todo:
-        for i, it in enumerate(chunk):
-            if m.find(it.key) >= 0:
-                continue
-            r = m.find(it.legacy_key)
-            if r < 0:
-                continue
-            if content is None:
-                content = m.column("content_sha256")
-                meta_off, meta_len = m.column("meta_offset"), m.column("meta_length")
-            shard, off, length, mlen, soff, sha, _ = m.locate(r)
-            out.setdefault(pid, {})[i] = (store.shard_path(shard), off, length, mlen, soff, sha,
-                                          str(content[r].as_py()), int(meta_off[r].as_py()), int(meta_len[r].as_py()))
-    return out
-
-
-def _redact(msg: str, item: SourceItem) -> str:
-    return redact_text(msg, item.url, item.rel)
+def _write_record(loc: Location, pid: str, fields: dict[str, Any]) -> None:
+    """``bulk/<pid>.json``: the partition is committed (a re-run skips it)."""
+    body = canonical_json(fields).encode()
+    p = loc.join("bulk", f"{pid}.json")
+    call(lambda: write_atomic(loc.fs, p, body), p, storage_options=loc.storage_options)
 
 
 def _list_json_names(loc: Location, sub: str) -> set[str]:
@@ -369,11 +228,12 @@ def _list_json_names(loc: Location, sub: str) -> set[str]:
             if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".tmp-")}
 
 
-def read_failures(loc: Location) -> dict[str, dict[str, Any]]:
+def read_failures(loc: Location, sub: str = "failures") -> dict[str, dict[str, Any]]:
+    """The failure records (or, ``sub="bulk"``, the partition records) by name."""
     out = {}
     fs = loc.fs
-    for h in sorted(_list_json_names(loc, "failures")):
-        p = loc.join("failures", f"{h}.json")
+    for h in sorted(_list_json_names(loc, sub)):
+        p = loc.join(sub, f"{h}.json")
         try:
             out[h] = json.loads(fs.cat_file(p))
         except (FileNotFoundError, ValueError):
@@ -430,15 +290,15 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
            crop_roi: bool = True, size: int | None = None, image_size: tuple[int, int] | None = None,
            fit: str = "pad", extensions: Sequence[str] | None = None, split: str | None = None,
            retry_failed: bool = False, progress: bool = True, max_in_flight: int | None = None,
-           temp_grace_s: float = 3600.0, source_id: str | None = None,
-           _crash_marker: str | None = None) -> BulkReport:
+           temp_grace_s: float = 3600.0, source_id: str | None = None, views: int = 1) -> BulkReport:
     """Encode every sample of ``source`` into ``cache`` on Dask; resumable, idempotent.
 
     ``client``: a ``distributed.Client``; else ``scheduler`` (an address) is connected to; else a
     ``LocalCluster(n_workers, threads_per_worker, processes=True)`` is started and closed.
     ``shard_samples`` files make one partition = one task = one shard. ``retry_failed`` encodes
-    only the files recorded as failed. ``source_id``: the tree's identity in every sample key, as
-    ``LatentDataset(source_id=...)`` (default: the resolved root path or URL). Returns a :class:`BulkReport`; ``report.failures`` lists
+    only the files recorded as failed (and any not committed yet). ``source_id``: the tree's identity in every sample key, as
+    ``LatentDataset(source_id=...)`` (default: the resolved root path or URL). ``views``: cache
+    that many augmented views of each image (:mod:`latentds.sample.views`), as ``LatentDataset(views=K)``. Returns a :class:`BulkReport`; ``report.failures`` lists
     every failure still outstanding for this source (real paths; the cache holds only hashes).
     """
     from dask.distributed import Client, LocalCluster, as_completed
@@ -450,6 +310,10 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
     t_start = time.perf_counter()
     so = dict(storage_options or {})
     cso = dict(cache_storage_options) if cache_storage_options is not None else so
+    # the identity key (latentds.identity) is never stored, nor handed to fsspec with the options
+    src_key, so = resolve_identity(so)
+    cache_key, cso = resolve_identity(cso)
+    ids = Identities(cache_key or src_key)
     ckw = dict(codec_kwargs or {})
     # the namespace needs the codec fingerprint (weights hash): made once here, on the client
     c = create_codec(codec, device="cpu", **ckw)
@@ -464,7 +328,7 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
     temps_at_start = list_temps(loc)
     spec = Spec(codec, ckw, device, os.fspath(cache), cso, so, ns, crop_roi, size,
                 tuple(image_size) if image_size is not None else None, fit, batch_size, prefetch, torch_threads,
-                _crash_marker)
+                ids.key, views)
 
     srcs: SourceList = list_sources(source, storage_options=so, extensions=extensions, split=split,
                                     source_id=source_id)
@@ -479,23 +343,25 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
     # written after listing so the class names (the meaning of each target) go with it
     lcache.write_info(dict(info, classes=list(srcs.classes)))
     report = BulkReport(total=len(items), namespace=ns)
-    by_hash = {it.relpath_hash: it for it in items}
-    known_failures = read_failures(loc)
+    book = FailureBook(store, ids, items, read_failures(loc))  # keyed names: no path hash in the cache
     done_parts = _list_json_names(loc, "bulk")
 
     if retry_failed:
-        todo_items = [it for it in items if it.relpath_hash in known_failures]
+        # the files recorded as failed, and any not committed: without an identity key a record is
+        # named by the file's key, so a file fixed since (new size/mtime) is found this way
+        m = store.refresh()
+        todo_items = [it for it in items if book.failed(it) or m is None or m.find(it.key) < 0]
     else:
         todo_items = items
     parts: list[tuple[str, list[SourceItem]]] = []
     for s in range(0, len(todo_items), max(1, shard_samples)):
         chunk = todo_items[s:s + shard_samples]
-        keys = [it.key for it in chunk]
+        keys = [view_key(it.key, v) for it in chunk for v in range(views)]  # views=1: the items' keys
         pid = partition_id(ns, keys) if not retry_failed else partition_id(ns + "/retry", keys)
         parts.append((pid, chunk))
     report.partitions = len(parts)
     todo = [(pid, chunk) for pid, chunk in parts if retry_failed or pid not in done_parts]
-    adopt = _legacy_copies(store, todo)
+    adopt = cached_copies(store, todo)
     report.skipped_partitions = len(parts) - len(todo)
 
     own_cluster = own_client = None
@@ -515,6 +381,7 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
         bar = tqdm(total=nfiles, desc="encoding", unit="img", disable=not progress, smoothing=0.1)
         new_failures = 0
         part_items = dict(todo)
+        splits = Splits(ns)  # partitions whose worker died, run again in pieces (latentds.isolate)
         if todo:
             limit = max_in_flight or max(4, 2 * sum(
                 w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()))
@@ -539,42 +406,52 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
                 report.generation = store.commit_rows(rows, stats)
                 for r in results:
                     chunk = part_items[r["pid"]]
-                    failed = {f[0]: (f[1], f[2], f[3] if len(f) > 3 else _redact(f[2], chunk[f[0]]))
+                    failed = {f[0]: (f[1], f[2], f[3])
                               for f in r["failures"]}
                     for i, (etype, msg, stored) in sorted(failed.items()):
-                        it = chunk[i]
-                        store.record_failure(it.relpath_hash, etype, stored)
-                        known_failures[it.relpath_hash] = {"error_type": etype, "reason": msg}
+                        book.record(chunk[i], etype, stored, msg)
                         new_failures += 1
                     for i, it in enumerate(chunk):  # encoded now: a stale failure record goes
-                        if i not in failed and it.relpath_hash in known_failures:
-                            p = loc.join("failures", f"{it.relpath_hash}.json")
-                            try:
-                                loc.fs.rm(p)
-                            except FileNotFoundError:
-                                pass
-                            known_failures.pop(it.relpath_hash, None)
-                    if not retry_failed:
-                        # the keys it committed: `latentds gc` / `verify` can tell a sound record
-                        # (needed to skip the partition on a re-run) from one that stands for nothing
-                        body = canonical_json({"partition": r["pid"], "shard": r["shard"], "samples": r["n"],
-                                               "failed": sorted(chunk[i].relpath_hash for i in failed),
-                                               "keys": sorted(it.key for i, it in enumerate(chunk)
-                                                              if i not in failed)}).encode()
-                        p = loc.join("bulk", f"{r['pid']}.json")
-                        call(lambda: write_atomic(loc.fs, p, body), p, storage_options=loc.storage_options)
+                        if i not in failed:
+                            book.clear(it)
+                    # the keys it committed: `latentds gc` / `verify` can tell a sound record
+                    # (needed to skip the partition on a re-run) from one that stands for nothing.
+                    # A piece of a split partition adds to its partition's record, written when all are in.
+                    done = splits.finished(r["pid"], shard=r["shard"], samples=r["n"],
+                                           failed=[book.name(chunk[i]) for i in failed],
+                                           keys=[it.key for i, it in enumerate(chunk) if i not in failed])
+                    if done is not None and not retry_failed:
+                        _write_record(loc, *done)
                     report.encoded += r["n"] - len(failed)
                     report.task_seconds += float(r.get("task_s") or 0.0)
                     report.encode_seconds += float(r.get("encode_s") or 0.0)
-                    report.committed_partitions += 1
+                    report.committed_partitions += done is not None
                     bar.update(r["n"])
                 for key, exc in errors:
                     pid = str(key)[len("lds-"):]
-                    for it in part_items.get(pid, []):
-                        store.record_failure(it.relpath_hash, type(exc).__name__, _redact(str(exc), it))
-                        known_failures[it.relpath_hash] = {"error_type": type(exc).__name__, "reason": str(exc)}
+                    chunk = part_items.get(pid, [])
+                    death = is_worker_death(exc)
+                    if death and len(chunk) > 1:  # one of its files kills the worker: find it, keep the rest
+                        pieces = splits.split(pid, chunk, [it.key for it in chunk])
+                        queue[:0] = pieces
+                        part_items.update(pieces)
+                        continue
+                    again = splits.again(pid, chunk, [it.key for it in chunk]) if death else None
+                    if again is not None:  # died alone once: run it alone again before naming it
+                        queue.insert(0, again)
+                        part_items[again[0]] = again[1]
+                        continue
+                    for it in chunk:
+                        etype, msg = (WORKER_DIED_TYPE, WORKER_DIED) if death else (type(exc).__name__, str(exc))
+                        book.record(it, etype, WORKER_DIED if death else stored_reason(exc, it.url, it.rel), msg)
                         new_failures += 1
-                    bar.update(len(part_items.get(pid, [])))
+                    # the culprit alone: a finished piece (its partition's record names it as failed)
+                    done = splits.finished(pid, shard=None, samples=len(chunk), keys=[], broken=not death,
+                                           failed=[book.name(it) for it in chunk])
+                    if done is not None and not retry_failed:
+                        _write_record(loc, *done)
+                    report.committed_partitions += done is not None and death
+                    bar.update(len(chunk))
                 bar.set_postfix(failures=new_failures, refresh=False)
                 while queue and ac.count() < limit:
                     pid, chunk = queue.pop(0)
@@ -587,15 +464,15 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
         if own_cluster is not None:
             own_cluster.close()
     remove_temp_leftovers(loc, temp_grace_s, temps_at_start)
+    if book.unmatched:  # records of this tree's files that changed since they failed (FailureBook.sweep)
+        book.sweep(read_failures(loc, "bulk").values(), {it.key for it in items})
     if report.generation is None:  # nothing committed now: name the committed generation
         # from the pointer alone. Loading the manifest here, right before a CLI client exits, was
         # the widest window for pyarrow's shutdown race (benchmarks/RESULTS.md, bulk: SIGABRT).
         ptr = store.manifests.read_pointer()
         report.generation = str(ptr["generation"]) if ptr else None
-    for h, rec in sorted(known_failures.items(), key=lambda kv: by_hash[kv[0]].rel if kv[0] in by_hash else kv[0]):
-        it = by_hash.get(h)
-        if it is not None:
-            report.failures.append(Failure(it.url, str(rec.get("error_type")), str(rec.get("reason"))))
+    for it, rec in book.outstanding():
+        report.failures.append(Failure(it.url, str(rec.get("error_type")), str(rec.get("reason"))))
     report.seconds = time.perf_counter() - t_start
     return report
 

@@ -8,11 +8,9 @@ later access (any process, any DataLoader worker) reads that object and never th
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,26 +18,21 @@ from torchvision.datasets import DatasetFolder
 from tqdm.auto import tqdm
 
 from . import batch_read, discovery
-from .cache import Entry, LatentCache, namespace_id, sample_key
 from .codecs import Codec, create_codec
-from .errors import CacheError, LatentdsError
+from .errors import CacheError, ConfigError, LatentdsError
 from .preprocess import Preprocess
-from .sources import legacy_key, read_local, redact_reason, root_identity
-from .storage import Location
+from .identity import Identities, content_matches, stored_reason
+from .identity import resolve as resolve_identity
+from .sample.encode import Failure, ShapeBatches, adopted_entry, make_entry
+from .sample.image import Fit, Pipeline, fit_image
+from .sample.source import identity, legacy_key, read_bytes, relative_path, root_identity
+from .sample.views import apply_view, choose_view, view_key, view_of
 from .store import CompactReport, ShardedStore
+from .store.entries import Entry, LatentCache, namespace_id, sample_key
+from .store.fsio import Location
+from .store.plan import ReadPlan
 
 __all__ = ["FillReport", "Failure", "LatentDataset", "fit_image"]
-
-Fit = Literal["pad", "resize"]
-
-
-@dataclass
-class Failure:
-    """A source that could not be encoded: recorded by bulk work, never silently skipped."""
-
-    path: str
-    error_type: str
-    message: str
 
 
 @dataclass
@@ -49,29 +42,21 @@ class FillReport:
     failures: list[Failure] = field(default_factory=list)
 
 
-def fit_image(img: np.ndarray, image_size: tuple[int, int] | None, fit: Fit) -> np.ndarray:
-    """Bring a preprocessed image to a fixed ``(H, W)`` so latents have one shape.
+class _Keys(Sequence[str]):
+    """The dataset's sample keys as the store's read plan sees them: computed on first use
+    (an unread sample costs no ``stat``/``HEAD``)."""
 
-    ``pad`` keeps the aspect ratio: scale to fit inside, then pad bottom/right with 0 (the
-    background is black after MONOCHROME1 inversion). ``resize`` stretches to ``(H, W)``.
-    """
-    if image_size is None:
-        return img
-    th, tw = image_size
-    t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-    if fit == "resize":
-        out = torch.nn.functional.interpolate(t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
-        return out[0, 0].clamp_(0, 1).numpy()
-    if fit != "pad":
-        raise ValueError(f"fit must be 'pad' or 'resize', not {fit!r}")
-    h, w = img.shape
-    scale = min(th / h, tw / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    canvas = torch.zeros((th, tw), dtype=torch.float32)
-    canvas[:nh, :nw] = t[0, 0].clamp(0, 1)
-    return canvas.numpy()
+    def __init__(self, ds: "LatentDataset") -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds.samples)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        return view_key(self.ds.key(i), self.ds.view_index(i))
 
 
 class LatentDataset(DatasetFolder):
@@ -134,14 +119,24 @@ class LatentDataset(DatasetFolder):
         local_cache_bytes: int = 4 << 30,
         source_id: str | None = None,
         max_pixels: int | None = None,
+        views: int = 1,
     ) -> None:
-        self.storage_options = dict(storage_options or {})
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"views must be a positive int (1: no augmented views), not {views!r}")
+        self.views = views
+        self.epoch = 0
+        # the identity key (latentds.identity: keyed content/path ids) is never stored, nor handed to fsspec
+        src_key, self.storage_options = resolve_identity(storage_options)
+        if cache_storage_options is not None:
+            cache_key, cache_storage_options = resolve_identity(cache_storage_options)
+            src_key = cache_key or src_key
+        self.identity_key = src_key
+        self._ids = Identities(src_key)
         self._custom_loader = loader
         self.preprocess = Preprocess(crop_roi=crop_roi, size=size, max_pixels=max_pixels)
-        self.image_size = tuple(image_size) if image_size is not None else None
+        self.pipeline = Pipeline(self.preprocess, image_size, fit, loader)  # checks fit
+        self.image_size = self.pipeline.image_size
         self.fit: Fit = fit
-        if fit not in ("pad", "resize"):
-            raise ValueError(f"fit must be 'pad' or 'resize', not {fit!r}")
         # Like ImageFolder: extensions only when no is_valid_file; both given is DatasetFolder's ValueError.
         if is_valid_file is None:
             exts: tuple[str, ...] | None = tuple(extensions or discovery.DEFAULT_EXTENSIONS)
@@ -161,7 +156,7 @@ class LatentDataset(DatasetFolder):
         self._codec: Codec | None = codec if isinstance(codec, Codec) else None
         self._codec_name = codec.name if isinstance(codec, Codec) else str(codec)
         fingerprint = self.codec.fingerprint
-        preprocessing = self._preprocessing_spec()
+        preprocessing = self.pipeline.spec()
         self._cache = LatentCache(
             os.fspath(cache), namespace_id(fingerprint, preprocessing),
             storage_options=cache_storage_options if cache_storage_options is not None else self.storage_options,
@@ -177,10 +172,10 @@ class LatentDataset(DatasetFolder):
         self.normalize = bool(normalize)
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
         self._key_memo: dict[int, tuple[int, int, str]] = {}
-        # Warm-path read plan: dataset index -> row of the manifest generation ``_rows_of``
-        # (-2: not resolved yet in this process, -1: not committed there).
-        self._rows: np.ndarray | None = None
-        self._rows_of: Any = None
+        self._last_identity: tuple[int, dict[str, Any]] | None = None
+        # The warm path is the store's: which manifest row holds each sample is its read plan's
+        # business (resolved once per process and generation); the dataset keeps no rows.
+        self._plan: ReadPlan = self._sharded.plan(_Keys(self))
 
     # -- ImageFolder discovery, also for fsspec URLs -------------------------------------------
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -204,9 +199,7 @@ class LatentDataset(DatasetFolder):
         state = self.__dict__.copy()
         if not self._codec_given:
             state["_codec"] = None
-        # the store reloads its manifest in the new process, so rows are resolved there again
-        state.update(_rows=None, _rows_of=None)
-        return state
+        return state  # the plan pickles without rows: a new process resolves its own
 
     @property
     def cache(self) -> LatentCache:
@@ -225,24 +218,14 @@ class LatentDataset(DatasetFolder):
         """C of the codec: the input channels of a model trained on these latents (kl-f8c4 -> 4)."""
         return int(self.codec.latent_channels)
 
-    def _preprocessing_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"preprocess": self.preprocess.to_dict(), "image_size": self.image_size,
-                                "fit": self.fit if self.image_size else None}
-        if self._custom_loader is not None:
-            ld = self._custom_loader
-            spec["loader"] = f"{getattr(ld, '__module__', '?')}.{getattr(ld, '__qualname__', repr(ld))}"
-        return spec
+    @property
+    def plan(self) -> ReadPlan:
+        """The store's read plan over this dataset's samples (``store.read(plan, i)``)."""
+        return self._plan
 
     # -- identity ------------------------------------------------------------------------------
     def relative_path(self, index: int) -> str:
-        path = self.samples[index][0]
-        if discovery.is_remote(path):
-            fs = self._source.fs
-            path, root = fs._strip_protocol(path), self._source.path
-        else:
-            path, root = os.path.abspath(discovery._local(path)), os.path.abspath(discovery._local(self.root))
-        rel = os.path.relpath(path, root) if not discovery.is_remote(self.root) else path[len(root):]
-        return rel.replace(os.sep, "/").lstrip("/")
+        return relative_path(self.samples[index][0], self.root, self._source)
 
     @property
     def source_id(self) -> str:
@@ -252,14 +235,16 @@ class LatentDataset(DatasetFolder):
     def source_identity(self, index: int) -> dict[str, Any]:
         """What decides a hit: the tree (``root``), relative path, size, and mtime (local) or
         ETag (object stores)."""
-        path = self.samples[index][0]
-        rel = self.relative_path(index)
-        if not discovery.is_remote(path):
-            st = os.stat(discovery._local(path))
-            return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "root": self._root_id}
-        info = self._source.fs.info(path)
-        tag = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if info.get(k)), None)
-        return {"path": rel, "size": int(info.get("size", 0)), "etag": str(tag), "root": self._root_id}
+        ident = identity(self.samples[index][0], self.relative_path(index), self._root_id, loc=self._source)
+        self._last_identity = (index, ident)
+        return ident
+
+    def _identity_now(self, index: int) -> dict[str, Any]:
+        """The identity computed by this access (a miss: key, then legacy key and encoding, all
+        from one ``stat``/``HEAD``), else a fresh one. Callers reset ``_last_identity`` at the
+        start of an access, so an old identity is never taken for a changed file."""
+        last = self._last_identity
+        return last[1] if last is not None and last[0] == index else self.source_identity(index)
 
     def key(self, index: int) -> str:
         path = self.samples[index][0]
@@ -271,68 +256,75 @@ class LatentDataset(DatasetFolder):
         memo = self._key_memo.get(index)
         if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
             return memo[2]
-        k = sample_key({"path": self.relative_path(index), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                        "root": self._root_id})
+        k = sample_key(self.source_identity(index))
         self._key_memo[index] = (st.st_size, st.st_mtime_ns, k)
         return k
 
-    # -- encoding ------------------------------------------------------------------------------
+    # -- encoding (latentds.sample: the same steps as the Dask bulk task) -----------------------
     def load_source(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Read and preprocess one source image; returns the image and source metadata."""
         data, digest = self._read_source(index)
         return self._prepare(index, data, digest)
 
     def _read_source(self, index: int) -> tuple[bytes, str]:
-        path = self.samples[index][0]
-        if discovery.is_remote(path):
-            # one GET of the whole object; cat_file also avoids buffered-file quirks of some stores
-            data = self._source.fs.cat_file(path)
-        else:
-            data = read_local(discovery._local(path))  # a FIFO/device is this file's error, not a hang
-        return data, hashlib.sha256(data).hexdigest()
+        return read_bytes(self.samples[index][0], loc=self._source)
 
     def _prepare(self, index: int, data: bytes, digest: str) -> tuple[np.ndarray, dict[str, Any]]:
-        path = self.samples[index][0]
-        rel = self.relative_path(index)
-        if self._custom_loader is not None:
-            img = _to_float_image(self._custom_loader(path), path)
-        else:
-            img = self.preprocess(io.BytesIO(data), name=path)
-        content_shape = list(img.shape)
-        img = fit_image(img, self.image_size, self.fit)
-        return img, {"content_sha256": digest, "content_shape": content_shape, "image_shape": list(img.shape),
-                     "relpath_hash": hashlib.sha256(rel.encode()).hexdigest()[:16]}
+        return self.pipeline.prepare(data, digest, self.samples[index][0], self.relative_path(index), self._ids,
+                                     self._root_id)
 
-    def _store(self, index: int, key: str, mean: torch.Tensor, std: torch.Tensor, src_meta: dict[str, Any]) -> Entry:
+    def _put(self, e: Entry) -> Entry:
         if not self._info_written:
             self._cache.write_info(self._cache_info)
             self._info_written = True
-        m = mean.detach().to("cpu", torch.float32).contiguous().numpy()
-        s: np.ndarray | None = std.detach().to("cpu", torch.float32).contiguous().numpy()
-        if not s.any():  # a deterministic codec (bicubic): no posterior spread worth storing
-            s = None
-        meta = {"key": key, "target": int(self.targets[index]), **src_meta}
-        self._cache.put(key, m, s, meta)
-        return Entry(m, s, meta)
+        self._cache.put(e.meta["key"], e.mean, e.std, e.meta)
+        return e
 
-    def _encode_one(self, index: int, key: str) -> Entry:
+    def _put_encoded(self, done: Any) -> list[Entry]:
+        """Store what :class:`ShapeBatches` returned: ``((index, key, source meta), mean, std)``."""
+        return [self._put(make_entry(key, self.targets[idx], m, s, meta)) for (idx, key, meta), m, s in done]
+
+    def _encode_one(self, index: int, key: str, v: int = 0) -> Entry:
         data, digest = self._read_source(index)
-        adopted = self._adopt_legacy(index, key, digest)
-        if adopted is not None:
-            return adopted
+        if v == 0:
+            adopted = self._adopt_legacy(index, key, digest)
+            if adopted is not None:
+                return adopted
         img, src_meta = self._prepare(index, data, digest)
-        x = torch.from_numpy(img)[None, None].to(self.codec.device)
-        mean, std = self.codec.encode_dist(x)
-        return self._store(index, key, mean[0], std[0], src_meta)
+        img, src_meta = self._view(index, img, src_meta, v)
+        (e,) = self._put_encoded(ShapeBatches(self.codec, 1).add(img, (index, key, src_meta)))
+        return e
+
+    # -- augmented views (latentds.sample.views) -----------------------------------------------
+    def view_index(self, index: int) -> int:
+        """The view sample ``index`` serves in the current epoch (0 when ``views=1``)."""
+        return choose_view(index, self.epoch, self.views)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the views of ``epoch`` (with ``views=K``: one of K cached views per sample,
+        chosen deterministically per (sample, epoch)). Call it at the start of every epoch."""
+        self.epoch = int(epoch)
+        if self.views > 1:  # other views, other keys: a fresh read plan
+            self._plan = self._sharded.plan(_Keys(self))
+
+    def _view(self, index: int, img: np.ndarray, meta: dict[str, Any], v: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if v == 0:
+            return img, meta
+        view = view_of(self._base_key(index), v, int(self.codec.f), img.shape[0] == img.shape[1])
+        return apply_view(img, view), {**meta, **view.as_meta()}
+
+    def _base_key(self, index: int) -> str:
+        last = self._last_identity
+        return sample_key(last[1]) if last is not None and last[0] == index else self.key(index)
 
     def _adopt_legacy(self, index: int, key: str, digest: str) -> Entry | None:
         """A miss may be a sample of a cache written before the source root entered the key
-        (see :func:`latentds.sources.legacy_key`). Its old entry is taken, with no encoding, only
-        if it was made from these very bytes (stored content sha256 == the source's): an old
+        (see :func:`latentds.sample.source.legacy_key`). Its old entry is taken, with no encoding,
+        only if it was made from these very bytes (stored content sha256 == the source's): an old
         entry of another tree's file with the same relative path, size and mtime is never served.
         The latent is copied to a staging object under the new key, so the next compaction
         commits it and later reads are ordinary hits."""
-        old = legacy_key({k: v for k, v in self.source_identity(index).items()})
+        old = legacy_key(self._identity_now(index))
         try:
             hit = self._sharded.get(old)
             if hit is None:
@@ -340,22 +332,19 @@ class LatentDataset(DatasetFolder):
             meta = self._sharded.read_meta(old) if "content_sha256" not in hit.meta else hit.meta
         except LatentdsError:
             return None  # an unreadable old entry is no reason not to encode afresh
-        if meta.get("content_sha256") != digest:
+        if content_matches(str(meta.get("content_sha256") or ""), digest, self.identity_key) is not True:
             return None
-        meta = dict(meta, key=key, target=int(self.targets[index]))
-        for k in ("sha256", "shape", "dtype", "shard"):  # recomputed by encode_entry
-            meta.pop(k, None)
-        if not self._info_written:
-            self._cache.write_info(self._cache_info)
-            self._info_written = True
-        self._cache.put(key, hit.mean, hit.std, meta)
-        return Entry(hit.mean, hit.std, meta)
+        return self._put(adopted_entry(key, self.targets[index], hit.mean, hit.std, meta))
 
     def entry(self, index: int) -> Entry:
-        """The cache entry of sample ``index``, encoding it on a miss."""
-        key = self.key(index)
+        """The cache entry of sample ``index`` (its current view), encoding it on a miss."""
+        self._last_identity = None
+        v = self.view_index(index)
+        return self._entry(index, view_key(self.key(index), v), v)
+
+    def _entry(self, index: int, key: str, v: int = 0) -> Entry:
         hit = self._sharded.get(key)
-        return hit if hit is not None else self._encode_one(index, key)
+        return hit if hit is not None else self._encode_one(index, key, v)
 
     def _normalizer(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._norm is None:
@@ -375,25 +364,18 @@ class LatentDataset(DatasetFolder):
 
         Warm path: a sample's identity (key) is resolved against the committed manifest once
         per process and generation, then ``dataset[i]`` is one planned ranged read
-        (:meth:`ShardedStore.read_planned`): no ``stat``/``HEAD`` of the source, no key hashing,
+        (:meth:`ShardedStore.read` of the dataset's :attr:`plan`): no ``stat``/``HEAD`` of the source, no key hashing,
         no lookup. Staleness: a source file changed *after* its sample was resolved in this
         process is noticed when a new generation is loaded or on :meth:`refresh` (or by a new
         dataset), as ImageFolder sees the files of its construction-time scan. Samples not yet
         committed (staging tier, misses) check the source identity on every access."""
-        store = self._sharded
-        m = store.manifest()
-        if m is not None:
-            rows = self._rows
-            if rows is None or self._rows_of is not m:
-                rows = self._rows = np.full(len(self.samples), -2, np.int64)
-                self._rows_of = m
-            row = int(rows[index])
-            if row == -2:
-                row = m.find(self.key(index))
-                rows[index] = row
-            if row >= 0:
-                return store.read_planned(m, row)
-        e = self.entry(index)
+        self._last_identity = None
+        got = self._sharded.read(self._plan, index)  # key computed and looked up once per generation
+        if got is not None:
+            return got
+        # a miss: the key the plan just computed (one stat / HEAD), else a fresh one
+        v = self.view_index(index)
+        e = self._entry(index, view_key(self._base_key(index), v), v)
         return e.mean, e.std
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -420,6 +402,8 @@ class LatentDataset(DatasetFolder):
         """A whole batch, as ``DataLoader`` asks for it: equal to ``[self[i] for i in indices]``,
         read in coalesced ranges per shard with one concurrent request set (see
         :mod:`latentds.batch_read`); a ``transform`` keeps the per-sample path."""
+        if self.views > 1:  # the batch reader plans base keys; views take the per-sample path
+            return [self[i] for i in indices]
         return batch_read.getitems(self, indices)
 
     def decode(self, index: int) -> torch.Tensor:
@@ -438,50 +422,54 @@ class LatentDataset(DatasetFolder):
         return rec[:, :h, :w].clone()
 
     def fill(self, *, batch_size: int = 8, progress: bool = True, indices: Sequence[int] | None = None) -> FillReport:
-        """Encode every missing sample (batched by image shape); failures are recorded, not raised."""
+        """Encode every missing sample (batched by image shape), with ``views=K`` every view of
+        each; failures are recorded, not raised. ``encoded``/``cached`` count cache entries."""
         report = FillReport()
-        pending: dict[tuple[int, ...], list[tuple[int, str, np.ndarray, dict[str, Any]]]] = {}
+        batches: ShapeBatches = ShapeBatches(self.codec, batch_size)
         todo = range(len(self)) if indices is None else indices
-
-        def flush(shape: tuple[int, ...]) -> None:
-            group = pending.pop(shape, [])
-            if not group:
-                return
-            x = torch.from_numpy(np.stack([g[2] for g in group]))[:, None].to(self.codec.device)
-            mean, std = self.codec.encode_dist(x)
-            for j, (idx, key, _, meta) in enumerate(group):
-                self._store(idx, key, mean[j], std[j], meta)
-            report.encoded += len(group)
-
         for index in tqdm(todo, desc="encoding", unit="img", disable=not progress):
+            self._last_identity = None
             try:
                 key = self.key(index)
-                if self._sharded.has(key):
-                    report.cached += 1
+                missing = [v for v in range(self.views) if not self._sharded.has(view_key(key, v))]
+                report.cached += self.views - len(missing)
+                if not missing:
                     continue
                 data, digest = self._read_source(index)
-                if self._adopt_legacy(index, key, digest) is not None:
+                if missing[0] == 0 and self._adopt_legacy(index, key, digest) is not None:
                     report.cached += 1
+                    missing = missing[1:]
+                if not missing:
                     continue
                 img, meta = self._prepare(index, data, digest)
             except (LatentdsError, OSError) as exc:
                 report.failures.append(Failure(self.samples[index][0], type(exc).__name__, str(exc)))
                 self._record_failure(index, exc)
                 continue
-            pending.setdefault(img.shape, []).append((index, key, img, meta))
-            if len(pending[img.shape]) >= batch_size:
-                flush(img.shape)
-        for shape in list(pending):
-            flush(shape)
+            for v in missing:
+                vkey = view_key(key, v)
+                vimg, vmeta = self._view(index, img, meta, v)
+                report.encoded += len(self._put_encoded(batches.add(vimg, (index, vkey, vmeta))))
+        report.encoded += len(self._put_encoded(batches.drain()))
         return report
 
-    def _record_failure(self, index: int, exc: BaseException) -> None:
-        # The cache holds no source paths (PHI): a hash of the relative path and the reason with
-        # the path blanked out. The in-memory FillReport keeps the real path for the user.
+    def _failure_key(self, index: int) -> str:
+        """The sample key a failure record is named by without an identity key, as the bulk job
+        names it (a file that cannot be stat'ed gets the same placeholder identity there)."""
         path, rel = self.samples[index][0], self.relative_path(index)
-        reason = redact_reason(exc, path, rel)  # structural: an OSError's file name is never formatted in
         try:
-            self._sharded.record_failure(hashlib.sha256(rel.encode()).hexdigest()[:16], type(exc).__name__, reason)
+            return sample_key(identity(path, rel, self._root_id, loc=self._source, missing_ok=True))
+        except (OSError, LatentdsError):
+            return sample_key({"mtime_ns": -1, "path": rel, "root": self._root_id, "size": -1})
+
+    def _record_failure(self, index: int, exc: BaseException) -> None:
+        # The cache holds no source paths (PHI): a keyed name (latentds.identity) and the reason
+        # built from the exception's structure. The in-memory FillReport keeps the real path.
+        path, rel = self.samples[index][0], self.relative_path(index)
+        reason = stored_reason(exc, path, rel)  # structural: an OSError's file name is never formatted in
+        name = self._ids.failure_name(self._root_id, rel, self._failure_key(index))
+        try:
+            self._sharded.record_failure(name, type(exc).__name__, reason, identity=self._ids.tag)
         except LatentdsError:
             pass  # the failure itself is already reported to the caller; the record is best effort
 
@@ -490,7 +478,6 @@ class LatentDataset(DatasetFolder):
         (see :meth:`latentds.store.ShardedStore.compact`); safe while others read and write."""
         report = self._sharded.compact(**kwargs)
         self._norm = None
-        self._rows = self._rows_of = None
         return report
 
     def refresh(self) -> None:
@@ -498,7 +485,6 @@ class LatentDataset(DatasetFolder):
         and re-check every source's identity (size, mtime / ETag) on its next access."""
         self._sharded.refresh()
         self._norm = None
-        self._rows = self._rows_of = None
 
     def extra_repr(self) -> str:
         return f"Codec: {self._codec_name}\nCache: {self._cache.location.url}"
@@ -506,21 +492,3 @@ class LatentDataset(DatasetFolder):
 
 def _never_called(path: str) -> Any:  # DatasetFolder requires a loader; ours is the codec pipeline
     raise AssertionError("LatentDataset does not load images through DatasetFolder.loader")
-
-
-def _to_float_image(obj: Any, name: str) -> np.ndarray:
-    """Accept what a user loader returns (PIL image, array, tensor) as a 2-D float image in [0, 1]."""
-    from PIL import Image
-
-    if isinstance(obj, Image.Image):
-        if obj.mode not in ("L", "I", "I;16", "F"):
-            obj = obj.convert("L")
-        arr = np.asarray(obj)
-        scale = 255.0 if arr.dtype == np.uint8 else (65535.0 if arr.dtype.kind in "iu" else 1.0)
-        arr = arr.astype(np.float32) / scale
-    else:
-        arr = np.asarray(obj.numpy() if isinstance(obj, torch.Tensor) else obj, dtype=np.float32)
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise LatentdsError(f"{name}: custom loader returned shape {arr.shape}, expected a 2-D grayscale image")
-    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)

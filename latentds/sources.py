@@ -9,101 +9,19 @@ read by a ``LatentDataset`` over the same ImageFolder tree without any encoding.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import discovery
-from .cache import sample_key
-from .storage import Location
+from .sample.source import identity, legacy_key, read_local, relative_path, relpath_hash, root_identity
+from .store.entries import sample_key
+from .store.fsio import Location
 
-__all__ = ["SourceItem", "SourceList", "legacy_key", "list_sources", "read_local", "redact_reason", "redact_text",
-           "root_identity"]
+__all__ = ["SourceItem", "SourceList", "legacy_key", "list_sources", "read_local", "root_identity"]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-def root_identity(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str:
-    """Which tree a relative path is relative to: part of every sample key.
-
-    Without it ``train/benign/x.dcm`` and ``val/benign/x.dcm`` (relative path ``benign/x.dcm``
-    in both) with equal size and mtime, as after unpacking an archive of fixed-size DICOMs, would
-    share one cache entry and val would be served train's latents (issue 11, item 1). Local
-    roots: the resolved absolute path (``realpath``, so a symlinked or relative spelling of the
-    same folder gives the same key); object stores: ``protocol://bucket/prefix``. Moving or
-    renaming the tree therefore makes every sample a miss; pass ``source_id=`` (the same string
-    wherever the tree is mounted) to key a tree by a name of your choosing instead."""
-    s = os.fspath(root)
-    if not discovery.is_remote(s):
-        return os.path.realpath(discovery._local(s))
-    loc = Location(s, dict(storage_options or {}))
-    return f"{s.split('://', 1)[0]}://{loc.fs._strip_protocol(s).rstrip('/')}"
-
-
-def read_local(path: str) -> bytes:
-    """The bytes of a local source file; anything but a regular file is that file's error.
-
-    Opened non-blocking first and checked with ``fstat`` (no race with a swap after a ``stat``):
-    a FIFO named ``x.dcm`` would otherwise block ``open`` or ``read`` forever and hang a whole
-    ``fill()`` or bulk job (issue 11, item 8); a device would stream without end."""
-    from .errors import ImageReadError
-
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
-                    else "a socket" if stat.S_ISSOCK(mode) else "a device")
-            raise ImageReadError(f"{path}: not a regular file ({kind}); only regular files are read. "
-                                 f"Remove it from the source tree or exclude it with is_valid_file")
-        os.set_blocking(fd, True)
-        fh = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with fh:
-        return fh.read()
-
-
-def redact_text(msg: str, *names: str) -> str:
-    """``msg`` without any spelling of the given paths: as written, as ``repr`` quotes it (a
-    tab or newline in a file name is escaped there, so a plain replace missed it), and the file
-    name alone."""
-    spellings: set[str] = set()
-    for n in names:
-        if not n:
-            continue
-        base = os.path.basename(n.rstrip("/"))
-        spellings |= {n, repr(n)[1:-1]}
-        if len(base) >= 3:  # a very short name would blank unrelated text
-            spellings |= {base, repr(base)[1:-1]}
-    for sp in sorted(spellings, key=len, reverse=True):
-        msg = msg.replace(sp, "<source>")
-    return msg
-
-
-def redact_reason(exc: BaseException, *names: str) -> str:
-    """A failure reason fit to store in the cache (no source path: PHI), built from the exception's
-    structure: an ``OSError`` keeps only its errno and strerror (its filename attributes are left
-    out, not searched for); other errors keep their message with every spelling of the path removed
-    (:func:`redact_text`); a ``LatentdsError`` chained from an ``OSError`` is reported as that."""
-    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
-    for e in (exc, cause):
-        if isinstance(e, OSError) and e.strerror:
-            head = f"{type(exc).__name__}: " if e is cause else ""
-            return f"{head}[Errno {e.errno}] {e.strerror}"
-    return redact_text(str(exc), *names)
-
-
-def legacy_key(identity: dict[str, Any]) -> str:
-    """The key a sample had before the source root entered the key (caches written before
-    issue 11). Readers look it up only on a miss and accept it only when the stored content
-    hash equals the source's (see ``LatentDataset.entry``), so an old cache is still read
-    without encoding and a colliding old entry is never served."""
-    return sample_key({k: v for k, v in identity.items() if k != "root"})
 
 
 @dataclass(frozen=True)
@@ -126,7 +44,7 @@ class SourceItem:
 
     @property
     def relpath_hash(self) -> str:
-        return hashlib.sha256(self.rel.encode()).hexdigest()[:16]
+        return relpath_hash(self.rel)
 
 
 @dataclass
@@ -137,26 +55,9 @@ class SourceList:
     kind: str  # "imagefolder" | "flat" | "table"
 
 
-def _etag(info: dict[str, Any]) -> str:
-    # Same choice as LatentDataset.source_identity
-    tag = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created") if info.get(k)), None)
-    return str(tag)
-
-
 def _identity(url: str, rel: str, root: str, loc: Location | None, info: dict[str, Any] | None = None) -> tuple:
-    # keys in sorted order: dict(identity) then serialises exactly as LatentDataset's identity
-    if not discovery.is_remote(url):
-        try:
-            st = os.stat(discovery._local(url))
-        except OSError:
-            # a broken symlink or a file removed since listing: listed with an identity no real
-            # file has, so the job goes on and the read fails as this one file's failure
-            return (("mtime_ns", -1), ("path", rel), ("root", root), ("size", -1))
-        return (("mtime_ns", st.st_mtime_ns), ("path", rel), ("root", root), ("size", st.st_size))
-    assert loc is not None
-    if info is None or not info.get("size") and info.get("size") != 0:
-        info = loc.fs.info(url)
-    return (("etag", _etag(info)), ("path", rel), ("root", root), ("size", int(info.get("size", 0))))
+    # sorted (name, value) pairs: dict(identity) is the very identity LatentDataset keys by
+    return tuple(sorted(identity(url, rel, root, loc=loc, info=info, missing_ok=True).items()))
 
 
 def _identities(pairs: list[tuple[str, str, str]], loc: Location | None, infos: dict[str, dict] | None = None,
@@ -233,13 +134,7 @@ def _from_folder(src: str, so: dict[str, Any], exts: tuple[str, ...], source_id:
 
 
 def _rel(url: str, root: str, loc: Location | None, root_local: str | None) -> str:
-    """Relative path exactly as LatentDataset.relative_path computes it."""
-    if loc is not None:
-        fs = loc.fs
-        return fs._strip_protocol(url)[len(loc.path):].replace(os.sep, "/").lstrip("/")
-    assert root_local is not None
-    rel = os.path.relpath(os.path.abspath(discovery._local(url)), root_local)
-    return rel.replace(os.sep, "/").lstrip("/")
+    return relative_path(url, root, loc)
 
 
 def _from_table(src: str, so: dict[str, Any], split: str | None, source_id: str | None) -> SourceList:

@@ -160,9 +160,13 @@ def test_table_and_flat_sources(client, data, tmp_path):
 
 
 def test_worker_killed_mid_task_gives_the_same_result(client, data, clean, tmp_path):
+    import dying_codec  # the fault goes in through the codec registry (a worker plugin), not a library hook
+
+    client.register_plugin(dying_codec.Register())
     marker = tmp_path / "crashed"
     cache = tmp_path / "cache"
-    r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False, _crash_marker=str(marker))
+    r = encode(data, dying_codec.NAME, cache, client=client, shard_samples=PART, progress=False,
+               codec_kwargs={"die_marker": str(marker)})
     assert marker.exists()  # one worker process did die inside a task
     assert r.ok and r.encoded == 16
     assert_same(snapshot(cache), clean)
@@ -180,7 +184,8 @@ def committed_partitions(cache: Path) -> int:
 
 def test_resume_after_client_sigkill_is_bit_identical(data, clean, tmp_path):
     cache = tmp_path / "cache"
-    env = dict(os.environ, LATENTDS_TEST_TASK_DELAY="0.7")
+    # every worker's bicubic-f4 sleeps 0.7 s per batch (tests/dying_codec.py as a Dask preload)
+    env = dict(_workers_env("dying_codec"), DYING_CODEC_DELAY_S="0.7")
     p = _cli(data, cache, env)
     deadline = time.time() + 120
     while committed_partitions(cache) < 2 and time.time() < deadline and p.poll() is None:
@@ -195,6 +200,88 @@ def test_resume_after_client_sigkill_is_bit_identical(data, clean, tmp_path):
     assert p2.returncode == 0, err.decode()[-2000:]
     assert "already committed" in out.decode()
     assert_same(snapshot(cache), clean)
+
+
+def _counting_codec() -> tuple[Any, list[int]]:
+    """bicubic-f4 (same fingerprint, same namespace) that counts the images it encodes."""
+    from latentds.codecs import create_codec
+
+    codec, calls = create_codec(CODEC), []
+    real = codec.encode_dist
+
+    def encode_dist(x: torch.Tensor) -> Any:
+        calls.append(int(x.shape[0]))
+        return real(x)
+
+    codec.encode_dist = encode_dist  # type: ignore[method-assign]
+    return codec, calls
+
+
+def _workers_env(preload: str) -> dict[str, str]:
+    """The environment of a CLI run whose Dask workers import tests/<preload>.py first."""
+    tests = str(Path(__file__).parent)
+    return dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]',
+                PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+
+
+def _lazy_half_committed(data: Path, cache: Path) -> None:
+    """LatentDataset fills ``cache``: half committed by a compaction, half only staged."""
+    lazy = LatentDataset(data, codec=CODEC, cache=cache)
+    lazy.fill(progress=False, indices=range(8))
+    lazy.compact()
+    lazy.fill(progress=False, indices=range(8, 16))
+
+
+def test_bulk_cache_is_read_by_the_dataset_with_zero_encodes_and_the_reverse(client, data, clean, tmp_path):
+    import refusing_bicubic  # bicubic-f4's fingerprint, raises on any encode
+
+    # bulk fills; LatentDataset then reads every sample without encoding, bit-identical to lazy
+    cache = tmp_path / "bulk"
+    assert encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False).ok
+    codec, calls = _counting_codec()
+    ds = LatentDataset(data, codec=codec, cache=cache)
+    bulk_latents = [ds[i][0] for i in range(len(ds))]
+    assert calls == [] and len(bulk_latents) == 16
+    fresh = LatentDataset(data, codec=CODEC, cache=tmp_path / "lazy-only")
+    assert all(torch.equal(z, fresh[i][0]) for i, z in enumerate(bulk_latents))
+
+    # the reverse: a cache LatentDataset filled; a bulk job over it whose codec cannot encode
+    # succeeds, and writes the very shards (content-addressed) an encode from scratch writes
+    cache2 = tmp_path / "lazy"
+    _lazy_half_committed(data, cache2)
+    client.register_plugin(refusing_bicubic.Register())
+    r = encode(data, refusing_bicubic.NAME, cache2, client=client, shard_samples=PART, progress=False)
+    assert r.ok and r.encoded == 16, r.failures[:1]
+    assert set(clean["shards"]) <= {q.name for q in cache2.glob("*/shards/*")}
+    codec, calls = _counting_codec()
+    back = LatentDataset(data, codec=codec, cache=cache2)
+    assert all(torch.equal(back[i][0], z) for i, z in enumerate(bulk_latents)) and calls == []
+
+
+@pytest.mark.slow
+def test_cli_bulk_cache_is_read_by_the_dataset_with_zero_encodes_and_the_reverse(data, clean, tmp_path):
+    # `latentds encode --workers 2` fills; LatentDataset then reads every sample without encoding
+    cache = tmp_path / "bulk"
+    p = _cli(data, cache, dict(os.environ))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+    codec, calls = _counting_codec()
+    ds = LatentDataset(data, codec=codec, cache=cache)
+    bulk_latents = [ds[i][0] for i in range(len(ds))]
+    assert calls == [] and len(bulk_latents) == 16
+
+    # the reverse: `latentds encode --workers 2` over a cache LatentDataset filled encodes nothing
+    # (its workers' bicubic-f4 refuses to) and writes the very shards an encode from scratch writes
+    cache2 = tmp_path / "lazy"
+    _lazy_half_committed(data, cache2)
+    p = _cli(data, cache2, _workers_env("refusing_bicubic"))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, (out.decode()[-1000:], err.decode()[-2000:])
+    assert "16 encoded; 0 failed" in out.decode()
+    assert set(clean["shards"]) <= {q.name for q in cache2.glob("*/shards/*")}
+    codec, calls = _counting_codec()
+    back = LatentDataset(data, codec=codec, cache=cache2)
+    assert all(torch.equal(back[i][0], z) for i, z in enumerate(bulk_latents)) and calls == []
 
 
 def test_cli_exit_code_says_whether_anything_failed(tmp_path):
@@ -236,7 +323,7 @@ def _age(path: Path, seconds: float = 7200.0) -> None:
 
 
 def test_gc_keeps_sound_partition_records_and_collects_stale_ones(client, data, tmp_path):
-    from latentds.store.ops import gc, verify
+    from latentds.store import gc, verify
 
     cache = tmp_path / "cache"
     r = encode(data, CODEC, cache, client=client, shard_samples=PART, progress=False)
@@ -310,7 +397,7 @@ def test_verify_checks_partition_records_and_lists_failure_records(client, tmp_p
 
 
 def test_malloc_thresholds_restored_only_where_dask_set_them(monkeypatch):
-    import latentds.bulk as bulk
+    import latentds.sample.worker as bulk
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     monkeypatch.setattr(bulk, "_MALLOC_RESTORED", False)
