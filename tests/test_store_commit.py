@@ -228,3 +228,24 @@ def test_pointer_without_crc32c_still_opens(tmp_path) -> None:
     s.backend.put("manifest/CURRENT.json", json.dumps(ptr).encode())
     with pytest.raises(ManifestError, match="checksum mismatch"):
         s.manifests.load()
+
+
+def test_iterable_detects_a_flipped_byte(tmp_path) -> None:
+    """Streaming checks each sample's CRC32C (legacy rows: sha256) and names shard and sample."""
+    from latentds import LatentIterableDataset
+    from latentds.errors import ShardError
+
+    s = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
+    for i in range(3):
+        k = f"{i:040x}"
+        s.cache.put(k, np.full((2, 2, 2), i, np.float32), None, {"key": k, "target": i})
+    s.compact()
+    m = s.refresh()
+    assert [t for _, t in LatentIterableDataset(str(tmp_path / "c"), "ns")] == [0, 1, 2]
+    off, length, *_ = m.row_layout(1)
+    rel = f"shards/{m.shards[0]}"
+    data = bytearray(s.backend.get(rel))
+    data[off + length - 1] ^= 0xFF
+    s.backend.put(rel, bytes(data))
+    with pytest.raises(ShardError, match=r"crc32c.*|checksum"):
+        list(LatentIterableDataset(str(tmp_path / "c"), "ns"))

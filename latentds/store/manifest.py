@@ -244,6 +244,12 @@ class Manifest:
             self._inv = inv
         return bytes(self._keys[int(self._inv[row])])
 
+    def row_layout(self, row: int) -> tuple[int, int, int, int, int]:
+        """(offset, length, mean_length, std_offset, target) of one row, from the open columns."""
+        c = self._cols
+        return (int(c["offset"][row]), int(c["length"][row]), int(c["mean_length"][row]), int(c["std_offset"][row]),
+                int(c["target"][row]))
+
     def shard_ids(self) -> np.ndarray:
         """Per row, the index of its shard in :attr:`shards` (int32; no read plan needed)."""
         return self._cols["shard"]
