@@ -75,6 +75,8 @@ MISTAKES = [
     ("gc-bad-grace", ["gc", "{cache}", "--grace-hours", "soon"], "invalid float value"),
     ("workers-zero", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{cache}", "--workers", "0"],
      "must be >= 1"),
+    ("views-zero", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{cache}", "--views", "0"],
+     "must be >= 1"),
 ]
 
 
@@ -326,3 +328,16 @@ def test_lightning_advert_is_filtered_once_trainers_is_imported(tmp_path) -> Non
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "fitted" in out.stdout, out.stderr[-2000:]
     assert "Tip" not in out.stdout + out.stderr
+
+
+def test_encode_views_are_read_by_latentdataset_with_zero_encodes(tmp_path: Path) -> None:
+    """``latentds encode --views K`` caches K views per image in the namespace that
+    ``LatentDataset(..., views=K)`` reads: filling it afterwards encodes nothing."""
+    import latentds
+
+    src = _png_tree(tmp_path / "src", shape=(32, 32))
+    cache = tmp_path / "cache"
+    assert main(["encode", str(src), "--codec", "bicubic-f8", "--cache", str(cache), "--views", "2", "--quiet"]) == 0
+    ds = latentds.LatentDataset(src, codec="bicubic-f8", cache=cache, views=2)
+    report = ds.fill(progress=False)
+    assert (report.encoded, report.cached, len(ds)) == (0, 8, 4)  # 4 images x 2 views, all cached

@@ -51,7 +51,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                         prefetch=args.prefetch, torch_threads=args.torch_threads, storage_options=storage,
                         codec_kwargs=codec_kwargs, crop_roi=not args.no_crop, size=args.size,
                         image_size=image_size, fit=args.fit, retry_failed=args.retry_failed,
-                        source_id=args.source_id, progress=not args.quiet)
+                        source_id=args.source_id, views=args.views, progress=not args.quiet)
         text = format_report(report)
         head, _, rest = text.partition("\n")
         print(head)
@@ -64,7 +64,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     codec_kwargs = {"weights": args.weights} if args.weights else None
     ds = LatentDataset(args.source, codec=args.codec, cache=args.cache, storage_options=storage,
                        crop_roi=not args.no_crop, size=args.size, image_size=image_size, fit=args.fit,
-                       device=args.device, codec_kwargs=codec_kwargs, source_id=args.source_id)
+                       device=args.device, codec_kwargs=codec_kwargs, source_id=args.source_id,
+                       views=args.views)
     print(f"{len(ds)} images in {len(ds.classes)} classes -> {ds.cache.location.url} (namespace {ds.namespace})")
     report = ds.fill(batch_size=args.batch_size, progress=not args.quiet)
     print(f"encoded {report.encoded}, already cached {report.cached}, failed {len(report.failures)}")
@@ -109,6 +110,8 @@ def add_encode(sub: Any) -> None:
     e.add_argument("--source-id", default=None, metavar="NAME",
                    help="name this tree in every sample key instead of its resolved path, so the cache survives "
                         "moving or re-mounting it (give LatentDataset the same source_id=)")
+    e.add_argument("--views", type=positive_int, default=1, metavar="K",
+                   help="cache K augmented views per image (docs/views.md; LatentDataset's views=)")
     e.add_argument("--no-crop", action="store_true", help="skip the region-of-interest crop")
     e.add_argument("--storage-options", type=json_object, help="fsspec options as JSON, e.g. '{\"anon\": false}'")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
