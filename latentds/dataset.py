@@ -304,8 +304,8 @@ class LatentDataset(DatasetFolder):
         """Serve the views of ``epoch`` (with ``views=K``: one of K cached views per sample,
         chosen deterministically per (sample, epoch)). Call it at the start of every epoch."""
         self.epoch = int(epoch)
-        if self.views > 1:  # other views, other keys: a fresh read plan
-            self._plan = self._sharded.plan(_Keys(self))
+        if self.views > 1:  # other views, other keys: resolved again
+            self._plan.forget()
 
     def _view(self, index: int, img: np.ndarray, meta: dict[str, Any], v: int) -> tuple[np.ndarray, dict[str, Any]]:
         if v == 0:
@@ -478,6 +478,7 @@ class LatentDataset(DatasetFolder):
         (see :meth:`latentds.store.ShardedStore.compact`); safe while others read and write."""
         report = self._sharded.compact(**kwargs)
         self._norm = None
+        self._plan.forget()
         return report
 
     def refresh(self) -> None:
@@ -485,6 +486,7 @@ class LatentDataset(DatasetFolder):
         and re-check every source's identity (size, mtime / ETag) on its next access."""
         self._sharded.refresh()
         self._norm = None
+        self._plan.forget()  # every key resolved (stat/HEAD) again
 
     def extra_repr(self) -> str:
         return f"Codec: {self._codec_name}\nCache: {self._cache.location.url}"
