@@ -46,7 +46,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILES", "Tally", "main"]
+__all__ = ["FILES", "Tally", "main", "table"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["tests/test_reliability.py", "tests/test_reliability_inputs.py", "tests/test_store_faults.py",
@@ -155,13 +155,43 @@ class Tally:
                 self.failed.append(report.nodeid)
 
 
+def table(paths: list[str]) -> str:
+    """The markdown rows benchmarks/RESULTS.md shows, from this script's ``--json`` files."""
+    lines = ["| run (JSON) | commit | load 1m | tests passed / failed | worker deaths | HTTP faults | "
+             "bit-for-bit comparisons | soak: latents compared | soak: keys read back | lost | corrupt |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        soak = d.get("soak") or []
+        lines.append(
+            f"| {Path(p).name} | `{d['commit']}` | {d['loadavg_1m']} | {d['test_cases_passed']} / "
+            f"{d['test_cases_failed']} | {d['faults_injected']['worker_deaths_in_task']} | "
+            f"{d['faults_injected']['http_errors']} | {d['bit_for_bit_comparisons']} | "
+            f"{sum(r['compared_while_running'] for r in soak)} | {sum(r['served_keys'] for r in soak)} | "
+            f"{d['lost_or_corrupt'] + d.get('soak_lost', 0)} | {d.get('soak_corrupt', 0)} |")
+    for p in paths:
+        for r in json.loads(Path(p).read_text()).get("soak") or []:
+            lines.append(f"\nsoak {r['store']}, {r['seconds']:.0f} s: {r['rounds']} filler rounds, "
+                         f"{r['compactions']} compactions, {r['gcs']} gc passes ({r['gc_removed']} objects removed), "
+                         f"{r['compared_while_running']} latents compared while running "
+                         f"({r['mismatched_while_running']} differed), {r['served_keys']} keys read back at the end: "
+                         f"{r['lost']} lost, {r['corrupt']} corrupt; verify: {len(r['verify_bad'])} problems; "
+                         f"errors: {len(r['errors'])}; load {r['loadavg_1m']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import pytest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--json", default=None, help="also write the counts here")
     ap.add_argument("--files", nargs="+", default=FILES, help="test files to run (default: all of FILES)")
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="print the markdown table of earlier --json outputs, run nothing")
     args, rest = ap.parse_known_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     os.chdir(ROOT)
     tally = Tally()
     deaths = Path(tempfile.mkdtemp(prefix="lds-deaths-")) / "deaths.log"

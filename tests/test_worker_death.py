@@ -51,6 +51,7 @@ def test_a_partition_record_is_written_once_every_piece_is_in():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # each worker restart takes minutes on a loaded 2-core machine
 def test_the_file_that_kills_its_worker_fails_alone_and_the_rest_is_encoded(tmp_path):
     import dask
     from dask.distributed import Client, LocalCluster
