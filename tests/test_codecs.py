@@ -655,3 +655,24 @@ def test_lean_forward_matches_diffusers(which: str) -> None:
     codec._lean = False  # type: ignore[attr-defined]
     torch.testing.assert_close(codec.encode(img), z_lean, rtol=1e-4, atol=1e-4)
     assert codec.fingerprint != fp_lean  # memory format is part of the fingerprint
+
+
+def test_memory_format_follows_the_device_and_is_fingerprinted() -> None:
+    """channels_last on CPU (unchanged: every cache so far), NCHW on CUDA by default (faster
+    there); an explicit memory_format= overrides; the layout used is in the fingerprint,
+    because the two round differently; outputs agree to float rounding."""
+    from latentds.codecs.kl import channels_last_for
+
+    assert channels_last_for(torch.device("cpu")) and not channels_last_for(torch.device("cuda"))
+    default = small("kl-f8c4", 8)
+    assert default.preprocessing["memory_format"] == "channels_last"  # type: ignore[attr-defined]
+    nchw = create_codec("kl-f8c4", weights="random", arch=default.config, memory_format="contiguous")  # type: ignore[attr-defined]
+    cl = create_codec("kl-f8c4", weights="random", arch=default.config, memory_format="channels_last")  # type: ignore[attr-defined]
+    assert cl.fingerprint == default.fingerprint != nchw.fingerprint
+    x = torch.rand(1, 1, 48, 64, generator=torch.Generator().manual_seed(3))
+    z = default.encode(x)
+    assert torch.equal(cl.encode(x), z)
+    torch.testing.assert_close(nchw.encode(x), z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(nchw.decode(z), default.decode(z), rtol=1e-4, atol=1e-4)
+    with pytest.raises(CodecError, match="memory_format must be"):
+        create_codec("kl-f8c4", weights="random", arch=default.config, memory_format="nhwc")  # type: ignore[attr-defined]

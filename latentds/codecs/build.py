@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from latentds.codecs.base import canonical_json
+from latentds.canonical import canonical_json
 from latentds.codecs.checkpoints import (
     StateDict,
     detect_layout,
@@ -91,7 +91,7 @@ def autoencoder_cls() -> type[AutoencoderKL]:
 def clean_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Drop diffusers' private keys (``_class_name``, ``_diffusers_version`` …) and make
     tuples lists, so configs compare and hash by content."""
-    return json.loads(canonical_json({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+    return json.loads(canonical_json({k: v for k, v in dict(config).items() if not k.startswith("_")}, strict=True))
 
 
 def _validate_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:

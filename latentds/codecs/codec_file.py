@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from latentds.codecs.base import CODEC_FORMAT_VERSION, canonical_json
+from latentds.canonical import canonical_json
+from latentds.codecs.base import CODEC_FORMAT_VERSION
 from latentds.codecs.build import AutoencoderKL, autoencoder_cls, clean_config, config_f, load_model
 from latentds.codecs.checkpoints import StateDict, read_weights_file
 from latentds.codecs.kl import RUNTIME_KWARGS, KLCodec, ResidualKLCodec, make_kl_codec
@@ -108,7 +109,7 @@ def save_kl_codec(
     metadata = {
         **(extra_metadata or {}),
         _METADATA_NAME_KEY: name,
-        _METADATA_CONFIG_KEY: canonical_json(config),
+        _METADATA_CONFIG_KEY: canonical_json(config, strict=True),
         "latentds_codec_format": str(CODEC_FORMAT_VERSION),
     }
     if arch_kind == RESIDUAL_S2D:
@@ -127,7 +128,6 @@ def save_kl_codec(
         if tmp.exists():
             tmp.unlink()
     return out
-
 
 
 def parse_codec_file(
@@ -158,7 +158,6 @@ def parse_codec_file(
     if not 0.0 <= alpha <= 1.0:
         raise CodecError(f"{str(path)!r}: residual alpha {alpha} is outside [0, 1]; re-export the file")
     return metadata[_METADATA_NAME_KEY], config, alpha
-
 
 
 def load_exported_kl_codec(path: str, **kwargs: Any) -> KLCodec:

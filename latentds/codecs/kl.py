@@ -33,7 +33,7 @@ from latentds.codecs.s2d import s2d_channels, s2d_decode, s2d_encode
 from latentds.codecs.tiling import blend_tiles
 from latentds.errors import CodecError
 
-__all__ = ["RUNTIME_KWARGS", "KLCodec", "ResidualKLCodec", "make_kl_codec"]
+__all__ = ["RUNTIME_KWARGS", "KLCodec", "ResidualKLCodec", "channels_last_for", "make_kl_codec"]
 
 _PRECISIONS = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Config keys that never change a codec's output (latents are unscaled, the model is
@@ -42,7 +42,16 @@ _OUTPUT_NEUTRAL_CONFIG = frozenset(
     {"sample_size", "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast"}
 )
 #: Options every KL codec takes, whatever its weights.
-RUNTIME_KWARGS = ("device", "dtype", "autocast", "tile_size", "tile_overlap")
+RUNTIME_KWARGS = ("device", "dtype", "autocast", "tile_size", "tile_overlap", "memory_format")
+_MEMORY_FORMATS = (None, "channels_last", "contiguous")
+
+
+def channels_last_for(device: torch.device) -> bool:
+    """The default activation layout of the lean forward on ``device``: channels_last on
+    CPU (oneDNN convolves NHWC directly, and it is what every cache so far was written
+    with), NCHW elsewhere (on an H200 the NCHW forward was 1.5x the channels_last one,
+    benchmarks/RESULTS.md "GPU path")."""
+    return torch.device(device).type == "cpu"
 
 
 class KLCodec(Codec):
@@ -68,6 +77,7 @@ class KLCodec(Codec):
         autocast: str | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        memory_format: str | None = None,
         source: str = "",
         ignored_keys: list[str] | None = None,
         lora_merged: int = 0,
@@ -93,6 +103,12 @@ class KLCodec(Codec):
         if dtype is not None and autocast is not None:
             raise CodecError(f"codec {name!r}: pass either dtype= (cast weights) or autocast=, not both")
         self.dtype, self.autocast = dtype, autocast
+        if memory_format not in _MEMORY_FORMATS:
+            raise CodecError(
+                f"codec {name!r}: memory_format must be None (by device), 'channels_last' or 'contiguous'; "
+                f"got {memory_format!r}"
+            )
+        self.memory_format = memory_format
         self.tile_size, self.tile_overlap = self._check_tiling(tile_size, tile_overlap)
         self.source = source
         self.ignored_keys = list(ignored_keys or [])
@@ -146,7 +162,8 @@ class KLCodec(Codec):
             "pad": "replicate-bottom-right",
             "latent": "posterior-mean",
             "attention": "sdpa",
-            "memory_format": "channels_last" if self._lean else "contiguous",
+            # The layout actually used: channels_last convolutions round differently from NCHW.
+            "memory_format": "channels_last" if self._channels_last() else "contiguous",
             "dtype": self.dtype,
             "autocast": self.autocast,
             "tile_size": self.tile_size,
@@ -167,6 +184,13 @@ class KLCodec(Codec):
         return compute_fingerprint(
             name=self.name, arch=arch, weights_sha256=self._weights_sha256, preprocessing=self.preprocessing
         )
+
+    def _channels_last(self) -> bool:
+        if not self._lean:
+            return False
+        if self.memory_format is None:
+            return channels_last_for(self.device)
+        return self.memory_format == "channels_last"
 
     def to(self, device: str | torch.device) -> KLCodec:
         self.device = torch.device(device)
@@ -196,7 +220,7 @@ class KLCodec(Codec):
             if self._lean:
                 box = [x]
                 del x  # the box holds the only reference, so the encoder can free it
-                h = encoder_forward(self.model.encoder, box)
+                h = encoder_forward(self.model.encoder, box, channels_last=self._channels_last())
             else:
                 h = self.model.encoder(x)
             if self.model.quant_conv is not None:
@@ -212,7 +236,7 @@ class KLCodec(Codec):
             if self._lean:
                 box = [z]
                 del z
-                y = decoder_forward(self.model.decoder, box)
+                y = decoder_forward(self.model.decoder, box, channels_last=self._channels_last())
             else:
                 y = self.model.decoder(z)
         y = (y.float() + 1.0) / 2.0
