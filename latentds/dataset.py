@@ -53,10 +53,7 @@ class _Keys(Sequence[str]):
         return len(self.ds.samples)
 
     def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        return view_key(self.ds.key(i), self.ds.view_index(i))
+        return view_key(self.ds.key(int(i)), self.ds.view_index(int(i)))
 
 
 class LatentDataset(DatasetFolder):
@@ -91,6 +88,10 @@ class LatentDataset(DatasetFolder):
             ``latentds.encode``) when the tree is mounted at different paths on different nodes.
         max_pixels: refuse a source whose declared size exceeds this many pixels before decoding
             it (default ``LATENTDS_MAX_PIXELS`` or 8192 x 8192); not part of the fingerprint.
+        views: cache K augmented views of each image (shifts below one latent pixel, flips, turns,
+            applied before encoding) and serve one per epoch (:meth:`set_epoch`); docs/views.md.
+            ``views=1`` (default) is the plain cache, and view 0 of any K.
+        Identity key: ``storage_options={"identity_key": ...}`` or ``LATENTDS_IDENTITY_KEY`` (latentds.identity).
     """
 
     def __init__(
