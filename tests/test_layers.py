@@ -163,3 +163,36 @@ def test_the_graph_sees_lazy_and_package_imports(tmp_path, monkeypatch, code, ex
     (target,) = imported
     assert layer_name(target.replace("latentds_probe_pkg", "latentds")) == expect
 
+
+def _is_public(path: Path) -> bool:
+    parts = path.relative_to(PACKAGE).parts
+    return path.name != "__main__.py" and not any(p.startswith("_") and p != "__init__.py" for p in parts)
+
+
+def test_public_modules_declare_all() -> None:
+    """Every public module says what it exports (``_``-prefixed modules are internal)."""
+    import ast
+
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if not _is_public(path):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not any(isinstance(n, (ast.Assign, ast.AnnAssign)) and any(
+                getattr(t, "id", None) == "__all__" for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
+                for n in tree.body):
+            missing.append(path.relative_to(PACKAGE.parent).as_posix())
+    assert not missing, "public modules without __all__ (add one, or prefix the module with _):\n" + "\n".join(missing)
+
+
+def test_all_names_exist() -> None:
+    """``__all__`` lists only names the module has (the top-level package's lazy names included)."""
+    import importlib
+
+    import latentds
+
+    assert not [n for n in latentds.__all__ if not hasattr(latentds, n)]
+    for name in ("latentds.cli", "latentds.metrics", "latentds.testing.synthetic", "latentds.testing.phantoms",
+                 "latentds.canonical", "latentds._layers"):
+        module = importlib.import_module(name)
+        assert not [n for n in module.__all__ if not hasattr(module, n)], name

@@ -18,6 +18,12 @@ from xml.etree import ElementTree
 
 from ..errors import LatentdsError
 
+__all__ = [
+    "class_folder_names", "column", "find_label_file", "finish", "index_files", "link_name", "patient_split",
+    "read_table", "report_missing", "Sample", "SPLIT_SALT", "SPLITS", "TaskDataError", "TaskInfo",
+    "to_imagefolder",
+]
+
 #: Default salt of the split hash; change it to draw a different (still deterministic) split.
 SPLIT_SALT = "latentds-split-v1"
 SPLITS = ("train", "test")

@@ -22,6 +22,8 @@ from .base import (
     SPLIT_SALT, Sample, TaskDataError, column, find_label_file, finish, patient_split, read_table, report_missing,
 )
 
+__all__ = ["boneage_class", "BONEAGE_CLASSES", "LABEL_FILES", "load_rsna_boneage", "NUM_CLASSES"]
+
 LABEL_FILES = ("boneage-training-dataset.csv",)
 NUM_CLASSES = 20
 BONEAGE_CLASSES = tuple(f"age-{k}" for k in range(NUM_CLASSES))

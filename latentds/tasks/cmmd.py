@@ -30,6 +30,8 @@ from .base import (
     SPLIT_SALT, Sample, TaskDataError, column, find_label_file, finish, patient_split, read_table,
 )
 
+__all__ = ["CALCIFICATION_CLASSES", "LABEL_FILES", "load_cmmd", "MALIGNANCY_CLASSES"]
+
 LABEL_FILES = ("CMMD_clinicaldata_revision.xlsx", "CMMD_clinicaldata_revision.csv", "CMMD_clinicaldata.xlsx",
                "CMMD_clinicaldata.csv")
 

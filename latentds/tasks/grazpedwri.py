@@ -23,6 +23,8 @@ from .base import (
     report_missing,
 )
 
+__all__ = ["FRACTURE_CLASSES", "LABEL_FILES", "load_grazpedwri_fracture"]
+
 LABEL_FILES = ("dataset.csv",)
 FRACTURE_CLASSES = ("no-fracture", "fracture")
 

@@ -24,6 +24,8 @@ from .base import (
     SPLIT_SALT, Sample, TaskDataError, column, find_label_file, finish, patient_split, read_table, report_missing,
 )
 
+__all__ = ["BIRADS_CLASSES", "LABEL_FILES", "load_vindr_birads"]
+
 LABEL_FILES = ("breast-level_annotations.csv",)
 BIRADS_CLASSES = ("birads-1", "birads-2", "birads-3", "birads-4", "birads-5")
 

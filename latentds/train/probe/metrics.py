@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
 
+__all__ = ["auroc", "AurocCI", "bootstrap_auroc"]
+
 
 def auroc(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
     """``scores``: N logits/probabilities (binary) or N×K (multiclass)."""

@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 
 from .model import ProbeModel
 
+__all__ = ["Indexed", "ProbeModule"]
+
 
 class ProbeModule(L.LightningModule):
     """Trains a :class:`ProbeModel` with AdamW (paper B.1: lr 1e-4). Binary tasks: one logit,

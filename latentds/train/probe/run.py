@@ -28,6 +28,12 @@ from .model import INPUT_FITS, MODES, ProbeShapeError
 from .module import Indexed, ProbeModule
 from .stem import STEM_DEFAULTS, codec_factor, is_stem_backbone, load_stem_probe, stem_probe_module
 
+__all__ = [
+    "build_datasets", "build_parser", "count_probe_gmacs", "DEFAULTS", "fit_probe", "ImageSource",
+    "load_config", "load_probe", "main", "predict", "ProbeResult", "resolve_precision", "run_from_config",
+    "save_predictions", "save_probe", "stratified_split", "write_predictions", "write_result",
+]
+
 #: Paper B.1 defaults: hrnet_w64, AdamW lr 1e-4, batch 128, mixed precision where supported.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

@@ -38,6 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "CH_MULT", "Data", "main", "model_config", "pad", "PAIRS", "psnr", "ROOT", "roundtrip", "SHARE",
+    "train_one",
+]
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
