@@ -94,8 +94,9 @@ def test_tiny_sweep_writes_table_csv_plot(tmp_path):
     cfg = dataclasses.replace(REDUCED, workdir=str(tmp_path / "work"), out=str(tmp_path / "out"), n_per_class=6,
                               shape=(32, 32), epochs=1, batch_size=4, bootstrap=20, budget=0.02, seeds=(0, 1),
                               methods=(FULL, "bicubic-f4"))
-    breakdown = []
-    rows = run_sweep(cfg, log=lambda *a: None, breakdown=breakdown)
+    breakdown, seen = [], []
+    rows = run_sweep(cfg, log=lambda *a: None, breakdown=breakdown, on_row=lambda done: seen.append(len(done)))
+    assert seen == [1, 2, 3]  # called after every method with the rows so far
     # the lossless control of every f swept runs by default
     assert [r.method for r in rows] == [FULL, "bicubic-f4", "s2d-f4c16"]
     assert [(r.f, r.C, r.gamma, r.input) for r in rows] == [(1, 1, 1, "32x32"), (4, 1, 16, "8x8"), (4, 16, 1, "8x8")]

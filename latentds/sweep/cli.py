@@ -88,7 +88,9 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"no local weights, not run: {', '.join(skipped)}")
     cfg = dataclasses.replace(cfg, methods=tuple(methods))
     breakdown: list[SizeBreakdown] = []
-    rows = run_sweep(cfg, breakdown=breakdown)
+    # outputs are rewritten after every method: a stopped sweep keeps its finished rows
+    rows = run_sweep(cfg, breakdown=breakdown,
+                     on_row=lambda done: write_outputs(done, cfg, skipped=skipped, breakdown=breakdown))
     paths = write_outputs(rows, cfg, skipped=skipped, breakdown=breakdown)
     print()
     print(paths["md"].read_text())

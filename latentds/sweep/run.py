@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import BICUBIC, FULL, SweepConfig
 from .methods import default_methods, parse_method, with_controls
@@ -114,11 +114,13 @@ def backbone_input_hw(module, hw: Sequence[int]) -> tuple[int, int]:
     return tuple(-(-int(v) * s // m) * m for v in hw)
 
 
-def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None) -> list[SweepRow]:
+def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
+              on_row: Callable[[list[SweepRow]], None] | None = None) -> list[SweepRow]:
     """Run every method of ``cfg`` with every seed and return one row each (also written by
     :func:`write_outputs`); control flags are set (:func:`mark_controls`). ``breakdown``: a
     list that receives a :class:`SizeBreakdown` per method when the task records finding
-    sizes."""
+    sizes. ``on_row(rows)``: called with the rows so far after each method (the command line
+    rewrites its outputs then, so a sweep stopped after hours keeps every finished row)."""
     import numpy as np
     import torch
     from torch.utils.data import TensorDataset
@@ -193,6 +195,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None) -> 
         rows.append(row)
         if breakdown is not None and sizes is not None and preds:
             breakdown.append(size_breakdown(method, sizes, preds))
+        if on_row is not None:
+            on_row(list(rows))
     mark_controls(rows)
     return rows
 
