@@ -9,6 +9,7 @@ current targets.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -117,7 +118,10 @@ def _make_legacy(ds: LatentDataset) -> None:
         new, old = ds.key(i), legacy_key(ds.source_identity(i))
         src, dst = ds.cache.object_path(new), ds.cache.object_path(old)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(src, dst)
+        e = ds.cache.get(new)  # that code stored the source's plain sha256 (now: nothing without a key)
+        meta = dict(e.meta, key=old, content_sha256=hashlib.sha256(Path(ds.samples[i][0]).read_bytes()).hexdigest())
+        ds.cache.put(old, e.mean, e.std, meta)
+        os.remove(src)
     ds.compact()
 
 
