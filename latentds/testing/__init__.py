@@ -8,6 +8,9 @@ pulls in neither moto nor pydicom:
 - :mod:`latentds.testing.phantoms`: SYNTHETIC radiograph-like phantom arrays.
 - :mod:`latentds.testing.synthetic`: SYNTHETIC DICOM files and ImageFolder datasets of them.
 - :mod:`latentds.testing.loopback_s3`: a moto S3 server on 127.0.0.1 and a fault-injecting proxy.
+- :mod:`latentds.testing.store_conformance`: the store contract's checks, run over local disk,
+  ``memory://`` and the loopback S3 server (and over any new backend).
+- :mod:`latentds.testing.codec_conformance`: the Codec contract's checks over every registered codec.
 """
 
 from __future__ import annotations
