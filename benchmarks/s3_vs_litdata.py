@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shard-mib", type=int, default=8)
     ap.add_argument("--window", type=int, default=4, help="shards per window of the shard-aware sampler")
+    ap.add_argument("--only", nargs="*", help="run only methods whose name contains one of these (+ LitData, streaming)")
     ap.add_argument("--skip-per-sample", action="store_true", help="leave out the slow per-sample path")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -190,11 +191,15 @@ def main() -> None:
             def fresh_dir(r: int) -> str:
                 return str(work / f"copies-{r}-{time.time_ns()}")  # a fresh local cache per epoch, as LitData's
 
+            from latentds.shard_cache import ShardCache
+
+            # ds.shard_cache (what LatentDataset(local_cache=D) uses under D/shards) set directly:
+            # the store's per-sample ReadThroughCache holds a lock that spawned workers cannot pickle
             methods["LatentDataset shuffled, batched + shard copies"] = lambda r: DataLoader(
-                ours(local_cache=fresh_dir(r)), shuffle=True, **dl)
+                ours(shard_cache=ShardCache(fresh_dir(r))), shuffle=True, **dl)
 
             def windowed_copies(r: int) -> Any:
-                ds = ours(local_cache=fresh_dir(r))
+                ds = ours(shard_cache=ShardCache(fresh_dir(r)))
                 return DataLoader(ds, sampler=ShardAwareSampler(ds, window=args.window, seed=r), **dl)
 
             methods[f"LatentDataset sampler (window {args.window}) + shard copies"] = windowed_copies
@@ -202,13 +207,17 @@ def main() -> None:
             def served(r: int) -> Any:  # manifest-only: no source tree
                 from latentds.serve import CachedLatentDataset
 
-                return DataLoader(CachedLatentDataset("s3://bench/latents", ns, storage_options=opts,
-                                                      local_cache=fresh_dir(r)), shuffle=True, **dl)
+                ds = CachedLatentDataset("s3://bench/latents", ns, storage_options=opts)
+                ds.shard_cache = ShardCache(fresh_dir(r))
+                return DataLoader(ds, shuffle=True, **dl)
 
             methods["CachedLatentDataset (manifest only) shuffled + shard copies"] = served
             if not args.skip_per_sample:
                 methods["LatentDataset shuffled, per sample"] = lambda r: DataLoader(PerSample(ours()), shuffle=True,
                                                                                      **dl)
+            if args.only:
+                methods = {k: v for k, v in methods.items()
+                           if k.startswith("LitData") or k.startswith("LatentIterable") or any(o in k for o in args.only)}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
                 order = list(methods) if r % 2 == 0 else list(reversed(methods))
@@ -233,7 +242,7 @@ def main() -> None:
             print(f"  LitData setup (StreamingDataset + loader construction, median): "
                   f"{statistics.median(lit_setup):.2f} s, not in its rate")
             glob = [k for k in methods if "shuffled" in k and "per sample" not in k]  # true global shuffles
-            best = max(glob, key=lambda k: statistics.median(e["steady"] for e in res[k]))
+            best = max(glob or list(methods), key=lambda k: statistics.median(e["steady"] for e in res[k]))
             b_rate = statistics.median(e["rate"] for e in res[best])
             b_steady = statistics.median(e["steady"] for e in res[best])
             print(f"goal shuffled random access (global shuffle) >= 0.5x LitData streaming: {best}: whole epoch "
