@@ -271,7 +271,10 @@ def test_demo_picture_shows_the_finding(tmp_path) -> None:
     assert not np.array_equal(tiles[0], tiles[1])  # bicubic-f4 is not
 
 
-def test_verify_sources_finds_a_file_changed_under_the_same_size_and_mtime(tmp_path, capsys) -> None:
+def test_verify_sources_finds_a_file_changed_under_the_same_size_and_mtime(tmp_path, capsys, monkeypatch) -> None:
+    # entries hold a content identity only under an identity key (issue 11 item 7): without one
+    # there is nothing to compare a source with
+    monkeypatch.setenv("LATENTDS_IDENTITY_KEY", "k" * 32)
     root = _png_tree(tmp_path / "src")
     cache = tmp_path / "cache"
     assert main(["encode", str(root), "--codec", "bicubic-f8", "--cache", str(cache), "--quiet"]) == 0

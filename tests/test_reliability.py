@@ -306,8 +306,12 @@ def test_gc_rechecks_the_pointer_before_each_deletion(tmp_path: Path, monkeypatc
     assert calls[0] == 0 and verify(fresh.store).ok
 
 
-def test_verify_sources_finds_content_changed_under_the_same_size_and_mtime(tmp_path: Path) -> None:
+def test_verify_sources_finds_content_changed_under_the_same_size_and_mtime(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from latentds.store.ops import verify_sources
+
+    # entries hold a content identity only under an identity key (issue 11 item 7)
+    monkeypatch.setenv("LATENTDS_IDENTITY_KEY", "k" * 32)
 
     src = tmp_path / "src"
     make_dataset(src, n_per_class=2, shape=SHAPE, seed=0, transfer_syntaxes=("explicit-le",))
