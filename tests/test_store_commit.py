@@ -249,3 +249,16 @@ def test_iterable_detects_a_flipped_byte(tmp_path) -> None:
     s.backend.put(rel, bytes(data))
     with pytest.raises(ShardError, match=r"crc32c.*|checksum"):
         list(LatentIterableDataset(str(tmp_path / "c"), "ns"))
+
+
+def test_store_with_local_copies_pickles_for_spawned_workers(tmp_path) -> None:
+    """DataLoader workers started with spawn get the store pickled: the read-through copies'
+    lock must not travel (each process makes its own)."""
+    import pickle
+
+    from latentds.store import open_store
+
+    s = open_store(str(tmp_path / "c"), "ns", local_cache=str(tmp_path / "copies"))
+    s2 = pickle.loads(pickle.dumps(s))
+    s2.readthrough.put("ab" * 32, b"x")
+    assert s2.readthrough.get("ab" * 32) == b"x"

@@ -33,7 +33,7 @@ from . import layout
 from .backend import Backend
 from .fsio import Location, call
 
-__all__ = ["FORMAT_VERSION", "Entry", "LatentCache", "canonical_json", "decode_entry", "encode_entry",
+__all__ = ["FORMAT_VERSION", "Entry", "array_digest", "LatentCache", "canonical_json", "decode_entry", "encode_entry",
     "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
 
 FORMAT_VERSION = 1
@@ -66,11 +66,15 @@ class Entry:
     meta: dict[str, Any]
 
 
-def _array_digest(mean: np.ndarray, std: np.ndarray | None) -> str:
+def array_digest(mean: np.ndarray, std: np.ndarray | None) -> str:
+    """The sha256 an entry's metadata carries for its arrays (dtype, shape, mean and std bytes)."""
     parts = [str(mean.dtype).encode(), repr(mean.shape).encode(), np.ascontiguousarray(mean).tobytes()]
     if std is not None:
         parts.append(np.ascontiguousarray(std).tobytes())
     return sha256_hex(*parts)
+
+
+_array_digest = array_digest  # the name importers used before it was public
 
 
 def encode_entry(mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> bytes:

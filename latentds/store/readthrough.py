@@ -30,6 +30,16 @@ class ReadThroughCache:
         self._approx: int | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        # a lock cannot cross a process boundary (spawned DataLoader workers): each makes its own
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _path(self, sha: str) -> str:
         return os.path.join(self.directory, sha[:2], sha)
 
