@@ -42,7 +42,7 @@ import torch
 
 from .errors import LatentdsError
 from .mapped import MAPS
-from .shard_cache import ShardCache
+from .shard_cache import ShardCache, shard_cache_of
 from .store.shards import TAR_HEADER, check_member
 from .store.fsio import call
 
@@ -305,26 +305,6 @@ def _copy_fd(sc: ShardCache, name: str) -> int:
     if fd is None:  # evicted since: the per-sample path reads it by range
         raise _Mismatch()
     return fd
-
-
-_SHARD_CACHES: dict[tuple[str, int], ShardCache] = {}
-
-
-def shard_cache_of(ds: Any) -> ShardCache | None:
-    """The whole-shard cache of ``ds``'s batched remote reads: ``ds.shard_cache`` if set, else
-    ``<local_cache>/shards`` of the dataset's read-through cache (``LatentDataset(local_cache=...)``,
-    same byte budget), else ``None`` (ranged reads)."""
-    sc = getattr(ds, "shard_cache", None)
-    if sc is not None:
-        return sc
-    rt = ds.store.readthrough
-    if rt is None:
-        return None
-    key = (rt.directory, rt.max_bytes)
-    sc = _SHARD_CACHES.get(key)
-    if sc is None:
-        sc = _SHARD_CACHES[key] = ShardCache(os.path.join(rt.directory, "shards"), rt.max_bytes)
-    return sc
 
 
 def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], shard: np.ndarray) -> set[int]:

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any, Callable
 
-__all__ = ["ShardCache"]
+__all__ = ["ShardCache", "shard_cache_of"]
 
 
 class ShardCache:
@@ -141,3 +141,23 @@ class ShardCache:
         state = self.__dict__.copy()
         state.update(_fds={}, _pid=-1)
         return state
+
+
+_SHARD_CACHES: dict[tuple[str, int], ShardCache] = {}
+
+
+def shard_cache_of(ds: Any) -> ShardCache | None:
+    """The whole-shard cache of ``ds``'s batched remote reads: ``ds.shard_cache`` if set, else
+    ``<local_cache>/shards`` of the dataset's read-through cache (``LatentDataset(local_cache=...)``,
+    same byte budget), else ``None`` (ranged reads)."""
+    sc = getattr(ds, "shard_cache", None)
+    if sc is not None:
+        return sc
+    rt = ds.store.readthrough
+    if rt is None:
+        return None
+    key = (rt.directory, rt.max_bytes)
+    sc = _SHARD_CACHES.get(key)
+    if sc is None:
+        sc = _SHARD_CACHES[key] = ShardCache(os.path.join(rt.directory, "shards"), rt.max_bytes)
+    return sc
