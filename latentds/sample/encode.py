@@ -14,7 +14,7 @@ from typing import Any, Generic, Iterator, TypeVar
 
 import numpy as np
 
-from ..store.entries import Entry, _array_digest
+from ..store.entries import Entry, array_digest
 
 __all__ = ["Failure", "ShapeBatches", "adopted_entry", "make_entry"]
 
@@ -37,7 +37,7 @@ def make_entry(key: str, target: int, mean: np.ndarray, std: np.ndarray | None, 
     """The cache entry of one encoded sample, metadata complete (what the staging object and
     the shard member store: key, target, source metadata, array digest, shape, dtype)."""
     meta = {"key": key, "target": int(target), **src_meta}
-    meta.update(sha256=_array_digest(mean, std), shape=list(mean.shape), dtype=str(mean.dtype))
+    meta.update(sha256=array_digest(mean, std), shape=list(mean.shape), dtype=str(mean.dtype))
     return Entry(mean, std, meta)
 
 
