@@ -18,7 +18,9 @@ code as the library, not a copy. Data: ``latentds/train/vae/prepare_six_data.py`
 latentds is fully installed).
 
 Objective per step (images in [0, 1]): ``L1(x, x̂) + hf·L1(HP(x), HP(x̂)) + kl·KL/npix``
-with ``HP(x) = x − G_1.0 * x`` (the detail bicubic removes), hf = 2, kl = 1e-6 (ldm's
+with ``HP(x) = x − G_1.0 * x`` (the detail bicubic removes), hf = 2, kl = 1e-6; with
+``--edge-weight w`` both L1 terms are weighted per pixel by ``1 + w·min(|HP(x)|/mean, 8)``
+(normalised to mean 1), so specks, lines and edges count more than flat background (ldm's
 weight relative to a per-pixel sum). Adam (0.9, 0.99), lr 1e-3 with 50 warm-up steps and
 a cosine decay over the codec's time slice, bf16 autocast for the correction networks on
 CUDA (the s2d baseline and the losses stay float32).
@@ -205,8 +207,18 @@ def train_one(kl, residual, data: Data, f: int, c: int, seconds: float, args, lo
             z = mean + std * torch.randn(mean.shape, device=dev, generator=gen)
             xr = model.decode01(z)
         xr = xr.float()
-        l1 = (x - xr).abs().mean()
-        hf = (residual.high_pass(x, args.hf_sigma) - residual.high_pass(xr, args.hf_sigma)).abs().mean()
+        hpx = residual.high_pass(x, args.hf_sigma)
+        if args.edge_weight > 0:
+            # Edge/speck weighting: pixels with much of the detail bicubic removes (small
+            # bright structures, lines, edges) count up to 1 + 8·w times the flat background,
+            # normalised to mean 1 so the loss scale (and the lr) stay comparable.
+            e = hpx.abs()
+            wpix = 1.0 + args.edge_weight * (e / (e.mean(dim=(1, 2, 3), keepdim=True) + 1e-4)).clamp(max=8.0)
+            wpix = wpix / wpix.mean(dim=(1, 2, 3), keepdim=True)
+        else:
+            wpix = torch.ones_like(x)
+        l1 = ((x - xr).abs() * wpix).mean()
+        hf = ((hpx - residual.high_pass(xr, args.hf_sigma)).abs() * wpix).mean()
         klv = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / x.numel()
         loss = l1 + args.hf_weight * hf + args.kl_weight * klv
         opt.zero_grad(set_to_none=True)
@@ -268,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-weight", type=float, default=2.0)
     p.add_argument("--hf-sigma", type=float, default=1.0)
     p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--edge-weight", type=float, default=0.0,
+                   help="weight L1 and high-pass L1 per pixel by 1 + w·min(|HP(x)|/mean|HP(x)|, 8), "
+                        "normalised to mean 1 (0: unweighted)")
     p.add_argument("--max-steps", type=int, default=0, help="also stop each codec after this many steps (0: time only)")
     p.add_argument("--alpha-grid", type=int, default=21, help="alpha candidates: N evenly spaced in [0, 1]")
     p.add_argument("--val-crop", type=int, default=0, help="crop validation images / finding windows to N px (CPU)")
@@ -320,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             "trained_on": card, "train_seconds": r["train_seconds"], "steps": r["steps"],
             "batch": r["batch"], "crop": r["crop"],
             "objective": f"L1 + {a.hf_weight}*L1(high-pass sigma={a.hf_sigma}) + {a.kl_weight}*KL (per pixel); "
-                         "perceptual and adversarial terms off",
+                         + (f"both L1 terms weighted per pixel by 1 + {a.edge_weight}*min(|HP(x)|/mean|HP(x)|, 8), "
+                            "normalised to mean 1; " if a.edge_weight > 0 else "")
+                         + "perceptual and adversarial terms off",
             "optimizer": f"Adam(0.9, 0.99), lr {a.lr}, 50 warm-up steps, cosine over the time slice, grad-norm clip 1",
             "data": data.info.get("train", []),
             "validation": {"images": data.info.get("val", []), "finding_pairs": len(data.pairs),
