@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import CacheError, ShardError
+from .errors import CacheError, ConfigError, ShardError
+from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
 from .store.manifest import Manifest
@@ -49,14 +50,26 @@ class LatentIterableDataset(IterableDataset):
             (what :meth:`from_dataset` passes). Without it every committed sample of the
             namespace is streamed with the target stored when it was encoded.
         target_transform: applied to the target.
+        views: with ``samples`` keyed by the samples' own keys (view 0), stream each sample's
+            view of the current epoch (``LatentDataset(views=K)``'s choice for the same index and
+            epoch: ``samples`` in dataset order); :meth:`from_dataset` passes it.
     """
 
     def __init__(self, cache: str, namespace: str, *, storage_options: dict[str, Any] | None = None,
                  rank: int | None = None, world_size: int | None = None, shuffle: bool = False, seed: int = 0,
                  transform: Callable[[torch.Tensor], Any] | None = None,
                  samples: dict[str, int] | None = None,
-                 target_transform: Callable[[int], Any] | None = None) -> None:
+                 target_transform: Callable[[int], Any] | None = None, views: int = 1) -> None:
         super().__init__()
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"views must be a positive int (1: no augmented views), not {views!r}")
+        if views > 1 and samples is None:
+            # every committed row (all views of every sample) has no "view of this epoch"
+            raise ConfigError(f"{cache}: views={views} needs samples= (the samples' own keys, in dataset order); "
+                              f"use LatentIterableDataset.from_dataset(dataset)")
+        self.views = views
+        #: (epoch, {view key: target}): the samples this epoch streams (views > 1)
+        self._served: tuple[int, dict[str, int]] | None = None
         self.store = open_store(cache, namespace, storage_options)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
@@ -77,12 +90,24 @@ class LatentIterableDataset(IterableDataset):
         samples = {ds.key(i): int(t) for i, t in enumerate(ds.targets)}
         kwargs.setdefault("transform", ds.transform)
         kwargs.setdefault("target_transform", ds.target_transform)
+        kwargs.setdefault("views", getattr(ds, "views", 1))  # call set_epoch(e) on both, as on ds
         return cls(loc.url, ds.namespace, storage_options=loc.storage_options, samples=samples, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_pinned"] = None  # the pointer travels (``_pin``), the loaded generation does not
         return state
+
+    def _epoch_samples(self) -> dict[str, int] | None:
+        """``{key: target}`` streamed this epoch: ``samples``, or with ``views > 1`` each sample's
+        view of this epoch (the i-th sample is index i of the dataset, as ``choose_view`` wants)."""
+        if self.samples is None or self.views <= 1:
+            return self.samples
+        served = self._served
+        if served is None or served[0] != self.epoch:
+            served = self._served = (self.epoch, {view_key(k, choose_view(i, self.epoch, self.views)): t
+                                                  for i, (k, t) in enumerate(self.samples.items())})
+        return served[1]
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: the newest committed generation is pinned for it now, in the
@@ -108,10 +133,11 @@ class LatentIterableDataset(IterableDataset):
             self._pin = (self.epoch, ptr) if ptr is not None else None
         if m is None:
             raise CacheError(f"{self.store.manifests.pointer_path}: no committed shards; run compact first")
-        if self.samples is None:
+        samples = self._epoch_samples()
+        if samples is None:
             rows: Any = range(len(m))
         else:
-            found = [(k, m.find(k)) for k in self.samples]
+            found = [(k, m.find(k)) for k in samples]
             missing = [k for k, r in found if r < 0]
             if missing:
                 raise CacheError(
@@ -151,6 +177,7 @@ class LatentIterableDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         # one generation for the whole epoch: the shard list and the rows come from the same one
         m, by_shard = self._plan()
+        samples = self._epoch_samples()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
         for shard in self._split(self._order(sorted(by_shard))):
             path = self.store.shard_path(shard)
@@ -179,7 +206,7 @@ class LatentIterableDataset(IterableDataset):
                 else:  # a generation written before the CRC column: sha256, as before
                     mean, _ = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=m.locate(row)[5],
                                             name=name)
-                target: Any = self.samples[key] if self.samples is not None else stored_target
+                target: Any = samples[key] if samples is not None else stored_target
                 if self.target_transform is not None:
                     target = self.target_transform(target)
                 z = torch.from_numpy(mean.copy())  # a writable tensor of its own

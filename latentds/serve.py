@@ -23,11 +23,26 @@ import numpy as np
 import torch
 
 from . import batch_read
-from .errors import CacheError
+from .errors import CacheError, ConfigError
+from .sample.views import choose_view, view_key
 from .store import open_store
 from .store.plan import ReadPlan
 
 __all__ = ["CachedLatentDataset"]
+
+
+class _ViewKeys(Sequence[str]):
+    """The keys the read plan reads with ``views > 1``: sample i's view of the current epoch."""
+
+    def __init__(self, ds: "CachedLatentDataset") -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds._keys)
+
+    def __getitem__(self, i: Any) -> Any:
+        i = int(i)
+        return view_key(self.ds._keys[i], choose_view(i, self.ds.epoch, self.ds.views))
 
 
 class CachedLatentDataset(torch.utils.data.Dataset):
@@ -42,6 +57,9 @@ class CachedLatentDataset(torch.utils.data.Dataset):
             generation's committed per-channel statistics).
         local_cache, local_cache_bytes: as ``LatentDataset``; batched reads from an object store
             then fetch whole shards into ``<local_cache>/shards`` once and read them locally.
+        views: ``keys`` are the samples' own keys (view 0, in the order of the ``LatentDataset``
+            that wrote them with ``views=K``); sample i serves that dataset's view of the current
+            epoch (:meth:`set_epoch`), every view must be committed. Needs ``keys``.
     """
 
     #: as ``LatentDataset.batch_gap_bytes`` (None: ``latentds.batch_read``'s defaults)
@@ -52,7 +70,15 @@ class CachedLatentDataset(torch.utils.data.Dataset):
                  storage_options: dict[str, Any] | None = None, keys: Sequence[str] | None = None,
                  transform: Callable[[torch.Tensor], Any] | None = None,
                  target_transform: Callable[[int], Any] | None = None, normalize: bool = False,
-                 local_cache: str | os.PathLike[str] | None = None, local_cache_bytes: int = 4 << 30) -> None:
+                 local_cache: str | os.PathLike[str] | None = None, local_cache_bytes: int = 4 << 30,
+                 views: int = 1) -> None:
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"views must be a positive int (1: no augmented views), not {views!r}")
+        if views > 1 and keys is None:
+            # the generation's rows are every view of every sample: none is "the view of this epoch"
+            raise ConfigError(f"{os.fspath(cache)}: views={views} needs keys= (the samples' own keys, e.g. "
+                              f"[ds.key(i) for i in range(len(ds))] of the LatentDataset that wrote them)")
+        self.views, self.epoch = views, 0
         self.store = open_store(os.fspath(cache), namespace, storage_options, local_cache=local_cache,
                                 local_cache_bytes=local_cache_bytes)
         self.namespace = namespace
@@ -67,16 +93,17 @@ class CachedLatentDataset(torch.utils.data.Dataset):
             self._keys, self.targets = all_keys, stored
         else:
             self._keys = [str(k) for k in keys]
-            rows = m.find_many(self._keys)
+            wanted = [view_key(k, v) for v in range(views) for k in self._keys]  # view 0 first
+            rows = m.find_many(wanted)
             missing = np.flatnonzero(rows < 0)
             if len(missing):
-                raise CacheError(f"{self.store.manifests.pointer_path}: {len(missing)} of {len(self._keys)} keys are "
-                                 f"not committed in generation {m.generation} (e.g. {self._keys[int(missing[0])]}); "
-                                 f"encode and compact them first")
-            self.targets = [stored[int(r)] for r in rows]
+                raise CacheError(f"{self.store.manifests.pointer_path}: {len(missing)} of {len(wanted)} keys are "
+                                 f"not committed in generation {m.generation} (e.g. {wanted[int(missing[0])]}); "
+                                 f"encode and compact them first" + (f" (with views={views})" if views > 1 else ""))
+            self.targets = [stored[int(r)] for r in rows[:len(self._keys)]]
         self.samples = list(zip(self._keys, self.targets))
         self.transform, self.target_transform, self.normalize = transform, target_transform, normalize
-        self.plan = ReadPlan(self._keys)
+        self.plan = ReadPlan(self._keys if views == 1 else _ViewKeys(self))
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -84,6 +111,12 @@ class CachedLatentDataset(torch.utils.data.Dataset):
 
     def key(self, index: int) -> str:
         return self._keys[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the views of ``epoch`` (``views > 1``), as ``LatentDataset.set_epoch``."""
+        self.epoch = int(epoch)
+        if self.views > 1:  # other views, other keys: resolved again
+            self.plan.forget()
 
     def _normalizer(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._norm is None:

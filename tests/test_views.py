@@ -13,7 +13,7 @@ import torch
 
 from latentds import LatentDataset
 from latentds.codecs import create_codec
-from latentds.errors import ConfigError
+from latentds.errors import CacheError, ConfigError
 from latentds.sample.views import View, apply_view, choose_view, view_key, view_of
 from latentds.testing.synthetic import make_dataset
 
@@ -117,3 +117,70 @@ def test_bulk_and_lazy_views_agree(data, tmp_path):
     bulk = _all_views(ds)
     assert calls == []  # every view the dataset serves was encoded by the bulk job
     assert bulk.keys() == lazy.keys() and all(torch.equal(bulk[k], lazy[k]) for k in lazy)
+
+
+# -- every read path serves the view dataset[i] serves for the same (index, epoch) -------------
+
+@pytest.fixture(scope="module")
+def compacted(data, tmp_path_factory) -> LatentDataset:
+    ds = LatentDataset(data, codec=CODEC, cache=tmp_path_factory.mktemp("views_read") / "c", views=K)
+    assert not ds.fill(progress=False).failures
+    ds.compact()
+    return ds
+
+
+def _served(ds: LatentDataset, epoch: int) -> list[torch.Tensor]:
+    ds.set_epoch(epoch)
+    return [ds[i][0] for i in range(len(ds))]
+
+
+EPOCHS = (0, 1, 2, 5)  # epoch 0 already mixes views (test_epochs_mix_views checks it)
+
+
+def test_epochs_mix_views(compacted):
+    views = {(e, compacted.view_index(i)) for e in EPOCHS for i in range(len(compacted))
+             if compacted.set_epoch(e) is None}
+    assert {v for _, v in views} == set(range(K)) and {v for e, v in views if e == 0} != {0}
+
+
+def test_batched_reads_serve_the_epochs_views(compacted):
+    from latentds import batch_read
+
+    for e in EPOCHS:
+        want = _served(compacted, e)
+        idx = list(range(len(compacted)))[::-1]
+        for got in (compacted.__getitems__(idx), batch_read.getitems(compacted, idx)):
+            assert all(torch.equal(got[j][0], want[i]) for j, i in enumerate(idx))
+
+
+def test_iterable_from_dataset_streams_the_epochs_views(compacted):
+    from latentds.iterable import LatentIterableDataset
+
+    it = LatentIterableDataset.from_dataset(compacted)
+    assert it.views == K
+    for e in EPOCHS:
+        want = _served(compacted, e)
+        it.set_epoch(e)
+        got = list(it)
+        by_bytes = lambda pairs: sorted((z.numpy().tobytes(), int(t)) for z, t in pairs)  # noqa: E731
+        assert by_bytes(got) == by_bytes(zip(want, compacted.targets))  # shard order, not index order
+    with pytest.raises(ConfigError, match="needs samples="):
+        LatentIterableDataset(str(compacted.cache.root.url), compacted.namespace, views=K)
+
+
+def test_cached_dataset_serves_the_epochs_views(compacted):
+    from latentds.serve import CachedLatentDataset
+
+    keys = [compacted.key(i) for i in range(len(compacted))]
+    c = CachedLatentDataset(compacted.cache.root.url, compacted.namespace, keys=keys, views=K)
+    assert c.targets == list(compacted.targets)
+    for e in EPOCHS:
+        want = _served(compacted, e)
+        c.set_epoch(e)
+        assert all(torch.equal(c[i][0], want[i]) for i in range(len(c)))
+        batch = c.__getitems__(list(range(len(c))))
+        assert all(torch.equal(batch[i][0], want[i]) for i in range(len(c)))
+    with pytest.raises(ConfigError, match="needs keys="):
+        CachedLatentDataset(compacted.cache.root.url, compacted.namespace, views=K)
+    with pytest.raises(CacheError, match="with views=4"):  # view 3 was never encoded
+        CachedLatentDataset(compacted.cache.root.url, compacted.namespace, keys=keys, views=K + 1)
