@@ -51,6 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"probe seeds, one train/test split and initialisation each (default {' '.join(map(str, d.seeds))})")
     p.add_argument("--bootstrap", type=int, default=None)
+    p.add_argument("--views", type=_positive_int, default=None,
+                   help="codec rows: cache K augmented views per image and train on one per epoch (test on view 0; "
+                        "docs/views.md); default 1")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {v}")
+    return v
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
@@ -68,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     if getattr(args, "seeds", None):
         over["seeds"] = tuple(args.seeds)
     for name in ("kind", "n_per_class", "backbone", "mode", "epochs", "batch_size", "lr", "seed", "bootstrap",
-                 "stem_chans", "stem_kernel", "stem_init", "stem_lr_scale"):
+                 "stem_chans", "stem_kernel", "stem_init", "stem_lr_scale", "views"):
         if getattr(args, name, None) is not None:
             over[name] = getattr(args, name)
     return dataclasses.replace(cfg, **over)

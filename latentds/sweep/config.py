@@ -35,6 +35,7 @@ class SweepConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     seed: int = 0                            # synthetic data seed
+    views: int = 1                           # codec rows: train on K cached augmented views (docs/views.md)
     seeds: tuple[int, ...] = (0, 1)          # probe seeds (split + initialisation); rows report their mean
     bootstrap: int = 1000
     methods: tuple[str, ...] | None = None   # None: default_methods()

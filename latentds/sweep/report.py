@@ -17,7 +17,7 @@ from .run import SizeBreakdown
 
 
 COLUMNS = ("method", "f", "C", "gamma", "input", "gmacs", "paper_gmacs", "auroc", "ci_lo", "ci_hi", "seconds",
-           "bytes_per_image", "aurocs", "control", "backbone_input")
+           "bytes_per_image", "aurocs", "control", "backbone_input", "views")
 
 
 def control_warnings(rows: Sequence[SweepRow]) -> list[str]:
@@ -38,6 +38,10 @@ def format_markdown(rows: Sequence[SweepRow], *, budget: float | None = None, ti
     lines += ["| method | f | C | γ | input → backbone sees | GMACs (probe used) | GMACs hrnet_w64 @1024/f | AUROC mean (95% CI) "
               "| AUROC per seed | control at f | wall time (s) | bytes / image |",
               "|---|---:|---:|---:|---|---:|---:|---|---|---|---:|---:|"]
+    views = any(r.views > 1 for r in rows)  # the column only where some row trained on views
+    if views:
+        lines[-2] += " views (train) |"
+        lines[-1] += "---:|"
     for r in rows:
         flag = {"FAIL": "**FAIL**", "pass": "pass", "none": "not run"}.get(r.control, "")
         if is_control(r.method):
@@ -46,7 +50,7 @@ def format_markdown(rows: Sequence[SweepRow], *, budget: float | None = None, ti
         seen = r.input if r.backbone_input in ("", r.input) else f"{r.input} → {r.backbone_input}"
         lines.append(f"| {r.method} | {r.f} | {r.C} | {r.gamma:g} | {seen} | {r.gmacs:.4g} | {r.paper_gmacs:.2f} "
                      f"| {r.auroc:.3f} ({r.ci_lo:.3f}–{r.ci_hi:.3f}) | {seeds} | {flag} | {r.seconds:.0f} "
-                     f"| {r.bytes_per_image:,.0f} |")
+                     f"| {r.bytes_per_image:,.0f} |" + (f" {r.views} |" if views else ""))
     warnings = control_warnings(rows)
     if warnings:
         lines += [""] + [f"- {w}" for w in warnings]
@@ -85,7 +89,8 @@ def read_csv(path: str | os.PathLike) -> list[SweepRow]:
             out.append(SweepRow(d["method"], int(d["f"]), int(d["C"]), float(d["gamma"]), d["input"],
                                 float(d["gmacs"]), float(d["paper_gmacs"]), float(d["auroc"]), float(d["ci_lo"]),
                                 float(d["ci_hi"]), float(d["seconds"]), float(d["bytes_per_image"]), aurocs=aurocs,
-                                control=d.get("control") or "", backbone_input=d.get("backbone_input") or ""))
+                                control=d.get("control") or "", backbone_input=d.get("backbone_input") or "",
+                                views=int(d.get("views") or 1)))
         return out
 
 
@@ -187,7 +192,9 @@ def describe(cfg: SweepConfig) -> str:
             f"lr x {cfg.stem_lr_scale:g}·16/C)") if cfg.backbone.startswith("d2s+") else ""
     seeds = tuple(cfg.seeds) or (cfg.seed,)
     return (f"{task}; probe {cfg.backbone}{stem} ({cfg.mode}), AdamW lr {cfg.lr:g}, batch {cfg.batch_size}, "
-            f"{cfg.epochs} epochs, seeds {', '.join(map(str, seeds))} (mean reported)")
+            f"{cfg.epochs} epochs, seeds {', '.join(map(str, seeds))} (mean reported)"
+            + (f"; codec rows trained on {cfg.views} cached augmented views (one per epoch, docs/views.md), "
+               f"tested on view 0" if cfg.views > 1 else ""))
 
 
 def write_outputs(rows: Sequence[SweepRow], cfg: SweepConfig, *, skipped: Sequence[str] = (),

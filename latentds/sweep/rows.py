@@ -31,6 +31,7 @@ class SweepRow:
     aurocs: tuple[float, ...] = ()   # one per seed (auroc is their mean; ci_lo / ci_hi the mean bounds)
     control: str = ""     # "pass" / "FAIL": the lossless control at this row's f; "none": no control ran
     backbone_input: str = ""  # h×w the backbone sees: after the d2s stem and padding to its stride ("": = input)
+    views: int = 1        # cached augmented views the probe trained on (one per epoch; test: view 0)
 
     def __post_init__(self) -> None:
         if not self.family:

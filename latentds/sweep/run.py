@@ -125,7 +125,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
     import torch
     from torch.utils.data import TensorDataset
 
-    from latentds.train.probe import fit_probe, stratified_split
+    from latentds.train.probe import EpochSubset, fit_probe, stratified_split
 
     from ..dataset import LatentDataset
     from ..flops import hrnet_gmacs
@@ -153,6 +153,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
             splits = {s: stratified_split(ds.targets, cfg.test_fraction, s) for s in seeds}
             sizes = _finding_sizes(root, ds)
         y = torch.tensor(ds.targets)
+        views = 1 if method == FULL else int(cfg.views)  # full size: the image, no codec to cache views of
+        vds = None
         if method == FULL:
             x = torch.stack([torch.from_numpy(np.ascontiguousarray(ds.load_source(i)[0]))[None] for i in range(n)])
             f, C = 1, 1
@@ -163,7 +165,12 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
                 raise RuntimeError(f"{method}: {len(report.failures)} images failed to encode: {report.failures[0]}")
             x = torch.stack([ds[i][0] for i in range(n)]).float()
             f, C = ds.codec.f, ds.codec.latent_channels
-            per_image = _latent_bytes(ds) / n
+            per_image = _latent_bytes(ds) / n * views  # the cache holds K views (of equal size) per image
+            if views > 1:  # view 0 (x) is tested; training serves another cached view every epoch
+                vds = LatentDataset(root, codec=ds.codec, cache=cache, crop_roi=False, image_size=shape, views=views)
+                report = vds.fill(batch_size=16, progress=False)
+                if report.failures:
+                    raise RuntimeError(f"{method}: {len(report.failures)} views failed to encode: {report.failures[0]}")
         results, preds, seen = [], [], ""
         for seed in seeds:
             tr, te = splits[seed]
@@ -172,7 +179,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
                                        stem_kernel=cfg.stem_kernel, stem_init=cfg.stem_init,
                                        stem_lr_scale=cfg.stem_lr_scale,
                                        backbone_kwargs={"width": cfg.probe_width} if cfg.probe_width else None)
-            res = fit_probe(TensorDataset(x[tr], y[tr]), TensorDataset(x[te], y[te]), in_chans=C,
+            train = EpochSubset(vds, tr) if vds is not None else TensorDataset(x[tr], y[tr])
+            res = fit_probe(train, TensorDataset(x[te], y[te]), in_chans=C,
                             num_classes=len(ds.classes), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, seed=seed, accelerator=cfg.accelerator,
                             precision=cfg.precision, bootstrap=cfg.bootstrap, module=module)
@@ -189,7 +197,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
         row = SweepRow(method, f, C, f * f / C, "x".join(map(str, x.shape[2:])), results[0].gmacs, paper,
                        float(np.mean(aurocs)), float(np.mean([r.ci_lo for r in results])),
                        float(np.mean([r.ci_hi for r in results])), time.perf_counter() - t0, per_image,
-                       aurocs=tuple(aurocs), backbone_input=seen)
+                       aurocs=tuple(aurocs), backbone_input=seen, views=views)
         log(f"[sweep] {method}: AUROC {row.auroc:.3f} [{row.ci_lo:.3f}, {row.ci_hi:.3f}] (seeds "
             f"{', '.join(f'{a:.3f}' for a in aurocs)}), {row.gmacs:.4f} GMACs, {row.seconds:.0f} s")
         rows.append(row)

@@ -22,6 +22,7 @@ _LAZY = {
     **dict.fromkeys(["INPUT_FITS", "MODES", "SMALL_CNN", "ProbeModel", "ProbeShapeError", "build_backbone",
                      "required_multiple"], ".model"),
     **dict.fromkeys(["Indexed", "ProbeModule"], ".module"),
+    **dict.fromkeys(["EpochSubset", "set_dataset_epoch"], ".epochs"),
     **dict.fromkeys(["DEFAULTS", "ImageSource", "ProbeResult", "build_datasets", "count_probe_gmacs", "fit_probe",
                      "load_config", "load_probe", "main", "predict", "run_from_config", "save_predictions",
                      "save_probe", "stratified_split", "write_predictions", "write_result"], ".run"),
@@ -37,7 +38,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["AurocCI", "DEFAULTS", "INPUT_FITS", "ImageSource", "Indexed", "MODES", "ProbeModel", "ProbeModule",
-           "ProbeResult", "ProbeShapeError", "SMALL_CNN", "auroc", "bootstrap_auroc", "build_backbone", "build_datasets",
-           "count_probe_gmacs", "fit_probe", "load_config", "load_probe", "main", "predict", "required_multiple",
-           "run_from_config", "save_predictions", "save_probe", "stratified_split", "write_predictions", "write_result"]
+__all__ = ["AurocCI", "DEFAULTS", "EpochSubset", "INPUT_FITS", "ImageSource", "Indexed", "MODES", "ProbeModel",
+           "ProbeModule", "ProbeResult", "ProbeShapeError", "SMALL_CNN", "auroc", "bootstrap_auroc", "build_backbone",
+           "build_datasets", "count_probe_gmacs", "fit_probe", "load_config", "load_probe", "main", "predict",
+           "required_multiple", "run_from_config", "save_predictions", "save_probe", "set_dataset_epoch",
+           "stratified_split", "write_predictions", "write_result"]

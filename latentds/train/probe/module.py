@@ -48,6 +48,14 @@ class ProbeModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # a training set that changes with the epoch (cached augmented views, docs/views.md)
+        loader = getattr(self.trainer, "train_dataloader", None)
+        if loader is not None:
+            from .epochs import set_dataset_epoch
+
+            set_dataset_epoch(getattr(loader, "dataset", None), self.current_epoch)
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val/loss", self.loss(self(x), y), prog_bar=True, batch_size=len(y), sync_dist=True)
