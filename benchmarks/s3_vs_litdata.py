@@ -9,7 +9,8 @@ Methods, interleaved per round (alternating order), medians over rounds:
 * ``LatentDataset`` shuffled, batched (``__getitems__``: a batch's byte ranges coalesced and
   fetched in one concurrent ``cat_ranges``), default gap (2 MiB) and one GET per shard touched;
 * ``LatentDataset`` with ``latentds.sampler.ShardAwareSampler`` (shuffled windows of 4 shards);
-* ``LatentIterableDataset`` streaming (whole shards, shuffled shard order);
+* ``LatentIterableDataset`` streaming (whole shards, shuffled shard order), with its default
+  shard prefetch and without it (``prefetch=0``: one shard at a time);
 * LitData ``StreamingDataset(shuffle=True)`` through ``StreamingDataLoader``, a fresh
   ``cache_dir`` each epoch, with its defaults (async chunk prefetch over obstore, told to
   allow the http:// loopback endpoint: ``_litdata_allow_http``).
@@ -169,13 +170,15 @@ def main() -> None:
                 lit_setup.append(time.perf_counter() - t)
                 return loader
 
-            def stream_loader(r: int) -> Any:
-                it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r)
+            def stream_loader(r: int, prefetch: int | None = None) -> Any:
+                kw = {} if prefetch is None else {"prefetch": prefetch}
+                it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
                 return DataLoader(it, **dl)
 
             methods: dict[str, Any] = {
                 "LitData StreamingDataset (shuffle)": lit_loader,
                 "LatentIterableDataset (shuffle)": stream_loader,
+                "LatentIterableDataset (shuffle, no prefetch)": lambda r: stream_loader(r, 0),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
                     ours(batch_gap_bytes=shard_bytes), shuffle=True, **dl),
