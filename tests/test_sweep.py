@@ -231,7 +231,8 @@ def test_foreign_task_generator_is_deterministic_and_an_imagefolder(tmp_path):
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert len(files) == 6 and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     labels = (a / "labels.csv").read_text().splitlines()[1:]
-    assert [r.split(",")[2] for r in labels] == ["0"] * 3 + [f"{d:g}" for d in ft.LEVELS]
+    diam = [float(r.split(",")[2]) for r in labels]
+    assert diam[:3] == [0.0] * 3 and all(lo <= d <= hi for d, (lo, hi) in zip(diam[3:], ft.LEVELS))
     ds = LatentDataset(a, codec="bicubic-f4", cache=tmp_path / "cache", crop_roi=False, image_size=(40, 40))
     assert ds.classes == ["negative", "positive"] and len(ds) == 6
     assert ds[5][0].shape == (1, 10, 10)
