@@ -1,7 +1,8 @@
 """``LatentIterableDataset``: sequential epochs over committed shards, for multi-node training.
 
-Each shard is read whole (one GET) and its samples yielded in order, which is what object
-stores do best. Shards are split first across ranks (``rank::world_size``), then across the
+Each shard is read in one GET (through its last sample's bytes) and its samples yielded in
+order, which is what object stores do best; the next shards are fetched meanwhile on a small
+thread pool (``prefetch``, default 2), so a worker rarely waits on a GET. Shards are split first across ranks (``rank::world_size``), then across the
 DataLoader workers of each rank, so every committed sample is read exactly once per epoch
 across the whole job. With ``shuffle=True`` the shard order is permuted per epoch from
 ``seed + epoch`` (the same on every rank, so the split stays a partition) and samples are
@@ -191,8 +192,20 @@ class LatentIterableDataset(IterableDataset):
         samples = self._epoch_samples()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
         backend = self.store.backend
+        local = backend.caps.local
+
+        def fetch(shard: str) -> bytes:
+            if local:
+                return backend.get(layout.shard(shard))
+            # object stores: one ranged GET through the end of the last sample read (a whole-object
+            # GET costs s3fs a HEAD first, a second request per shard); the members after it
+            # (labels, metadata, tar padding) are not read here. A short object reads short, and
+            # the truncation check below names it as before.
+            end = max(1, max(o + n for o, n, *_ in (m.row_layout(r) for r in by_shard[shard])))
+            return backend.get_range(layout.shard(shard), 0, end)
+
         mine = self._split(self._order(sorted(by_shard)))
-        for shard, data in fetch_ahead(lambda s: backend.get(layout.shard(s)), mine, self.prefetch):
+        for shard, data in fetch_ahead(fetch, mine, self.prefetch):
             path = self.store.shard_path(shard)
             # walk the manifest's rows of this shard (not the tar's members): the shard may also
             # hold samples that are not this dataset's, or that the manifest no longer names

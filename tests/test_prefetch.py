@@ -53,11 +53,11 @@ def test_fetch_ahead_raises_at_the_failing_turn_and_stops_early() -> None:
     assert len(started) < 20
 
 
-def _cache(tmp_path, n: int = 12):
-    from latentds.store.entries import LatentCache
+def _cache(url: str, options: dict | None = None, n: int = 12):
     from latentds.store import ShardedStore
+    from latentds.store.entries import LatentCache
 
-    s = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
+    s = ShardedStore(LatentCache(url, "ns", storage_options=options))
     rng = np.random.default_rng(0)
     for i in range(n):
         k = f"{i:040x}"
@@ -66,28 +66,38 @@ def _cache(tmp_path, n: int = 12):
     return s
 
 
-def test_streaming_with_prefetch_equals_one_shard_at_a_time(tmp_path) -> None:
+def test_streaming_with_prefetch_equals_one_shard_at_a_time(backend) -> None:
     from latentds import LatentIterableDataset
 
-    _cache(tmp_path)
+    _cache(backend.url, backend.options)
     for shuffle in (False, True):
-        a = list(LatentIterableDataset(str(tmp_path / "c"), "ns", shuffle=shuffle, seed=4, prefetch=0))
-        b = list(LatentIterableDataset(str(tmp_path / "c"), "ns", shuffle=shuffle, seed=4))
+        a = list(LatentIterableDataset(backend.url, "ns", storage_options=backend.options, shuffle=shuffle, seed=4,
+                                       prefetch=0))
+        if backend.env is not None:
+            backend.env.proxy.reset_counts()
+        b = list(LatentIterableDataset(backend.url, "ns", storage_options=backend.options, shuffle=shuffle, seed=4))
+        if backend.env is not None:  # one ranged GET per shard, no HEAD before it
+            counts = backend.env.proxy.counts
+            assert counts["GET"] <= 4 + 2 and counts["HEAD"] <= 2, dict(counts)
         assert len(a) == 12 and [t for _, t in a] == [t for _, t in b]
         assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
         assert all(z.is_contiguous() and z.numpy().flags.writeable for z, _ in b)
 
 
-def test_streaming_with_prefetch_names_a_corrupt_sample(tmp_path) -> None:
+def test_streaming_with_prefetch_names_a_corrupt_or_truncated_shard(backend) -> None:
     from latentds import LatentIterableDataset
 
-    s = _cache(tmp_path)
+    s = _cache(backend.url, backend.options)
     m = s.refresh()
     row = m.find(f"{7:040x}")
     off, length, *_ = m.row_layout(row)
     rel = f"shards/{m.shards[int(m.shard_ids()[row])]}"
-    data = bytearray(s.backend.get(rel))
+    good = s.backend.get(rel)
+    data = bytearray(good)
     data[off + 3] ^= 0x01
     s.backend.put(rel, bytes(data))
     with pytest.raises(ShardError, match=f"sample {7:040x}.*crc32c"):
-        list(LatentIterableDataset(str(tmp_path / "c"), "ns"))
+        list(LatentIterableDataset(backend.url, "ns", storage_options=backend.options))
+    s.backend.put(rel, good[:off + length - 1])
+    with pytest.raises(ShardError, match=f"sample {7:040x}.*truncated"):
+        list(LatentIterableDataset(backend.url, "ns", storage_options=backend.options))

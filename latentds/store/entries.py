@@ -32,8 +32,10 @@ from ..errors import CacheError, StoreAccessError
 from . import layout
 from .backend import Backend
 from .fsio import Location, call
+from .npy import dtype_name, parse_npy  # no pickle; headers and dtype names made once
 
-__all__ = ["FORMAT_VERSION", "Entry", "array_digest", "LatentCache", "canonical_json", "decode_entry", "encode_entry",
+__all__ = ["FORMAT_VERSION", "Entry", "Staged", "array_digest", "LatentCache", "canonical_json", "decode_entry",
+    "decode_staged", "encode_entry",
     "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
 
 FORMAT_VERSION = 1
@@ -68,10 +70,12 @@ class Entry:
 
 def array_digest(mean: np.ndarray, std: np.ndarray | None) -> str:
     """The sha256 an entry's metadata carries for its arrays (dtype, shape, mean and std bytes)."""
-    parts = [str(mean.dtype).encode(), repr(mean.shape).encode(), np.ascontiguousarray(mean).tobytes()]
+    h = hashlib.sha256(dtype_name(mean.dtype).encode())
+    h.update(repr(mean.shape).encode())
+    h.update(np.ascontiguousarray(mean).data)  # the same bytes as tobytes(), without the copy
     if std is not None:
-        parts.append(np.ascontiguousarray(std).tobytes())
-    return sha256_hex(*parts)
+        h.update(np.ascontiguousarray(std).data)
+    return h.hexdigest()
 
 
 _array_digest = array_digest  # the name importers used before it was public
@@ -129,26 +133,70 @@ def _stored_members(data: bytes) -> dict[str, memoryview] | None:
     return out if out and data[pos:pos + 2] == b"PK" else None
 
 
-def decode_entry(data: bytes, name: str) -> Entry:
-    """Parse and verify one cached object; ``name`` is used in error messages."""
-    from .npy import parse_npy  # the shard reader's .npy parser: no pickle, headers parsed once
+@dataclass(frozen=True)
+class Staged:
+    """One staging object as stored, checked exactly as :func:`decode_entry` checks it: arrays
+    are read-only views into the object's bytes, and the stored metadata JSON is kept when it
+    is byte for byte what a shard's ``.json`` member would hold (``None`` otherwise), so
+    compaction copies it instead of writing it again. (The ``.npy`` members are written anew:
+    ``npy_bytes`` with its cached header costs less than proving the stored ones equal.)"""
 
+    mean: np.ndarray
+    std: np.ndarray | None
+    meta: dict[str, Any]
+    meta_json: bytes | None
+
+
+def _canonical_as_stored(raw: bytes, meta: Any) -> bool:
+    """Whether ``canonical_json(meta)`` would give back ``raw`` itself, judged without writing
+    it (json.dumps with sorted keys is ~30 us a sample): Python's json wrote ``raw`` (latentds
+    writes every staging object's metadata with ``canonical_json``), and compact ASCII JSON
+    whose every object has its keys in sorted order is exactly what canonical_json writes for
+    the value it parses to. Anything else (spaces, non-ASCII, unsorted keys): False, and the
+    caller writes it again."""
+    if not raw.isascii() or b" " in raw or b"\n" in raw:
+        return False
+    todo = [meta]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            keys = list(v)
+            if keys != sorted(keys):
+                return False
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return True
+
+
+def decode_staged(data: bytes, name: str) -> Staged:
+    """Parse and verify one cached object (zip CRC-32 of every member and the sha256 of its
+    arrays, as :func:`decode_entry`) without copying its arrays; ``name`` names it in errors."""
     try:
         # np.load would re-parse every .npy header with ast.literal_eval (most of a compaction's
-        # CPU); the members are the same .npy bytes, read with the cached parser and copied
-        # (callers get writable arrays, as from np.load)
+        # CPU); the members are the same .npy bytes, read with the cached parser
         members = _stored_members(data)
         if members is None:  # not the plain layout np.savez writes: the general reader
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 members = {n: z.read(n) for n in z.namelist()}
-        mean = parse_npy(members["mean.npy"], name).copy()
-        std = parse_npy(members["std.npy"], name).copy() if "std.npy" in members else None
-        meta = json.loads(parse_npy(members["meta.npy"], name).tobytes().decode())
+        mean = parse_npy(members["mean.npy"], name)
+        std = parse_npy(members["std.npy"], name) if "std.npy" in members else None
+        raw_meta = parse_npy(members["meta.npy"], name).tobytes()
+        meta = json.loads(raw_meta.decode())
     except Exception as exc:  # zipfile, ValueError, KeyError, JSON errors: all mean "corrupt"
         raise CacheError(f"{name}: corrupt cache object ({type(exc).__name__}: {exc})") from exc
-    if meta.get("sha256") != _array_digest(mean, std):
+    if not isinstance(meta, dict) or meta.get("sha256") != _array_digest(mean, std):
+        if not isinstance(meta, dict):
+            raise CacheError(f"{name}: corrupt cache object (metadata is not a JSON object)")
         raise CacheError(f"{name}: checksum mismatch, the cached latent is corrupt")
-    return Entry(mean, std, meta)
+    return Staged(mean, std, meta, raw_meta if _canonical_as_stored(raw_meta, meta) else None)
+
+
+def decode_entry(data: bytes, name: str) -> Entry:
+    """Parse and verify one cached object; ``name`` is used in error messages. Arrays are
+    writable copies, as from ``np.load``."""
+    s = decode_staged(data, name)
+    return Entry(s.mean.copy(), s.std.copy() if s.std is not None else None, s.meta)
 
 
 class LatentCache:
@@ -193,6 +241,16 @@ class LatentCache:
         except FileNotFoundError:
             return None
         return decode_entry(data, self.backend.path(rel))
+
+    def get_staged(self, key: str) -> Staged | None:
+        """Like :meth:`get`, checked the same way, with the stored bytes kept for packing
+        (:func:`decode_staged`): what compaction reads."""
+        rel = layout.staging(key)
+        try:
+            data = self.backend.get(rel)
+        except FileNotFoundError:
+            return None
+        return decode_staged(data, self.backend.path(rel))
 
     def put(self, key: str, mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> None:
         self._write(layout.staging(key), encode_entry(mean, std, meta))

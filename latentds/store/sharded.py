@@ -33,10 +33,11 @@ import pyarrow as pa
 from ..errors import CacheError, ManifestError, ShardError
 from . import layout
 from .backend import Backend
-from .entries import Entry, LatentCache
+from .entries import Entry, LatentCache, Staged
 from .fsio import Location
 from .manifest import CommitConflict, Manifest, ManifestStore, combine_stats, rows_table, upgrade
 from .plan import ReadPlan
+from .prefetch import fetch_ahead
 from .readthrough import ReadThroughCache
 from .shards import TAR_HEADER, Row, channel_sums, check_member, crc32c, decode_sample, write_shard
 
@@ -45,6 +46,8 @@ __all__ = ["DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_SAMPLES", "MAX_SAMPLE_BYTES", "
 
 DEFAULT_SHARD_BYTES = 64 << 20
 DEFAULT_SHARD_SAMPLES = 4096
+#: staging objects fetched ahead by compaction on object stores (concurrent GETs of small objects)
+STAGING_READ_AHEAD = 16
 #: No sample's ranged read is larger (a 2 GiB latent is far beyond any codec here): a manifest row
 #: asking for more is corrupt, and is refused by name instead of ending in a MemoryError.
 MAX_SAMPLE_BYTES = 1 << 31
@@ -328,7 +331,7 @@ class ShardedStore:
         new_rows: list[tuple[str, Row]] = []
         shard_stats: dict[str, dict[str, list[float]]] = {}
 
-        group: list[tuple[str, Entry]] = []
+        group: list[tuple[str, Any]] = []  # (key, Staged)
         size = 0
 
         def flush() -> None:
@@ -342,11 +345,18 @@ class ShardedStore:
             report.packed += len(w.rows)
             group, size = [], 0
 
-        for key in todo:
+        def load(key: str) -> Staged | CacheError | None:
             try:
-                e = self.cache.get(key)
-            except CacheError as exc:  # corrupt staging object: never packed, reported by name
-                report.bad.append((self.cache.object_path(key), str(exc)))
+                return self.cache.get_staged(key)  # checked as cache.get; stored bytes kept
+            except CacheError as exc:
+                return exc
+
+        # object stores: the next staging objects are fetched while this one is packed (one GET
+        # per sample is the whole cost there); local reads gain nothing from threads
+        ahead = 0 if self.backend.caps.local else STAGING_READ_AHEAD
+        for key, e in fetch_ahead(load, todo, ahead):
+            if isinstance(e, CacheError):  # corrupt staging object: never packed, reported by name
+                report.bad.append((self.cache.object_path(key), str(e)))
                 continue
             if e is None:  # collected by gc between listing and reading
                 continue

@@ -30,7 +30,7 @@ from google_crc32c import value as _crc32c_value
 from .entries import Entry, canonical_json
 from ..errors import ShardError
 from .npy import npy_bytes as _npy_bytes
-from .npy import parse_npy
+from .npy import dtype_name, parse_npy
 from .layout import INDEX_SUFFIX, KEY_NAME, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, check_shard_name
 
 __all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
@@ -92,26 +92,30 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
 
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads a closed archive to a multiple of this
-_HEADER_TEMPLATE: bytes | None = None
+_HEADER_TEMPLATE: tuple[bytes, int] | None = None  # (header of an empty name, size 0; its byte sum)
 
 
 def _ustar_header(name: str, size: int) -> bytes:
     """The USTAR header ``tarfile`` writes for a member ``name`` of ``size`` bytes with the
     fixed fields of :func:`build_shard` (mode 0444, uid/gid 0, mtime 0, owner ``latentds``),
     byte for byte, without tarfile's per-field Python work: a template made by tarfile once,
-    with name, size and checksum patched in. Names longer than 99 bytes (never ours: keys are
-    40 hex digits) go through tarfile itself."""
+    with name, size and checksum patched in (the checksum is the byte sum with its own field
+    read as spaces: the template's sum, adjusted by the patched bytes only). Names longer than
+    99 bytes (never ours: keys are 40 hex digits) go through tarfile itself."""
     global _HEADER_TEMPLATE
     raw = name.encode("ascii")
     if len(raw) > 99 or size >= 8 ** 11:
         return _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
     if _HEADER_TEMPLATE is None:
-        _HEADER_TEMPLATE = _tarinfo("", 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    h = bytearray(_HEADER_TEMPLATE)
+        t = bytearray(_tarinfo("", 0).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+        t[148:156] = b"        "
+        _HEADER_TEMPLATE = (bytes(t), sum(t) - sum(t[124:136]))  # name is all zeros: adds nothing
+    template, base = _HEADER_TEMPLATE
+    h = bytearray(template)
     h[0:len(raw)] = raw
-    h[124:136] = b"%011o\0" % size
-    h[148:156] = b"        "
-    h[148:155] = b"%06o\0" % sum(h)
+    sz = b"%011o\0" % size
+    h[124:136] = sz
+    h[148:155] = b"%06o\0" % (base + sum(raw) + sum(sz))
     return bytes(h)
 
 
@@ -130,10 +134,11 @@ class _TarWriter:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.offset = 0
+        self.last_header = b""
 
     def add(self, name: str, data: bytes) -> int:
         """Append one member; return the offset of its data in the archive."""
-        header = _ustar_header(name, len(data))
+        header = self.last_header = _ustar_header(name, len(data))
         start = self.offset + len(header)
         pad = -len(data) % _BLOCK
         self.parts += (header, data, b"\0" * pad) if pad else (header, data)
@@ -146,28 +151,39 @@ class _TarWriter:
         return b"".join(self.parts)
 
 
-def build_shard(items: list[tuple[str, Entry]]) -> tuple[bytes, list[Row]]:
-    """Pack ``(key, entry)`` pairs, in the given order, into one tar; return bytes and rows."""
+def _member_bytes(e: Any) -> tuple[bytes, bytes | None, bytes]:
+    """The ``.npy`` bytes of mean and std and the metadata JSON a shard stores for ``e``: an
+    :class:`~latentds.store.entries.Entry` is serialised; a checked staging object
+    (:class:`~latentds.store.entries.Staged`) gives its stored metadata JSON where it is that
+    very text already (compaction: no second ``json.dumps``)."""
+    mean_b = _npy_bytes(e.mean)
+    std_b = _npy_bytes(e.std) if e.std is not None else None
+    meta_b = getattr(e, "meta_json", None) or canonical_json(e.meta).encode()
+    return mean_b, std_b, meta_b
+
+
+def build_shard(items: list[tuple[str, Any]]) -> tuple[bytes, list[Row]]:
+    """Pack ``(key, entry)`` pairs, in the given order, into one tar; return bytes and rows.
+    An entry is an :class:`~latentds.store.entries.Entry` or a checked staging object
+    (:class:`~latentds.store.entries.Staged`); both give the same bytes."""
     tar = _TarWriter()
     rows: list[Row] = []
     for key, e in items:
-        mean_b = _npy_bytes(e.mean)
+        mean_b, std_b, meta_b = _member_bytes(e)
         off = tar.add(f"{key}.npy", mean_b)
         std_rel, end = -1, off + len(mean_b)
         sample = mean_b
-        if e.std is not None:
-            std_b = _npy_bytes(e.std)
+        if std_b is not None:
             std_off = tar.add(f"{key}.std.npy", std_b)
             std_rel, end = std_off - off, std_off + len(std_b)
             # the ranged read covers mean, the std header block and std: the bytes as in the tar
-            sample = mean_b + b"\0" * (-len(mean_b) % _BLOCK) + _ustar_header(f"{key}.std.npy", len(std_b)) + std_b
+            sample = b"".join((mean_b, b"\0" * (-len(mean_b) % _BLOCK), tar.last_header, std_b))
         target = int(e.meta.get("target", -1))
         tar.add(f"{key}.cls", str(target).encode())
-        meta_b = canonical_json(e.meta).encode()
         meta_off = tar.add(f"{key}.json", meta_b)
         assert len(sample) == end - off
         rows.append(Row(key, off, end - off, len(mean_b), std_rel, tuple(int(s) for s in e.mean.shape),
-                        str(e.mean.dtype), target, hashlib.sha256(sample).hexdigest(),
+                        dtype_name(e.mean.dtype), target, hashlib.sha256(sample).hexdigest(),
                         str(e.meta.get("content_sha256", "")), meta_off, len(meta_b), crc32c(sample)))
     return tar.close(), rows
 
@@ -176,9 +192,11 @@ def shard_name(data: bytes) -> str:
     return f"{SHARD_PREFIX}{hashlib.sha256(data).hexdigest()[:32]}{SHARD_SUFFIX}"
 
 
-def index_document(name: str, data: bytes, rows: list[Row], stats: dict[str, Any]) -> bytes:
-    """The per-shard index: what the shard holds and where, written after the shard."""
-    doc = {"shard": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "stats": stats,
+def index_document(name: str, data: bytes, rows: list[Row], stats: dict[str, Any], *, sha256: str | None = None
+                   ) -> bytes:
+    """The per-shard index: what the shard holds and where, written after the shard
+    (``sha256``: the shard's, when the caller has it already)."""
+    doc = {"shard": name, "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest(), "stats": stats,
            "samples": [{"key": r.key, "offset": r.offset, "length": r.length, "mean_length": r.mean_length,
                         "std_offset": r.std_offset, "shape": list(r.shape), "dtype": r.dtype, "target": r.target,
                         "sha256": r.sha256, "crc32c": r.crc32c, "content_sha256": r.content_sha256,
@@ -211,10 +229,11 @@ def write_shard(target: Any, items: list[tuple[str, Entry]]) -> WrittenShard:
 
     backend = getattr(target, "backend", target)
     data, rows = build_shard(items)
-    name = shard_name(data)
+    digest = hashlib.sha256(data).hexdigest()  # names the shard and goes into its index: once
+    name = f"{SHARD_PREFIX}{digest[:32]}{SHARD_SUFFIX}"
     stats = channel_sums([e.mean for _, e in items])
     backend.put(layout.shard(name), data)
-    backend.put(layout.shard(layout.index_of(name)), index_document(name, data, rows, stats))
+    backend.put(layout.shard(layout.index_of(name)), index_document(name, data, rows, stats, sha256=digest))
     return WrittenShard(name, rows, stats, len(data))
 
 
