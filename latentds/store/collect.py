@@ -51,12 +51,21 @@ def _age_s(info: dict[str, Any], now: float) -> float:
         if v is None:
             continue
         if isinstance(v, _dt.datetime):
-            return now - v.timestamp()
+            # S3 listings and HEAD give whole seconds (truncated): an object written at 10.9 s
+            # shows 10 s. Count it as written at the end of that second, so an age is never
+            # overstated and nothing younger than the grace goes.
+            return now - v.timestamp() - (1.0 if v.microsecond == 0 else 0.0)
         try:
             return now - float(v)
         except (TypeError, ValueError):
             continue
     return 0.0  # unknown age counts as young: never delete what we cannot date
+
+
+def _young(info: dict[str, Any], now: float, grace: float) -> bool:
+    """Whether an object is younger than ``grace``; with no grace (0: committed staging objects
+    at ``gc --grace 0``) nothing is."""
+    return grace > 0 and _age_s(info, now) < grace
 
 
 class _View:
@@ -139,7 +148,7 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
         if verdict is None:
             continue
         need, in_flight = verdict
-        if _age_s(info, now) < need:
+        if _young(info, now, need):
             rep.kept_young += 1
             continue
         fresh = info
@@ -156,7 +165,7 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
                 fresh = be.info(rel)
             except FileNotFoundError:
                 continue
-            if _age_s(fresh, time.time()) < need:
+            if _young(fresh, time.time(), need):
                 rep.rescued += 1
                 continue
         # a committed staging object (not a writer's temp file, which is in flight) is kept when

@@ -1,0 +1,84 @@
+"""gc beside a compaction on S3: no store answer may come from a listing taken earlier.
+
+The S3 soak (tests/test_soak.py) failed at the minimum grace with "manifest generation named by
+CURRENT.json is missing" although nothing had been deleted: s3fs keeps every listing in its
+per-instance cache, one instance serves every location with the same options in a process, and
+``cat_file`` asks for the object's size first, answered from that listing. gc lists the whole
+store; its next pass loads the generation a compaction committed since and was told it did not
+exist. These tests drive that interleaving step by step on the loopback S3 server (and on local
+disk, where it always held).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from latentds.store import gc, open_store
+
+from conftest import Backend
+
+
+def _stage(store: Any, n: int, prefix: str = "") -> str:
+    key = (prefix + hashlib.sha1(f"sample-{n}".encode()).hexdigest())[:40]
+    store.cache.put(key, np.full((4, 2, 2), n, np.float32), None, {"target": n % 2})
+    return key
+
+
+def _elsewhere(backend: Backend) -> dict[str, Any]:
+    """Options for a store handle that acts as another process would: its own filesystem
+    instance (a writer in the same instance invalidates the listing it writes under)."""
+    return {**backend.options, "skip_instance_cache": True}
+
+
+def _generations(store: Any) -> list[str]:
+    return sorted(rel for rel in store.backend.list("manifest") if rel.endswith(".parquet"))
+
+
+def test_gc_after_a_commit_that_followed_its_listing(backend: Backend) -> None:
+    collector = open_store(backend.url, "ns", backend.options)
+    compactor = open_store(backend.url, "ns", _elsewhere(backend))
+    _stage(compactor, 0)
+    first = compactor.compact().generation
+    gc(collector, grace_s=0)  # lists every object of the store
+    _stage(compactor, 1)
+    second = compactor.compact().generation  # committed after gc's listing
+    assert second and second != first
+
+    rep = gc(collector, grace_s=0)  # used to raise ManifestError: the new generation "missing"
+    ptr = collector.manifests.read_pointer()
+    assert ptr is not None and ptr["generation"] == second
+    m = collector.refresh()
+    assert m is not None and m.generation == second and len(m) == 2
+    # neither generation is gone: the committed one never goes, the superseded one is younger
+    # than the in-flight grace
+    gens = _generations(collector)
+    assert [g for g in gens if second in g] and [g for g in gens if first in g], gens
+    assert not [p for p in rep.removed if "/manifest/" in p], rep.removed
+
+
+def test_an_object_written_after_a_listing_is_found(backend: Backend) -> None:
+    reader = open_store(backend.url, "ns", backend.options)
+    writer = open_store(backend.url, "ns", _elsewhere(backend))
+    _stage(writer, 0, prefix="ab")
+    assert len(reader.cache.keys()) == 1  # a listing of staging/ (compaction and gc take one)
+    key = _stage(writer, 1, prefix="ab")  # a DataLoader worker stages a sample: same fan-out folder
+    assert reader.has(key)  # exists() answered from the old listing said no (a needless re-encode)
+    e = reader.get(key)  # cat_file() answered from the old listing raised "missing"
+    assert e is not None and float(e.mean.ravel()[0]) == 1.0
+
+
+def test_a_whole_second_timestamp_never_overstates_an_age() -> None:
+    import datetime as dt
+
+    from latentds.store.collect import _age_s
+
+    # S3 gives LastModified truncated to the second: written at 10.9 s, listed as 10 s
+    written = dt.datetime(2026, 1, 1, 0, 0, 10, tzinfo=dt.timezone.utc)
+    now = written.timestamp() + 1.5  # at most 1.5 s, at least 0.6 s after the write
+    assert _age_s({"LastModified": written}, now) <= 0.6
+    precise = written.replace(microsecond=900000)
+    assert abs(_age_s({"LastModified": precise}, now) - 0.6) < 1e-6
+    assert _age_s({"mtime": now - 3.25}, now) == 3.25  # local disk: exact
