@@ -21,6 +21,8 @@ import os
 import time
 from typing import Any, Callable
 
+from .store.readthrough import evict_oldest
+
 __all__ = ["ShardCache", "shard_cache_of"]
 
 
@@ -121,15 +123,7 @@ class ShardCache:
             except FileNotFoundError:
                 continue
             files.append((max(st.st_atime, st.st_mtime), st.st_size, self.path(n)))
-        total = sum(f[1] for f in files)
-        for _, size, p in sorted(files):
-            if total <= self.max_bytes:
-                break
-            try:
-                os.unlink(p)
-                total -= size
-            except FileNotFoundError:
-                pass
+        evict_oldest(files, self.max_bytes)
 
     def close(self) -> None:
         if self._pid == os.getpid():

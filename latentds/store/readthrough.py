@@ -14,7 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .fsio import write_atomic
 
-__all__ = ["ReadThroughCache"]
+__all__ = ["ReadThroughCache", "evict_oldest"]
 
 
 class ReadThroughCache:
@@ -72,15 +72,20 @@ class ReadThroughCache:
         return out
 
     def _evict(self) -> None:
-        files = sorted(self._files(), key=lambda e: e[2])
-        total = sum(e[1] for e in files)
-        target = int(self.max_bytes * 0.9)
-        for p, size, _ in files:
-            if total <= target:
-                break
-            try:
-                os.unlink(p)
-                total -= size
-            except FileNotFoundError:
-                pass
-        self._approx = total
+        self._approx = evict_oldest([(mtime, size, p) for p, size, mtime in self._files()], int(self.max_bytes * 0.9))
+
+
+def evict_oldest(files: list[tuple[float, int, str]], target: int) -> int:
+    """Delete ``(time, size, path)`` files oldest first until their total is at most ``target``
+    bytes; return the total left. The one eviction loop of the local copies (sample bytes here,
+    whole shards in :class:`latentds.shard_cache.ShardCache`)."""
+    total = sum(f[1] for f in files)
+    for _, size, p in sorted(files):
+        if total <= target:
+            break
+        try:
+            os.unlink(p)
+            total -= size
+        except FileNotFoundError:
+            pass
+    return total

@@ -147,8 +147,8 @@ class ShardedStore:
         shard, off, length, mlen, soff, sha, target = m.locate(row)
         path = self.shard_path(shard)
         name = f"{path} (sample {key})"
-        buf = self._read_range(path, off, length, sha, m.generation, key)
-        mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name)
+        buf, checked = self._read_range(path, off, length, sha, m.generation, key)
+        mean, std = decode_sample(buf, mean_length=mlen, std_offset=soff, sha256=sha, name=name, verify=not checked)
         return Entry(mean, std, {"key": key, "target": target, "shard": shard})
 
     def plan(self, keys: Sequence[str]) -> ReadPlan:
@@ -178,7 +178,7 @@ class ShardedStore:
         plan, layouts = m.read_plan()
         shard, off, length, mean_data, std_data, crc, layout = plan[row].tolist()
         if crc < 0 or self.readthrough is not None:
-            e = self.read_row(m, row, m.key_at(row))
+            e = self.read_row(m, row, m.key_bytes(row).decode())  # the key index, not an Arrow lookup
             return e.mean, e.std
         owner, paths = self._plan_paths
         if owner is not m:
@@ -215,17 +215,23 @@ class ShardedStore:
         except ValueError as exc:
             raise ShardError(f"{path} (sample {key}): corrupt metadata member ({exc})") from exc
 
-    def _read_range(self, path: str, off: int, length: int, sha: str, generation: str, key: str) -> bytes:
+    def _read_range(self, path: str, off: int, length: int, sha: str, generation: str, key: str
+                    ) -> tuple[bytes, bool]:
+        """The row's bytes and whether their sha256 was checked against ``sha`` here already
+        (the read-through cache hashes what it serves and stores; the caller then does not hash
+        them a second time)."""
+        if self.readthrough is None:
+            return self._fetch_member(path, off, length, generation, key), False
         # local copies are named by content AND key: a hit is these bytes of this very sample
         name = f"{sha}-{key}"
-        if self.readthrough is not None:
-            hit = self.readthrough.get(name)
-            if hit is not None and hashlib.sha256(hit).hexdigest() == sha:
-                return hit
+        hit = self.readthrough.get(name)
+        if hit is not None and hashlib.sha256(hit).hexdigest() == sha:
+            return hit, True
         buf = self._fetch_member(path, off, length, generation, key)
-        if self.readthrough is not None and hashlib.sha256(buf).hexdigest() == sha:
-            self.readthrough.put(name, buf)
-        return buf
+        if hashlib.sha256(buf).hexdigest() != sha:
+            return buf, False  # not kept; the caller's own check raises the checksum error
+        self.readthrough.put(name, buf)
+        return buf, True
 
     def _fetch_member(self, path: str, off: int, length: int, generation: str, key: str | bytes,
                       suffix: str = ".npy") -> bytes:
