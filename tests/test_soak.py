@@ -3,13 +3,15 @@
 Two filler processes, each reading the dataset through a ``DataLoader`` with 4 worker processes
 (lazy encoding: every miss writes a staging object), a compaction loop (``compact()``) and a gc
 loop at the minimum grace (``gc(grace_s=0)``: committed staging objects at once, in-flight work
-after ``MIN_GRACE_S``) run against one cache for ``SOAK_S`` seconds. To keep producing misses,
-each filler round gives two source files a new mtime (a new identity, so a new key; the bytes
-are unchanged); every filler runs at least ``MIN_ROUNDS`` rounds however slow the machine is.
-Every latent a filler is served is compared bit for bit with a clean single-process run, and the
-run counts the commits and gc passes that fell inside a round (while loader workers read). At the end: one more ``compact()``, ``verify()`` must find nothing wrong, and
-every key any filler was served must still be readable from the cache (not lost) and hold the
-clean run's latent (not corrupt) — read back from the store, not re-encoded.
+after ``MIN_GRACE_S``) run against one cache. The fillers run for ``SOAK_S`` seconds and at
+least ``MIN_ROUNDS`` rounds each, however slow the machine is; compaction and gc run until the
+last filler is done. To keep producing misses, each filler round gives two source files a new
+mtime (a new identity, so a new key; the bytes are unchanged). Every latent a filler is served
+is compared bit for bit with a clean single-process run, and the run counts the commits and gc
+passes that fell inside a round (while loader workers read). At the end: one more
+``compact()``, ``verify()`` must find nothing wrong, and every key any filler was served must
+still be readable from the cache (not lost) and hold the clean run's latent (not corrupt) —
+read back from the store, not re-encoded.
 
 * ``test_soak_short`` (``-m slow`` for now): 20 s on local disk.
 * ``test_soak_150s[local|s3]`` (``-m slow``): 150 s on local disk and on the S3 server on
@@ -112,13 +114,13 @@ def _filler(seed: int, src: str, url: str, opts: dict, ref_path: str, start: Any
                                      "rounds": rounds, "errors": errors, "windows": windows}))
 
 
-def _compactor(src: str, url: str, opts: dict, start: Any, seconds: float, out: str) -> None:
+def _compactor(src: str, url: str, opts: dict, start: Any, fillers_done: Any, out: str) -> None:
     from latentds import LatentDataset
 
     ds = LatentDataset(src, codec=CODEC, cache=url, storage_options=opts)
     n, errors, commits = 0, [], []
-    deadline = _wait(start, seconds)
-    while n == 0 or time.time() < deadline:
+    _wait(start, 0)
+    while n == 0 or not fillers_done.is_set():  # until the last filler's last round, however late
         try:
             if ds.compact().packed:  # a new generation: the pointer moved
                 commits.append(time.time())
@@ -129,14 +131,14 @@ def _compactor(src: str, url: str, opts: dict, start: Any, seconds: float, out: 
     Path(out).write_text(json.dumps({"compactions": n, "errors": errors, "commits": commits}))
 
 
-def _collector(src: str, url: str, opts: dict, start: Any, seconds: float, out: str) -> None:
+def _collector(src: str, url: str, opts: dict, start: Any, fillers_done: Any, out: str) -> None:
     from latentds import LatentDataset
     from latentds.store import gc
 
     ds = LatentDataset(src, codec=CODEC, cache=url, storage_options=opts)
     n, removed, errors, passes = 0, 0, [], []
-    deadline = _wait(start, seconds)
-    while n == 0 or time.time() < deadline:
+    _wait(start, 0)
+    while n == 0 or not fillers_done.is_set():
         try:
             t0 = time.time()
             removed += len(gc(ds.store, grace_s=0).removed)
@@ -161,22 +163,25 @@ def soak(tmp: Path, url: str, opts: dict[str, Any], seconds: float) -> dict[str,
     np.savez(tmp / "ref.npz", **ref)
     ctx = mp.get_context("spawn")
     start = (ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0))
+    fillers_done = ctx.Event()
     procs, outs = [], []
     for k in range(FILLERS):
         outs.append(tmp / f"filler{k}.json")
         procs.append(ctx.Process(target=_filler, args=(k + 1, str(src), url, opts, str(tmp / "ref.npz"), start, seconds,
                                                         str(outs[-1]))))
     outs += [tmp / "compactor.json", tmp / "collector.json"]
-    procs.append(ctx.Process(target=_compactor, args=(str(src), url, opts, start, seconds, str(outs[-2]))))
-    procs.append(ctx.Process(target=_collector, args=(str(src), url, opts, start, seconds, str(outs[-1]))))
+    procs.append(ctx.Process(target=_compactor, args=(str(src), url, opts, start, fillers_done, str(outs[-2]))))
+    procs.append(ctx.Process(target=_collector, args=(str(src), url, opts, start, fillers_done, str(outs[-1]))))
     for p in procs:
         p.start()
     for _ in procs:
         assert start[0].acquire(timeout=600), "a soak process did not start"
     start[2].value = time.time()
     start[1].set()
-    for p in procs:
-        p.join(timeout=seconds + 600)
+    for i, p in enumerate(procs):
+        if i == FILLERS:
+            fillers_done.set()  # compaction and gc ran for as long as any filler did
+        p.join(timeout=seconds + 1200)
         assert p.exitcode == 0, f"soak process {p.name} exited with {p.exitcode}"
     parts = [json.loads(o.read_text()) for o in outs]
     served: dict[str, str] = {}
