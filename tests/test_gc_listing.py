@@ -82,3 +82,53 @@ def test_a_whole_second_timestamp_never_overstates_an_age() -> None:
     precise = written.replace(microsecond=900000)
     assert abs(_age_s({"LastModified": precise}, now) - 0.6) < 1e-6
     assert _age_s({"mtime": now - 3.25}, now) == 3.25  # local disk: exact
+
+
+def _half_compacted(store: Any) -> tuple[Any, list, dict]:
+    """One committed generation, then a shard a compaction has written but not committed yet."""
+    from latentds.store import write_shard
+
+    for n in range(2):
+        _stage(store, n)
+    store.compact()
+    group = [(k, store.cache.get(k)) for k in (_stage(store, n) for n in (2, 3))]
+    w = write_shard(store, group)
+    return w, [(w.name, r) for r in w.rows], {w.name: w.stats}
+
+
+def test_gc_at_grace_0_keeps_a_shard_a_compaction_has_not_committed_yet(backend: Backend) -> None:
+    """Issue 11, item 5 on both stores: the minimum grace protects work in flight."""
+    from latentds.store import MIN_GRACE_S
+
+    store = open_store(backend.url, "ns", backend.options)
+    w, rows, stats = _half_compacted(store)
+    rep = gc(store, grace_s=0)
+    assert rep.in_flight_grace_s == MIN_GRACE_S and not [p for p in rep.removed if w.name[:-4] in p], rep.removed
+    store.commit_rows(rows, stats)  # the compaction commits: every row it names reads back
+    m = store.refresh()
+    assert len(m) == 4 and all(store.get(k) is not None for k, _ in ((r.key, 0) for _, r in rows))
+
+
+def test_gc_rechecks_the_pointer_right_before_deleting(backend: Backend, monkeypatch: Any) -> None:
+    """Issue 11, item 5 with the floor lowered to 0: a compaction that commits right after gc
+    listed the store (so the listing shows its shard unnamed) loses nothing; gc re-reads the
+    pointer before each deletion."""
+    monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")
+    store = open_store(backend.url, "ns", backend.options)
+    w, rows, stats = _half_compacted(store)
+    committer = open_store(backend.url, "ns", _elsewhere(backend))
+    fs = store.backend.fs
+    real_find = fs.find
+
+    def find_then_commit(*a: Any, **kw: Any) -> Any:
+        listing = real_find(*a, **kw)
+        committer.commit_rows(rows, stats)
+        return listing
+
+    monkeypatch.setattr(fs, "find", find_then_commit)
+    rep = gc(store, grace_s=0)
+    monkeypatch.setattr(fs, "find", real_find)
+    assert rep.rescued >= 1 and not [p for p in rep.removed if w.name[:-4] in p], rep.removed
+    m = store.refresh()
+    assert len(m) == 4 and m.generation in " ".join(_generations(store))
+    assert all(store.get(r.key) is not None for _, r in rows)
