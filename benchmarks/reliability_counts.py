@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/reliability_counts.py [--json out.json] [pytest args ...]
 
 Runs tests/test_reliability*.py, tests/test_store_faults.py, tests/test_bulk.py,
-tests/test_repair.py, tests/test_worker_death.py, tests/test_identity.py and tests/test_soak.py
+tests/test_repair.py, tests/test_worker_death.py, tests/test_identity.py, tests/test_gc_listing.py and
+tests/test_soak.py
 (``--files`` picks fewer) in this process (default selection: slow tests skipped) with a pytest plugin
 that tallies, in the test process:
 
@@ -51,7 +52,7 @@ __all__ = ["FILES", "Tally", "main", "table"]
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["tests/test_reliability.py", "tests/test_reliability_inputs.py", "tests/test_store_faults.py",
          "tests/test_bulk.py", "tests/test_repair.py", "tests/test_worker_death.py", "tests/test_identity.py",
-         "tests/test_soak.py"]
+         "tests/test_gc_listing.py", "tests/test_soak.py"]
 
 
 def _from_test(depth: int = 2) -> bool:
