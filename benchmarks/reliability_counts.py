@@ -174,6 +174,8 @@ def table(paths: list[str]) -> str:
         for r in json.loads(Path(p).read_text()).get("soak") or []:
             lines.append(f"\nsoak {r['store']}, {r['seconds']:.0f} s: {r['rounds']} filler rounds, "
                          f"{r['compactions']} compactions, {r['gcs']} gc passes ({r['gc_removed']} objects removed), "
+                         + (f"{r['commits_while_serving']} commits and {r['gcs_while_serving']} gc passes inside a "
+                            f"filler's round, " if "commits_while_serving" in r else "") +
                          f"{r['compared_while_running']} latents compared while running "
                          f"({r['mismatched_while_running']} differed), {r['served_keys']} keys read back at the end: "
                          f"{r['lost']} lost, {r['corrupt']} corrupt; verify: {len(r['verify_bad'])} problems; "
