@@ -8,6 +8,13 @@ CI, the probe's GMACs (stem included) and the AUROC by finding size.
     python benchmarks/probe_channels.py --jobs 2 --out /tmp/probe_channels.jsonl
     python benchmarks/probe_channels.py --accelerator gpu --jobs 12   # on a GPU machine
 
+Issue 13's sweep check (each shipped KL codec's AUROC ≥ its s2d baseline's at the same f, C,
+graded tasks, two seeds, the sweep's channel-reading probe): encode the tasks with the KL
+codecs where latentds is installed, then train anywhere (only torch / lightning / timm):
+
+    python benchmarks/probe_channels.py --grid kl --encode-kl latentds/weights --latents /tmp/kl.npz
+    python benchmarks/probe_channels.py --grid kl --latents /tmp/kl.npz --accelerator gpu --jobs 12
+
 s2d-f{f}c{C}: antialiased bicubic by f/sqrt(C), then pixel_unshuffle by sqrt(C) (the
 definition of issue 12; at C = f² it is lossless).
 """
@@ -93,6 +100,31 @@ def encode(x, method: str):
     return z.contiguous(), f
 
 
+def encode_kl(weights_dir: str, task_files: dict, out: str) -> int:
+    """Encode every task with every ``kl-*.safetensors`` in ``weights_dir`` (needs latentds
+    installed) into one ``.npz`` of float16 latents keyed ``task|codec``, plus each task's
+    per-image means so the training machine can check it regenerated the same images."""
+    import numpy as np
+    import torch
+
+    from latentds.codecs import create_codec
+
+    arrays = {}
+    for path in sorted(Path(weights_dir).glob("kl-*.safetensors")):
+        codec = create_codec(str(path))
+        for t, f in task_files.items():
+            x = torch.from_numpy(np.load(f)["x"])
+            z = torch.cat([codec.encode(x[i:i + 32]) for i in range(0, len(x), 32)])
+            arrays[f"{t}|{path.stem}"] = z.numpy().astype(np.float16)
+            print(f"{t} {path.stem} {tuple(z.shape)}", flush=True)
+    for t, f in task_files.items():
+        x = np.load(f)["x"]
+        arrays[f"{t}|image_means"] = x.reshape(len(x), -1).mean(1)
+    np.savez(out, **arrays)
+    print(f"wrote {out}")
+    return 0
+
+
 def run_one(job: dict) -> dict:
     import numpy as np
     import torch
@@ -106,7 +138,13 @@ def run_one(job: dict) -> dict:
 
     d = np.load(job["data"])
     x, y, sizes = torch.from_numpy(d["x"]), torch.from_numpy(d["y"]), d["sizes"]
-    z, f = encode(x, job["method"])
+    if job["method"].startswith("kl-"):
+        # Latents encoded beforehand by the codec itself (--encode-kl); stored as float16.
+        lat = np.load(job["latents"])
+        z = torch.from_numpy(lat[f"{job['task']}|{job['method']}"].astype(np.float32))
+        f = int(job["method"].split("-f")[1].split("c")[0])
+    else:
+        z, f = encode(x, job["method"])
     tr, te = stratified_split(y.tolist(), 0.5, job["seed"])
     base, stem_lr = PROBE_OPTS.get(job["probe"], (job["probe"], 1.0))
     if stem_lr == "sqrt":
@@ -152,6 +190,10 @@ def main(argv=None) -> int:
     p.add_argument("--stem-rule", choices=("lin", "const"), default="lin",
                    help="--grid final: stem lr 0.1·16/C (shipped) or 0.1 at every C (recorded final.jsonl)")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    p.add_argument("--latents", default=None,
+                   help="--grid kl: the .npz of KL latents (written by --encode-kl, read by the training runs)")
+    p.add_argument("--encode-kl", default=None, metavar="DIR",
+                   help="--grid kl: encode both tasks with every kl-*.safetensors in DIR into --latents, then stop")
     a = p.parse_args(argv)
 
     import numpy as np
@@ -166,7 +208,7 @@ def main(argv=None) -> int:
         tasks = {"calc-c": ("calcification", (1.5, 24.0), (0.1, 0.3))}
     if a.grid == "round4":
         tasks = {"calc-final": ("calcification", None, None), "frac-final": ("fracture", None, None)}
-    if a.grid == "final":  # the sweep's defaults: GRADED ranges as shipped, the d2s+small-cnn probe
+    if a.grid in ("final", "kl"):  # the sweep's defaults: GRADED ranges as shipped, the d2s+small-cnn probe
         tasks = {"calc-final": ("calcification", None, None), "frac-final": ("fracture", None, None)}
     if a.grid == "round2":
         tasks = {"calc": ("calcification", None, None), "frac-b": ("fracture", (1.0, 14.0), (0.04, 0.16)),
@@ -177,12 +219,31 @@ def main(argv=None) -> int:
         if not path.exists():
             x, y, sizes = make_task(kind, a.n_per_class, a.shape, 0, size, contrast)
             np.savez(path, x=x, y=y, sizes=sizes)
+    if a.grid == "kl" and a.encode_kl:
+        return encode_kl(a.encode_kl, {t: work / f"{t}.npz" for t in tasks}, a.latents)
     jobs = []
 
     def add(task, method, probe):
         for s in a.seeds:
             jobs.append(dict(task=task, data=str(work / f"{task}.npz"), method=method, probe=probe, seed=s,
-                             epochs=a.epochs, lr=a.lr, accelerator=a.accelerator))
+                             epochs=a.epochs, lr=a.lr, accelerator=a.accelerator, latents=a.latents))
+
+    if a.grid == "kl":
+        lat = np.load(a.latents)
+        for t in tasks:
+            x = np.load(work / f"{t}.npz")["x"]
+            want = lat[f"{t}|image_means"]
+            if not np.allclose(x.reshape(len(x), -1).mean(1), want, atol=1e-6):
+                raise SystemExit(f"{t}: the task images here differ from the ones the latents were encoded from")
+        for key in sorted(lat.files):
+            t, m = key.split("|")
+            if m.startswith("kl-"):
+                f, c = m[len("kl-f"):].split("c")
+                add(t, m, "d2s-k4-init-linC")
+                add(t, f"s2d-f{f}c{c}", "d2s-k4-init-linC")
+        for t in tasks:
+            add(t, "full size", "small-cnn")
+        jobs.sort(key=lambda j: -int(j["method"] == "full size"))
 
     if a.grid == "round3":
         for lr in (3e-3, 1e-3):
@@ -214,7 +275,7 @@ def main(argv=None) -> int:
             for m in ("s2d-f4c16", "s2d-f8c64", "s2d-f16c256", "s2d-f4c4", "s2d-f8c4"):
                 add(t, m, "d2s-k4-init-slow" if a.stem_rule == "const" else "d2s-k4-init-linC")
         jobs.sort(key=lambda j: -int(j["method"] == "full size" or j["method"].endswith(("c16", "c64", "c256"))))
-    for t in tasks if a.grid not in ("round3", "final", "round4") else ():
+    for t in tasks if a.grid not in ("round3", "final", "round4", "kl") else ():
         for m in ("full size", "bicubic-f4", "bicubic-f8", "bicubic-f16"):
             if a.grid != "round2" or t not in ("calc",):
                 add(t, m, "small-cnn")
@@ -226,7 +287,7 @@ def main(argv=None) -> int:
         for m in ("s2d-f4c16", "s2d-f8c64"):
             add("calc", m, "d2s-k4-3x3-init")
         jobs.sort(key=lambda j: -int(j["method"] == "full size"))  # the slow ones first
-    cand = ("small-cnn", "d2s-k4") if a.grid == "quick" else () if a.grid in ("round2", "round3", "final", "round4") else tuple(PROBES)[:6]
+    cand = ("small-cnn", "d2s-k4") if a.grid == "quick" else () if a.grid in ("round2", "round3", "final", "round4", "kl") else tuple(PROBES)[:6]
     for m in ("s2d-f4c16", "s2d-f8c64"):
         for pr in cand:
             add("calc", m, pr)
