@@ -132,3 +132,23 @@ def test_gc_rechecks_the_pointer_right_before_deleting(backend: Backend, monkeyp
     m = store.refresh()
     assert len(m) == 4 and m.generation in " ".join(_generations(store))
     assert all(store.get(r.key) is not None for _, r in rows)
+
+
+def test_locations_never_answer_from_an_old_listing(backend: Backend) -> None:
+    """Every location (bulk records, failure records, sources), not only the store's backend:
+    list, another process writes, then read in the same process (the lead's case: a notebook
+    running bulk.encode twice, FailureBook.sweep after the job)."""
+    from latentds.bulk import read_failures
+    from latentds.store.fsio import Location
+
+    loc = Location(backend.url, backend.options)
+    other = Location(backend.url, _elsewhere(backend))
+    other.fs.makedirs(other.join("failures"), exist_ok=True)
+    other.fs.pipe_file(other.join("failures", "a.json"), b'{"n": 1}')
+    assert set(read_failures(loc)) == {"a"}
+    assert loc.fs.ls(loc.join("failures"))  # a listing, kept by fsspec unless turned off
+    new = other.join("failures", "b.json")
+    other.fs.pipe_file(new, b'{"n": 2}')
+    path = loc.join("failures", "b.json")
+    assert loc.fs.exists(path) and loc.fs.cat_file(path) == b'{"n": 2}'
+    assert set(read_failures(loc)) == {"a", "b"}
