@@ -7,6 +7,7 @@ import dataclasses
 import time
 from typing import Any, Sequence
 
+from .._argtypes import positive_int
 from .config import FULL, PAPER, REDUCED, SweepConfig
 from .methods import default_methods, unavailable_codecs, with_controls
 from .report import write_outputs
@@ -51,19 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"probe seeds, one train/test split and initialisation each (default {' '.join(map(str, d.seeds))})")
     p.add_argument("--bootstrap", type=int, default=None)
-    p.add_argument("--views", type=_positive_int, default=None,
+    p.add_argument("--views", type=positive_int, default=None,
                    help="codec rows: cache K augmented views per image and train on one per epoch (test on view 0; "
                         "docs/views.md); default 1")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {v}")
-    return v
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:

@@ -1,0 +1,19 @@
+"""argparse value types shared by the command line (``latentds.cli``) and the applications'
+own parsers (``latentds.sweep``): a core module, so both layers can import it."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, or an argparse error that says what was given."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
