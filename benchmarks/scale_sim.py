@@ -287,7 +287,8 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     import pyarrow.parquet as pq
     from google_crc32c import Checksum
 
-    from latentds.store.manifest import META_KEY, SCHEMA, new_generation
+    from latentds.store.keys import hex_to_binary
+    from latentds.store.manifest import META_KEY, SCHEMA, STORED_SCHEMA, new_generation
     from latentds.store.fsio import write_atomic
     from latentds.store import DEFAULT_SHARD_SAMPLES, combine_stats
 
@@ -328,13 +329,16 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     meta = {"namespace": NAMESPACE, "parent": base.generation, "shards": shards_meta,
             "stats": combine_stats(shards_meta.values()), "created_unix": time.time(), "generation": generation,
             "simulated": f"benchmarks/scale_sim.py: {n_sim} simulated rows in {n_shards} shards"}
-    schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
+    # keys as ManifestStore.commit writes them since issue 15 (20-byte binary), or as before (text)
+    text = bool(res.get("args", {}).get("text_keys"))
+    schema = (SCHEMA if text else STORED_SCHEMA).with_metadata({META_KEY: json.dumps(meta).encode()})
     mdir = store.location.join("manifest")
     path = store.manifests.generation_path(generation)
     tmp = os.path.join(mdir, f".tmp-{generation}.parquet")
     h = hashlib.sha256()
     crc = Checksum()
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+    no_dict = {} if text else {"use_dictionary": [f.name for f in SCHEMA if f.name != "key"]}
+    with pq.ParquetWriter(tmp, schema, compression="zstd", **no_dict) as w:
         for a in range(0, rows, ROW_GROUP):
             idx = order[a:a + ROW_GROUP]
             m = len(idx)
@@ -342,7 +346,8 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
             ri = np.where(is_real, idx, 0)
             si = np.where(is_real, 0, idx - k)
             slot = si % per
-            cols: dict[str, Any] = {"key": string_array(keys[a:a + m])}
+            cols: dict[str, Any] = {"key": string_array(keys[a:a + m]) if text else pa.FixedSizeBinaryArray.from_buffers(
+                STORED_SCHEMA.field("key").type, m, [None, pa.py_buffer(hex_to_binary(keys[a:a + m]))])}
             cols["shard"] = string_array(np.where(is_real, real_shard[ri], sim_shard_np[si // per]))
             for c in ("offset", "length", "mean_length", "std_offset"):
                 cols[c] = pa.array(np.where(is_real, real_np[c][ri], tcols[c][slot]), pa.int64())
@@ -432,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-scale-gc", action="store_true", help="skip gc at full size")
     ap.add_argument("--compact-new", type=int, default=4096, help="new staging objects for the incremental compact")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--text-keys", action="store_true", help="write the manifest with text keys (before issue 15)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -18,7 +18,7 @@ import torch
 from latentds import LatentDataset
 from latentds.testing import synthetic
 from latentds.errors import ShardError
-from latentds.store.manifest import LEGACY_SCHEMA, META_KEY
+from latentds.store.manifest import LEGACY_SCHEMA, META_KEY, upgrade
 from latentds.store.shards import crc32c, decode_sample
 from latentds.store.fsio import write_atomic
 
@@ -96,6 +96,7 @@ def _write_legacy_generation(ds: LatentDataset) -> None:
     fs = ds.store.location.fs
     t = pq.read_table(io.BytesIO(fs.cat_file(path)))
     meta = (t.schema.metadata or {})[META_KEY]
+    t = upgrade(t)  # keys as text, as every writer before issue 15 stored them
     t = t.drop_columns(["crc32c"]).replace_schema_metadata({META_KEY: meta})
     assert t.schema.remove_metadata().equals(LEGACY_SCHEMA)
     buf = io.BytesIO()

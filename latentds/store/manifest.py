@@ -35,10 +35,12 @@ from .backend import Backend, CommitConflict
 from .fsio import Location
 from .layout import GENERATION_NAME, KEY_NAME, POINTER, SHARD_NAME
 from .columns import PLAN_COLUMNS, Layout, build_plan, dictionary, fixed_width, int_column
+from .keys import STORED_KEY, KeyIndex, all_hex, hex_keys, read_key_column, stored_keys
 from .shards import Row, combine_stats, crc32c  # noqa: F401  (re-exported: manifest meta)
+from .tarpack import RowBlock
 
-__all__ = ["GENERATION_NAME", "LEGACY_SCHEMA", "PLAN_COLUMNS", "POINTER", "SCHEMA", "CommitConflict",
-    "Manifest", "ManifestStore", "combine_stats", "new_generation", "rows_table", "upgrade"]
+__all__ = ["GENERATION_NAME", "LEGACY_SCHEMA", "PLAN_COLUMNS", "POINTER", "SCHEMA", "STORED_SCHEMA", "CommitConflict",
+    "Manifest", "ManifestStore", "combine_stats", "new_generation", "rows_table", "shard_table", "upgrade"]
 
 #: What opening a generation decodes; every other column is decoded on first use.
 READER_COLUMNS = ("key", "shard", "offset", "length", "mean_length", "std_offset", "target", "crc32c")
@@ -52,16 +54,33 @@ SCHEMA = pa.schema([
 ])
 #: Generations written before the per-row CRC32C column; still read (rows verify with sha256).
 LEGACY_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "crc32c"])
+#: What a generation holds on disk since issue 15: :data:`SCHEMA` with each key stored as the 20
+#: bytes its hex digits spell (latentds.store.keys). Generations in :data:`SCHEMA` (text keys)
+#: and :data:`LEGACY_SCHEMA` are read as they are; every table a caller sees is in :data:`SCHEMA`.
+STORED_SCHEMA = pa.schema([pa.field("key", STORED_KEY) if f.name == "key" else f for f in SCHEMA])
 
 
 def upgrade(table: pa.Table) -> pa.Table:
-    """A table in :data:`SCHEMA`: a legacy generation gets ``crc32c = -1`` (unknown) on every
-    row, so its rows keep being verified with sha256 and merge with new rows unchanged."""
+    """A table in :data:`SCHEMA`: binary keys (:data:`STORED_SCHEMA`) become their hex text; a
+    legacy generation gets ``crc32c = -1`` (unknown) on every row, so its rows keep being
+    verified with sha256 and merge with new rows unchanged."""
+    if table.num_columns and table.schema.field(0).type == STORED_KEY:
+        table = table.set_column(0, SCHEMA.field("key"), hex_keys(table.column(0)))
     if table.schema.equals(LEGACY_SCHEMA):
         table = table.append_column(SCHEMA.field("crc32c"), pa.array(np.full(table.num_rows, -1, np.int64)))
     if not table.schema.equals(SCHEMA):
         raise ValueError(f"unexpected columns {table.schema.names}")
     return table
+
+
+def _stored(table: pa.Table) -> pa.Table:
+    """``table`` (in :data:`SCHEMA`) as a generation stores it: :data:`STORED_SCHEMA`, or the text
+    keys as they are when some key is not 40 lowercase hex digits (readers refuse that row by
+    name, as they always did)."""
+    keys = stored_keys(fixed_width(table.column("key"))) if table.num_rows else None
+    if keys is None:
+        return table if table.num_rows else table.cast(STORED_SCHEMA)
+    return table.set_column(0, STORED_SCHEMA.field("key"), keys)
 
 
 def _reader(raw: Any) -> pa.BufferReader:
@@ -90,40 +109,6 @@ def _release(raw: Any) -> None:
 def new_generation() -> str:
     """Sortable by time, unique per writer (two compactors in the same nanosecond still differ)."""
     return f"g-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-
-
-def _all_hex(keys: np.ndarray) -> bool:
-    """Whether every byte of the fixed-width keys is a lowercase hex digit. Arithmetic on 1 MiB
-    chunks (uint8 wrap-around turns each range test into one compare): ~4x faster than a
-    lookup-table gather, which cost 2 CPU s on a 10M-row generation."""
-    v = keys.view(np.uint8).reshape(-1)
-    step = 1 << 20
-    for s in range(0, len(v), step):
-        c = v[s:s + step]
-        if not ((c - np.uint8(48) < 10) | (c - np.uint8(97) < 6)).all():
-            return False
-    return True
-
-
-def _key_index(pf: pq.ParquetFile, raw: Any) -> np.ndarray:
-    """The key column as one fixed-width array, decoded a row group at a time into it (peak: the
-    array plus one group's Arrow buffers, not the column twice: -0.4 GB at 10M rows); keys of
-    unequal widths: the whole column, as :func:`fixed_width` treats it."""
-    n, out, pos = pf.metadata.num_rows, None, 0
-    for g in range(pf.metadata.num_row_groups):
-        part = fixed_width(pf.read_row_group(g, columns=["key"], use_threads=False).column("key"))
-        if out is None:
-            out = np.empty(n, part.dtype)
-        elif part.dtype != out.dtype or pos + len(part) > n:
-            return fixed_width(pf.read(columns=["key"], use_threads=False).column("key"))
-        out[pos:pos + len(part)] = part
-        pos += len(part)
-        del part
-        _release(raw)
-        pa.default_memory_pool().release_unused()
-    if out is None or pos != n:
-        return fixed_width(pf.read(columns=["key"], use_threads=False).column("key"))
-    return out
 
 
 class Manifest:
@@ -159,14 +144,13 @@ class Manifest:
             return pf.read(columns=[name], use_threads=False).column(name)
 
         self._rows = pf.metadata.num_rows if pf is not None else self._table.num_rows
-        keys = _key_index(pf, self._raw) if pf is not None else fixed_width(col("key"))
-        # generations are committed sorted by key: then the order is the identity, stored as None
-        if len(keys) > 1 and not bool(np.all(keys[:-1] <= keys[1:])):
-            self._order: np.ndarray | None = np.argsort(keys, kind="stable")
-            keys = keys[self._order]
+        binary = pf is not None and pf.schema_arrow.field("key").type == STORED_KEY
+        if pf is not None:
+            keys = read_key_column(self._rows, pf.metadata.num_row_groups,
+                                   lambda g: pf.read_row_group(g, columns=["key"], use_threads=False).column("key"),
+                                   fixed_width, lambda: (_release(self._raw), pa.default_memory_pool().release_unused()))
         else:
-            self._order = None
-        self._keys = keys
+            keys = fixed_width(col("key"))
         self._cols: dict[str, np.ndarray] = {c: int_column(col(c)) for c in
                                              ("offset", "length", "mean_length", "std_offset", "target")}
         self._cols["crc32c"] = (int_column(col("crc32c")) if "crc32c" in have
@@ -180,12 +164,15 @@ class Manifest:
             raise ManifestError(f"{where}: names shard {bad[0][:80]!r}, which is not a shard name "
                                 f"(shard-<32 hex digits>.tar); refused, the manifest is corrupt or crafted (such a "
                                 f"name could reach outside the cache). See docs/store.md, 'Recovering'")
-        if len(keys) and (keys.dtype.itemsize != 40 or not _all_hex(keys)):
+        # binary keys are valid by their type: any 20 bytes spell 40 hex digits
+        if len(keys) and not binary and (keys.dtype.itemsize != 40 or not all_hex(keys)):
             odd = next((k for k in keys.tolist() if not KEY_NAME.fullmatch(k.decode("latin1"))), b"?")
             raise ManifestError(f"{where}: holds key {odd[:80]!r}, which is not a sample key (40 hex digits); "
                                 f"refused, the manifest is corrupt or crafted")
+        # generations are committed sorted by key: then the order is the identity (checked)
+        self._index = KeyIndex(keys, binary=binary)
+        del keys
         self._sha: np.ndarray | None = None
-        self._inv: np.ndarray | None = None
         _release(self._raw)
         pa.default_memory_pool().release_unused()  # decode scratch back to the OS, not kept in RSS
 
@@ -209,6 +196,8 @@ class Manifest:
             if name in have:
                 col = pq.read_table(_reader(self._raw), columns=[name], use_threads=False, pre_buffer=False).column(name)
                 _release(self._raw)
+                if col.type == STORED_KEY:  # binary keys: the hex text every caller sees
+                    col = hex_keys(col)
             else:
                 col = self.table.column(name)  # added by upgrade() for legacy generations
             self._lazy[name] = col
@@ -223,24 +212,11 @@ class Manifest:
 
     def find(self, key: str) -> int:
         """Row number of ``key``, or -1."""
-        k = key.encode()
-        i = int(np.searchsorted(self._keys, k))
-        if i < len(self._keys) and self._keys[i] == k:
-            return int(self._order[i]) if self._order is not None else i
-        return -1
+        return self._index.find(key)
 
     def find_many(self, keys: Sequence[str]) -> np.ndarray:
         """Rows of ``keys`` (int64, -1 where absent): one vectorised search for many keys."""
-        k = np.asarray([x.encode() for x in keys])  # its own width: a longer key can never match
-        if not len(self._keys) or not len(k):
-            return np.full(len(k), -1, np.int64)
-        i = np.searchsorted(self._keys, k)
-        ok = i < len(self._keys)
-        ok[ok] = self._keys[i[ok]] == k[ok]
-        rows = np.where(ok, i, -1).astype(np.int64)
-        if self._order is not None:
-            rows[ok] = self._order[i[ok]]
-        return rows
+        return self._index.find_many(keys)
 
     def locate(self, row: int) -> tuple[str, int, int, int, int, str, int]:
         """(shard, offset, length, mean_length, std_offset, sha256, target) of one row."""
@@ -259,13 +235,7 @@ class Manifest:
 
     def key_bytes(self, row: int) -> bytes:
         """The key of ``row`` as bytes from the in-memory key index (no Arrow access: warm path)."""
-        if self._order is None:
-            return bytes(self._keys[row])
-        if self._inv is None:
-            inv = np.empty_like(self._order)
-            inv[self._order] = np.arange(len(self._order))
-            self._inv = inv
-        return bytes(self._keys[int(self._inv[row])])
+        return self._index.key_bytes(row)
 
     def row_layout(self, row: int) -> tuple[int, int, int, int, int]:
         """(offset, length, mean_length, std_offset, target) of one row, from the open columns."""
@@ -278,16 +248,9 @@ class Manifest:
         return self._cols["shard"]
 
     def key_matrix(self, rows: np.ndarray) -> np.ndarray:
-        """The keys of ``rows`` as an ``(n, 40)`` uint8 matrix (from the in-memory key index),
-        for checking many tar member names at once (batched reads)."""
-        rows = np.asarray(rows, np.int64)
-        if self._order is not None:
-            if self._inv is None:
-                inv = np.empty_like(self._order)
-                inv[self._order] = np.arange(len(self._order))
-                self._inv = inv
-            rows = self._inv[rows]
-        return self._keys[rows].view(np.uint8).reshape(len(rows), -1)
+        """The keys of ``rows`` as an ``(n, 40)`` uint8 matrix of hex digits (from the in-memory
+        key index), for checking many tar member names at once (batched reads)."""
+        return self._index.key_matrix(rows)
 
     def read_plan(self) -> tuple[np.ndarray, list[Layout]]:
         """Per-row read plan for the warm path: an ``(rows, 7)`` int64 array with columns
@@ -311,6 +274,21 @@ class Manifest:
     @property
     def stats(self) -> dict[str, Any]:
         return dict(self.meta.get("stats") or {})
+
+
+def shard_table(shard: str, rows: Sequence[Row]) -> pa.Table:
+    """The manifest rows of one shard (as :func:`rows_table` makes them), straight from the
+    columns of a :class:`~latentds.store.tarpack.RowBlock`: no Python object per row."""
+    if not isinstance(rows, RowBlock):
+        return rows_table([(shard, r) for r in rows])
+    n = len(rows)
+    ints = {c: pa.array(getattr(rows, c), pa.int64()) for c in
+            ("offset", "length", "mean_length", "std_offset", "target", "meta_offset", "meta_length", "crc32c")}
+    cols = {"key": pa.array(rows.key, pa.string()), "shard": pa.array([shard] * n, pa.string()),
+            "shape": pa.array(rows.shape, pa.list_(pa.int32())), "dtype": pa.array(rows.dtype, pa.string()),
+            "sha256": pa.array(rows.sha256, pa.string()), "content_sha256": pa.array(rows.content_sha256, pa.string()),
+            **ints}
+    return pa.Table.from_pydict({f.name: cols[f.name] for f in SCHEMA}, schema=SCHEMA)
 
 
 def rows_table(rows: list[tuple[str, Row]]) -> pa.Table:
@@ -433,7 +411,7 @@ class ManifestStore:
             schema = pq.read_schema(_reader(raw))
             meta = json.loads((schema.metadata or {}).get(META_KEY, b"{}"))
             schema = schema.remove_metadata()
-            if not (schema.equals(SCHEMA) or schema.equals(LEGACY_SCHEMA)):
+            if not (schema.equals(STORED_SCHEMA) or schema.equals(SCHEMA) or schema.equals(LEGACY_SCHEMA)):
                 raise ValueError(f"unexpected columns {schema.names}")
             return Manifest(str(ptr["generation"]), raw, meta, name=path)
         except (pa.ArrowException, ValueError) as exc:
@@ -476,9 +454,10 @@ class ManifestStore:
         generation = new_generation()
         rel = layout.generation(generation)
         table = upgrade(table).sort_by("key")  # readers' key index is then built by a (near) no-op sort
-        t = table.replace_schema_metadata({META_KEY: json.dumps(dict(meta, generation=generation)).encode()})
+        t = _stored(table).replace_schema_metadata({META_KEY: json.dumps(dict(meta, generation=generation)).encode()})
         buf = io.BytesIO()
-        pq.write_table(t, buf, compression="zstd")
+        # no dictionary attempt on the keys (distinct by definition; it only costs the writer)
+        pq.write_table(t, buf, compression="zstd", use_dictionary=[c for c in t.column_names if c != "key"])
         data = buf.getvalue()
         self.backend.put(rel, data)
         ptr = {"generation": generation, "path": rel,
