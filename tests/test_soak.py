@@ -118,20 +118,25 @@ def _compactor(src: str, url: str, opts: dict, start: Any, fillers_done: Any, ou
     from latentds import LatentDataset
 
     ds = LatentDataset(src, codec=CODEC, cache=url, storage_options=opts)
-    n, errors, commits = 0, [], []
+    n, errors, commits, history = 0, [], [], []
     _wait(start, 0)
     while n == 0 or not fillers_done.is_set():  # until the last filler's last round, however late
         try:
-            if ds.compact().packed:  # a new generation: the pointer moved
+            t0 = time.time()
+            rep = ds.compact()
+            if rep.packed:  # a new generation: the pointer moved
                 commits.append(time.time())
+                # what was committed when: read beside gc's deletion log when a soak fails
+                history.append({"started": round(t0, 3), "committed": round(commits[-1], 3), "generation": rep.generation,
+                                "shards": rep.shards, "merges": rep.merges})
             n += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[-1500:])
         time.sleep(0.3)
-    Path(out).write_text(json.dumps({"compactions": n, "errors": errors, "commits": commits}))
+    Path(out).write_text(json.dumps({"compactions": n, "errors": errors, "commits": commits, "history": history}))
 
 
-def _collector(src: str, url: str, opts: dict, start: Any, fillers_done: Any, out: str) -> None:
+def _collector(src: str, url: str, opts: dict, start: Any, fillers_done: Any, out: str, log: str) -> None:
     from latentds import LatentDataset
     from latentds.store import gc
 
@@ -141,8 +146,11 @@ def _collector(src: str, url: str, opts: dict, start: Any, fillers_done: Any, ou
     while n == 0 or not fillers_done.is_set():
         try:
             t0 = time.time()
-            removed += len(gc(ds.store, grace_s=0).removed)
+            rep = gc(ds.store, grace_s=0)
+            removed += len(rep.removed)
             passes.append([t0, time.time()])
+            with open(log, "a") as fh:  # every deletion, why and on what evidence (printed on failure)
+                fh.writelines(json.dumps(e) + "\n" for e in rep.log)
             n += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}"[-1500:])
@@ -171,7 +179,8 @@ def soak(tmp: Path, url: str, opts: dict[str, Any], seconds: float) -> dict[str,
                                                         str(outs[-1]))))
     outs += [tmp / "compactor.json", tmp / "collector.json"]
     procs.append(ctx.Process(target=_compactor, args=(str(src), url, opts, start, fillers_done, str(outs[-2]))))
-    procs.append(ctx.Process(target=_collector, args=(str(src), url, opts, start, fillers_done, str(outs[-1]))))
+    procs.append(ctx.Process(target=_collector, args=(str(src), url, opts, start, fillers_done, str(outs[-1]),
+                                                       str(tmp / "gc_log.jsonl"))))
     for p in procs:
         p.start()
     for _ in procs:
@@ -218,9 +227,26 @@ def soak(tmp: Path, url: str, opts: dict[str, Any], seconds: float) -> dict[str,
            "lost": len(lost), "corrupt": len(corrupt), "examples": (lost + corrupt)[:5],
            "errors": [e for f in parts for e in f["errors"]][:5],
            "loadavg_1m": round(os.getloadavg()[0], 2)}
+    out["gc_log"] = str(tmp / "gc_log.jsonl")
     RESULTS.append(out)
     print("soak:", json.dumps(out))
+    if out["lost"] or out["corrupt"] or out["verify_bad"] or out["errors"] or out["mismatched_while_running"]:
+        _evidence(tmp / "gc_log.jsonl", parts[FILLERS].get("history", []))
     return out
+
+
+def _evidence(log: Path, history: list[dict[str, Any]]) -> None:
+    """On a failed soak: every deletion gc made that was not a committed staging object (shards,
+    generations, temp files, records: what could hold committed data), and every commit, in
+    time order, so a missing object can be traced to the pass that removed it and the generation
+    it was judged against."""
+    removed = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    print(f"soak evidence: {len(removed)} deletions logged in {log}; {len(history)} commits")
+    for e in removed:
+        if not e["object"].startswith("staging/"):
+            print("  gc removed:", json.dumps(e))
+    for c in history:
+        print("  committed:", json.dumps(c))
 
 
 def _check(out: dict[str, Any]) -> None:

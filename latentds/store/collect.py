@@ -43,6 +43,11 @@ class GcReport:
     #: staging objects kept because the committed copy of their sample fails its checks: they
     #: are the last good copy (`latentds repair` drops the bad row; the next compaction packs them)
     kept_last_copy: list[str] = field(default_factory=list)
+    #: one entry per object removed: what it was, why it went and on what evidence (the
+    #: generation the decision was made against, its age in the listing and, for work that may
+    #: be in flight, on the store right before the DELETE) -- an audit trail for a deletion
+    #: that is questioned later (the soak keeps it and prints it on failure)
+    log: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _age_s(info: dict[str, Any], now: float) -> float:
@@ -179,8 +184,29 @@ def gc(store: ShardedStore, *, grace_s: float = 3600.0, dry_run: bool = False) -
             except FileNotFoundError:
                 continue
         rep.removed.append(path)
+        rep.log.append(_entry(rel, info, fresh if in_flight else None, view.generation, need))
         rep.bytes_freed += int(fresh.get("size") or info.get("size") or 0)
     return rep
+
+
+_WHY = {"temp": "temp file of a writer", "shard": "shard no committed generation names",
+        "generation": "superseded generation", "staging": "staging object of a committed sample",
+        "bulk": "bulk record that stands for no committed work", "failure": "unreadable failure record"}
+
+
+def _stamp(info: dict[str, Any]) -> str | float | None:
+    v = next((info[k] for k in ("mtime", "LastModified", "last_modified", "created") if info.get(k) is not None), None)
+    return v.isoformat() if isinstance(v, _dt.datetime) else v
+
+
+def _entry(rel: str, listed: dict[str, Any], fresh: dict[str, Any] | None, generation: str | None,
+           grace: float) -> dict[str, Any]:
+    """One line of :attr:`GcReport.log` (JSON-ready)."""
+    t = time.time()
+    return {"t": round(t, 3), "object": rel, "why": _WHY.get(layout.kind_of(rel), "?"), "against": generation,
+            "grace_s": grace, "listed": _stamp(listed), "age_listed_s": round(_age_s(listed, t), 1),
+            "rechecked": _stamp(fresh) if fresh is not None else None,
+            "age_rechecked_s": round(_age_s(fresh, t), 1) if fresh is not None else None}
 
 
 def _committed_copy_ok(store: ShardedStore, view: _View, key: str) -> bool:
