@@ -7,6 +7,7 @@ both call these functions, so a cache filled by one is read by the other without
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import os
 import stat
@@ -18,7 +19,7 @@ from ..store.entries import sample_key
 from ..store.fsio import Location, call
 
 __all__ = ["etag", "identity", "legacy_key", "read_bytes", "read_local", "relative_path", "relpath_hash",
-           "root_identity", "sample_key", "stored_identity"]
+           "root_identity", "sample_key", "stamp", "stored_identity"]
 
 #: what an object store's ``info()`` may call its version tag, in order of preference
 _TAG_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created")
@@ -54,8 +55,25 @@ def relative_path(url: str, root: str, loc: Location | None = None) -> str:
 
 
 def etag(info: dict[str, Any]) -> str:
-    """The version tag of an object from its ``fs.info()``."""
-    return str(next((info[k] for k in _TAG_FIELDS if info.get(k)), None))
+    """The version tag of an object from its ``fs.info()`` or a listing's entry (see :func:`stamp`)."""
+    tag = next((info[k] for k in _TAG_FIELDS if info.get(k)), None)
+    if isinstance(tag, _dt.datetime) and tag.tzinfo is not None:
+        # a time as the tag (a store without ETags): the same instant in the same spelling
+        # whichever answer it came from (s3fs gives a listing's times in local time, HEAD's in
+        # UTC); on a machine set to UTC this is the string keys were made of before
+        tag = tag.astimezone(_dt.timezone.utc)
+    return str(tag)
+
+
+def stamp(info: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields of an object store source (``etag``, ``size``) from either shape of
+    info a filesystem gives: an entry of a listing (``find``/``ls`` with details; bulk listing)
+    or the answer to a HEAD (``info``; ``LatentDataset``, one file at a time). Both give the same
+    fields, so a key never depends on which one a process happened to have (with fsspec's
+    listings cache off, ``info`` is always a HEAD). The values are those keys were always made
+    of (the ETag as the store spells it, quotes included): caches written before keep their keys."""
+    size = next((info[k] for k in ("size", "Size", "ContentLength") if info.get(k) is not None), 0)
+    return {"etag": etag(info), "size": int(size)}
 
 
 def identity(url: str, rel: str, root_id: str, *, loc: Location | None = None, info: dict[str, Any] | None = None,
@@ -74,12 +92,13 @@ def identity(url: str, rel: str, root_id: str, *, loc: Location | None = None, i
                 raise
             return {"mtime_ns": -1, "path": rel, "root": root_id, "size": -1}
         return {"mtime_ns": st.st_mtime_ns, "path": rel, "root": root_id, "size": st.st_size}
-    if info is None or not info.get("size") and info.get("size") != 0:
+    if info is None or all(info.get(k) is None for k in ("size", "Size", "ContentLength")):
         if loc is None:
             raise ValueError(f"{url}: a remote source's identity needs its Location or its info()")
         fs = loc.fs
         info = call(lambda: fs.info(url), url, storage_options=loc.storage_options)
-    return {"etag": etag(info), "path": rel, "root": root_id, "size": int(info.get("size", 0))}
+    st = stamp(info)
+    return {"etag": st["etag"], "path": rel, "root": root_id, "size": st["size"]}
 
 
 def legacy_key(ident: dict[str, Any]) -> str:

@@ -63,7 +63,16 @@ class Location:
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None or self._pid != os.getpid():
-            fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            opts = self.storage_options
+            if fsspec.core.split_protocol(self.url)[0] not in (None, "file", "local"):
+                # no listings cache: fsspec keeps every listing per instance (one instance per
+                # options in a process) and s3fs answers info/exists/cat_file from it, so an
+                # object another process wrote after a listing read as missing (the S3 soak;
+                # docs/reliability.md). Caches and source trees change under us all the time.
+                # Source identities do not depend on it: listing and HEAD info give the same
+                # identity (latentds.sample.source.stamp).
+                opts = {**opts, "use_listings_cache": False}
+            fs, _ = fsspec.core.url_to_fs(self.url, **opts)
             if hasattr(fs, "retries") and type(fs).__module__.startswith("s3fs"):
                 # latentds' `call` owns the retry policy (capped backoff, jitter, counted). s3fs'
                 # own loop would nest under it (5 x 6 attempts, uncounted), so it makes one try.

@@ -135,7 +135,11 @@ class FaultProxy:
                     for k, v in resp.getheaders():
                         if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                             self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
+                    # a HEAD answer has no body but the object's own length: S3 clients take an
+                    # object's size from it (it read 0 through this proxy, so a source's identity
+                    # from HEAD differed from the one a listing gave)
+                    head_len = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", head_len if head_len is not None else str(len(data)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
