@@ -8,6 +8,10 @@ across the whole job. With ``shuffle=True`` the shard order is permuted per epoc
 ``seed + epoch`` (the same on every rank, so the split stays a partition) and samples are
 shuffled within each shard.
 
+The newest committed generation is pinned, and the epoch's rows planned, when the dataset is
+made (and again by each ``set_epoch``), in the calling process: DataLoader workers forked from
+it inherit that plan and go straight to their first shard GET.
+
 :meth:`LatentIterableDataset.from_dataset` streams exactly that dataset's samples (their keys,
 resolved when it is called) with the dataset's targets: a namespace shared with other trees
 (train and val in one cache), rows superseded by a changed source, and targets stored at encode
@@ -25,7 +29,7 @@ import torch
 from google_crc32c import value as _crc32c_value  # takes numpy views without a copy
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import CacheError, ConfigError, ShardError
+from .errors import CacheError, ConfigError, LatentdsError, ShardError
 from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
@@ -88,6 +92,20 @@ class LatentIterableDataset(IterableDataset):
         self.transform = transform
         self.target_transform = target_transform
         self.samples = dict(samples) if samples is not None else None
+        self._pin_early()
+
+    def _pin_early(self) -> None:
+        """Pin epoch 0's generation and plan now, in the process that makes the dataset (as
+        LitData reads its index when its dataset is made): DataLoader workers forked from here
+        inherit the plan instead of each opening an S3 client to read the pointer and the
+        manifest before its first GET (0.5-0.7 s per worker on the loopback server, most of a
+        small epoch's start). A cache that cannot be planned yet (nothing committed, samples
+        missing, the store unreachable) is left unpinned: iteration then raises exactly what it
+        raised before, where it raised it."""
+        try:
+            self._plan()
+        except (LatentdsError, OSError):
+            self._pin = self._pinned = None
 
     @classmethod
     def from_dataset(cls, ds: Any, **kwargs: Any) -> "LatentIterableDataset":
@@ -120,6 +138,7 @@ class LatentIterableDataset(IterableDataset):
         """Start epoch ``epoch``: the newest committed generation is pinned for it now, in the
         calling process, so DataLoader workers started afterwards all read that one."""
         self.epoch = int(epoch)
+        self._pin = self._pinned = None  # "now": not a pin taken earlier (at construction) for this epoch
         self._plan()
 
     def _plan(self) -> tuple[Manifest, dict[str, list[int]]]:

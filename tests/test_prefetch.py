@@ -137,3 +137,39 @@ def test_manifest_key_index_read_by_row_group() -> None:
         Manifest("g", _generation(keys[:8] + ["Z" * 40, "f" * 40], row_group_size=3))
     with pytest.raises(ManifestError, match="not a sample key"):  # another width in group 3
         Manifest("g", _generation(keys[:8] + ["ab" * 30, "f" * 40], row_group_size=3))
+
+
+def test_streaming_workers_inherit_the_plan_made_with_the_dataset(backend) -> None:
+    """The generation and plan are pinned when the dataset is made: forked DataLoader workers
+    read only shards (no pointer or manifest GET each), a commit landing afterwards is not in
+    this epoch (as with ``set_epoch``), and ``set_epoch`` pins the newest generation."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from latentds import LatentIterableDataset
+
+    s = _cache(backend.url, backend.options)  # 12 samples in 4 shards
+    it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options)
+    s.cache.put(f"{99:040x}", np.zeros((2, 3, 3), np.float32), None, {"key": f"{99:040x}", "target": 99})
+    s.compact(shard_samples=3)  # lands after the dataset was made
+    if backend.env is not None:
+        backend.env.proxy.reset_counts()
+    loader = DataLoader(it, batch_size=None, num_workers=2, multiprocessing_context=multiprocessing.get_context("fork"))
+    got = sorted(int(t) for _, t in loader)
+    assert got == list(range(12))  # the pinned generation: not sample 99
+    if backend.env is not None:  # the 4 shards (of 5 now) split between the workers, nothing else
+        assert backend.env.proxy.counts["GET"] == 4 and sum(backend.env.proxy.counts.values()) == 4, \
+            dict(backend.env.proxy.counts)
+    it.set_epoch(0)  # "now": the newest generation, even for the epoch already pinned
+    assert sorted(int(t) for _, t in it) == list(range(12)) + [99]
+
+
+def test_streaming_dataset_made_before_any_commit_raises_when_iterated(tmp_path) -> None:
+    from latentds import CacheError, LatentIterableDataset
+
+    it = LatentIterableDataset(str(tmp_path / "empty"), "ns")  # nothing to pin yet: no error here
+    with pytest.raises(CacheError, match="no committed shards; run compact first"):
+        list(it)
+    _cache(str(tmp_path / "empty"))
+    assert len(list(it)) == 12  # unpinned, so the first iteration pins what is committed then
