@@ -15,6 +15,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pytest
 
 from latentds.store import gc, open_store
 
@@ -179,3 +180,69 @@ def test_gc_logs_each_removal_with_its_reason_and_evidence(backend: Backend, mon
     staged = [e for o, e in by_object.items() if o.startswith("staging/")]
     assert len(staged) == 2 and all(e["why"] == "staging object of a committed sample" and e["age_rechecked_s"] is None
                                     for e in staged)
+
+
+def _two_commits(backend: Backend) -> tuple[Any, bytes, str, list[str]]:
+    """A store with two generations; the first pointer's bytes, the shard only the second
+    names, and every committed key."""
+    store = open_store(backend.url, "ns", backend.options)
+    keys = [_stage(store, 0)]
+    store.compact()
+    first = store.backend.get("manifest/CURRENT.json")
+    keys.append(_stage(store, 1))
+    shard = store.compact().shards[0]
+    return store, first, shard, keys
+
+
+def _pointer_answers(store: Any, monkeypatch: Any, later: Any) -> None:
+    """The store's answer for CURRENT.json: true the first time, then ``later()`` (an old answer
+    or a 404), injected at the store backend."""
+    real_get, reads = store.backend.get, []
+
+    def get(rel: str) -> bytes:
+        if rel == "manifest/CURRENT.json":
+            reads.append(rel)
+            if len(reads) > 1:
+                return later()
+        return real_get(rel)
+
+    monkeypatch.setattr(store.backend, "get", get)
+
+
+def _all_read_back(backend: Backend, keys: list[str]) -> bool:
+    fresh = open_store(backend.url, "ns", backend.options)
+    fresh.refresh()
+    return all(fresh.get(k) is not None for k in keys)
+
+
+def test_gc_keeps_a_shard_an_old_pointer_answer_does_not_name(backend: Backend, monkeypatch: Any) -> None:
+    """gc's re-read of the pointer right before a deletion returns an older pointer (a stale
+    answer; generations only grow, so it names fewer shards): the shard the newer generation
+    added is kept. Failed before (the view was replaced by the older one and the shard went)."""
+    monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")  # every object old enough: only membership protects
+    store, first, shard, keys = _two_commits(backend)
+    _pointer_answers(store, monkeypatch, lambda: first)
+    rep = gc(store, grace_s=0)
+    assert not [p for p in rep.removed if shard[:-len(".tar")] in p], rep.removed
+    assert store.backend.exists(f"shards/{shard}")
+    monkeypatch.undo()
+    assert _all_read_back(backend, keys)
+
+
+def test_gc_stops_when_the_pointer_reads_as_missing(backend: Backend, monkeypatch: Any) -> None:
+    """A 404 for CURRENT.json after it was read: before, gc took it for "nothing committed" and
+    removed every shard older than the grace; now it stops with a ManifestError naming the file."""
+    from latentds.errors import ManifestError
+
+    monkeypatch.setenv("LATENTDS_GC_MIN_GRACE_S", "0")
+    store, _, shard, keys = _two_commits(backend)
+
+    def missing() -> bytes:
+        raise FileNotFoundError("manifest/CURRENT.json")
+
+    _pointer_answers(store, monkeypatch, missing)
+    with pytest.raises(ManifestError, match="CURRENT.json: read as missing during gc"):
+        gc(store, grace_s=0)
+    monkeypatch.undo()
+    assert len([r for r in store.backend.list("shards") if r.endswith(".tar")]) == 2
+    assert _all_read_back(backend, keys)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LatentdsError
+from ..errors import LatentdsError, ManifestError
 from . import layout
 from .records import partition_problem, records
 from .sharded import ShardedStore
@@ -74,7 +74,14 @@ def _young(info: dict[str, Any], now: float, grace: float) -> bool:
 
 
 class _View:
-    """What is committed, re-read whenever the pointer moves (see :func:`gc`)."""
+    """What is committed, re-read whenever the pointer moves (see :func:`gc`).
+
+    ``shards`` is every shard any generation loaded during this pass named, not only the last:
+    generations only ever add rows (merges keep the base's), so a re-read that names fewer shards
+    than an earlier one is an old answer from the store, and a shard once seen named stays until
+    the next pass looks again. A pointer that reads as missing after it named a generation is
+    refused the same way: latentds never removes it, and a view of "nothing committed" would
+    make every old shard look unnamed."""
 
     def __init__(self, store: ShardedStore) -> None:
         self.store = store
@@ -88,10 +95,15 @@ class _View:
     def refresh(self, force: bool = False) -> None:
         ptr = self.store.manifests.read_pointer()
         gen = ptr["generation"] if ptr else None
+        if ptr is None and self.generation is not None:
+            raise ManifestError(f"{self.store.manifests.pointer_path}: read as missing during gc after it named "
+                                f"generation {self.generation} (the store answered inconsistently; latentds never "
+                                f"removes it); gc stopped, nothing more removed; run it again")
         if force or gen != self.generation:
-            m = self.store.manifests.load(ptr)  # raises ManifestError naming the file: nothing deleted
+            # no pointer: nothing committed (load(None) would read the pointer a second time)
+            m = self.store.manifests.load(ptr) if ptr is not None else None  # ManifestError: nothing deleted
             self.ptr, self.generation, self.manifest = ptr, gen, m
-            self.shards = set(m.shards) if m is not None else set()
+            self.shards |= set(m.shards) if m is not None else set()
             self.committed = m.keys() if m is not None else set()
 
 
