@@ -76,6 +76,11 @@ class FaultProxy:
         self.injected: Counter[int] = Counter()
         self.bytes_out: Counter[str] = Counter()  # response body bytes per method (bytes per epoch)
         self.upstream_s = 0.0  # seconds spent waiting on the server behind (its share of the time)
+        #: the longest a request took here (body read to answer sent), and per method how many took
+        #: longer than a client's read timeout (s3fs: 15 s): the client then retried a request
+        #: that may still reach the server after its retry (soak diagnostics on a loaded machine)
+        self.slowest_s = 0.0
+        self.over_15s: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._fail_left = 0
         self._fail_status = 503
@@ -105,6 +110,17 @@ class FaultProxy:
                 return self.rfile.read(n) if n else b""
 
             def _handle(self) -> None:
+                t_in = time.perf_counter()
+                try:
+                    self._forward()
+                finally:
+                    took = time.perf_counter() - t_in
+                    with proxy._lock:
+                        proxy.slowest_s = max(proxy.slowest_s, took)
+                        if took > 15.0:
+                            proxy.over_15s[self.command] += 1
+
+            def _forward(self) -> None:
                 body = self._body()
                 status = proxy._should_fail(self.command)
                 if status:
