@@ -28,7 +28,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..errors import ManifestError
 from .fsio import Location, call, write_atomic
 
-__all__ = ["Backend", "Capabilities", "CommitConflict", "capabilities"]
+__all__ = ["Backend", "Capabilities", "CommitConflict", "capabilities", "read_local"]
 
 
 class CommitConflict(ManifestError):
@@ -127,8 +127,7 @@ class Backend:
             # a plain open + read: fsspec's local cat_file strips the protocol, stats and wraps
             # the file (~0.3 ms; a compaction reads one staging object per sample)
             try:
-                with open(p, "rb") as fh:
-                    return fh.read()
+                return read_local(p)
             except FileNotFoundError:
                 raise
             except OSError:
@@ -228,6 +227,22 @@ class Backend:
         except FileNotFoundError:
             return None
         return str(info.get("ETag") or info.get("etag"))
+
+
+def read_local(path: str) -> bytes:
+    """A whole local file by descriptor (open, fstat, read to the end, close): half the CPU of
+    ``open().read()``, whose file objects cost ~20 us on a ~8 KB staging object."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        data = os.read(fd, os.fstat(fd).st_size + 1)
+        if not data:
+            return data
+        parts = [data]
+        while chunk := os.read(fd, 1 << 20):  # until the end, however the size changed
+            parts.append(chunk)
+        return data if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

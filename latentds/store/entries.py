@@ -19,23 +19,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
+import os
 import zipfile
-import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..canonical import canonical_json
 from ..errors import CacheError, StoreAccessError
 from . import layout
-from .backend import Backend
+from .backend import Backend, read_local
 from .fsio import Location, call
 from .npy import dtype_name, parse_npy  # no pickle; headers and dtype names made once
+from .savez import canonical_metas, fast_parse, stored_members
 
 __all__ = ["FORMAT_VERSION", "Entry", "Staged", "array_digest", "LatentCache", "canonical_json", "decode_entry",
-    "decode_staged", "encode_entry",
+    "canonical_metas", "decode_staged", "encode_entry",
     "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
 
 FORMAT_VERSION = 1
@@ -94,88 +94,37 @@ def encode_entry(mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any])
     return buf.getvalue()
 
 
-_LOCAL = struct.Struct("<4s5H3L2H")  # a zip local file header (30 bytes)
-
-
-def _stored_members(data: bytes) -> dict[str, memoryview] | None:
-    """The members of an uncompressed zip as ``np.savez`` writes it (local headers back to back,
-    sizes in the header or its zip64 extra field, no data descriptors), each checked against
-    its CRC-32 as zipfile would; ``None`` for any other layout (the caller then uses zipfile).
-    A walk over a few headers instead of zipfile's central-directory objects: the staging
-    object read is the bulk of a compaction's per-sample work."""
-    mv = memoryview(data)
-    out: dict[str, memoryview] = {}
-    pos = 0
-    while pos + 30 <= len(data) and data[pos:pos + 4] == b"PK\x03\x04":
-        _, _, flag, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(data, pos)
-        if method != 0 or flag & 0x08:
-            return None
-        name = data[pos + 30:pos + 30 + nlen].decode("utf-8", "replace")
-        extra = pos + 30 + nlen
-        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF:  # zip64: the sizes are in the extra field
-            e, end = extra, extra + elen
-            while e + 4 <= end:
-                hid, hlen = struct.unpack_from("<2H", data, e)
-                if hid == 1 and hlen >= 16:
-                    usize, csize = struct.unpack_from("<2Q", data, e + 4)
-                    break
-                e += 4 + hlen
-            else:
-                return None
-        start = extra + elen
-        if csize != usize or start + csize > len(data):
-            return None
-        body = mv[start:start + csize]
-        if zlib.crc32(body) != crc:
-            raise ValueError(f"member {name!r}: CRC-32 mismatch")
-        out[name] = body
-        pos = start + csize
-    return out if out and data[pos:pos + 2] == b"PK" else None
-
-
 @dataclass(frozen=True)
 class Staged:
     """One staging object as stored, checked exactly as :func:`decode_entry` checks it: arrays
-    are read-only views into the object's bytes, and the stored metadata JSON is kept when it
-    is byte for byte what a shard's ``.json`` member would hold (``None`` otherwise), so
-    compaction copies it instead of writing it again. (The ``.npy`` members are written anew:
-    ``npy_bytes`` with its cached header costs less than proving the stored ones equal.)"""
+    are read-only views into the object's bytes, and the stored members are kept where they
+    are byte for byte what a shard holds, so compaction copies them instead of writing them
+    again (``meta_json``: set by callers that made the canonical text already)."""
 
     mean: np.ndarray
     std: np.ndarray | None
     meta: dict[str, Any]
     meta_json: bytes | None
-
-
-def _canonical_as_stored(raw: bytes, meta: Any) -> bool:
-    """Whether ``canonical_json(meta)`` would give back ``raw`` itself, judged without writing
-    it (json.dumps with sorted keys is ~30 us a sample): Python's json wrote ``raw`` (latentds
-    writes every staging object's metadata with ``canonical_json``), and compact ASCII JSON
-    whose every object has its keys in sorted order is exactly what canonical_json writes for
-    the value it parses to. Anything else (spaces, non-ASCII, unsorted keys): False, and the
-    caller writes it again."""
-    if not raw.isascii() or b" " in raw or b"\n" in raw:
-        return False
-    todo = [meta]
-    while todo:
-        v = todo.pop()
-        if isinstance(v, dict):
-            keys = list(v)
-            if keys != sorted(keys):
-                return False
-            todo.extend(v.values())
-        elif isinstance(v, list):
-            todo.extend(v)
-    return True
+    #: the stored ``.npy`` members when they are byte for byte what ``npy_bytes`` writes for the
+    #: arrays (:func:`~latentds.store.savez.fast_parse` proves it from the header): packed as they are
+    mean_npy: memoryview | None = None
+    std_npy: memoryview | None = None
+    #: the stored metadata JSON, parsed into ``meta``, not yet proven canonical (the shard
+    #: writer proves a whole shard's at once: :func:`canonical_metas`)
+    meta_raw: bytes | None = None
 
 
 def decode_staged(data: bytes, name: str) -> Staged:
     """Parse and verify one cached object (zip CRC-32 of every member and the sha256 of its
     arrays, as :func:`decode_entry`) without copying its arrays; ``name`` names it in errors."""
+    fast = fast_parse(data)
+    if fast is not None:  # the layout latentds writes, checked the same way without an array parse
+        mean, std, meta, mean_b, std_b, raw = fast
+        return Staged(mean, std, meta, None, mean_b, std_b, raw)
     try:
         # np.load would re-parse every .npy header with ast.literal_eval (most of a compaction's
         # CPU); the members are the same .npy bytes, read with the cached parser
-        members = _stored_members(data)
+        members = stored_members(data)
         if members is None:  # not the plain layout np.savez writes: the general reader
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 members = {n: z.read(n) for n in z.namelist()}
@@ -189,7 +138,7 @@ def decode_staged(data: bytes, name: str) -> Staged:
         if not isinstance(meta, dict):
             raise CacheError(f"{name}: corrupt cache object (metadata is not a JSON object)")
         raise CacheError(f"{name}: checksum mismatch, the cached latent is corrupt")
-    return Staged(mean, std, meta, raw_meta if _canonical_as_stored(raw_meta, meta) else None)
+    return Staged(mean, std, meta, None, meta_raw=raw_meta)
 
 
 def decode_entry(data: bytes, name: str) -> Entry:
@@ -252,6 +201,29 @@ class LatentCache:
             return None
         return decode_staged(data, self.backend.path(rel))
 
+    def staged_local(self, keys: list[str]) -> Iterator[tuple[str, Staged | CacheError | None]]:
+        """:meth:`get_staged` of each key on local disk, in order, as (key, object) with a
+        corrupt object as its :class:`CacheError` and a missing one as ``None``: compaction's
+        read loop, one open + read per object. ``keys`` must be keys (as :meth:`keys` lists)."""
+        root = self.backend.path(layout.STAGING)
+        for key in keys:
+            path = f"{root}/{key[:2]}/{key}.npz"  # = layout.staging(key), checked by the listing
+            try:
+                data = read_local(path)
+            except FileNotFoundError:
+                yield key, None
+                continue
+            except OSError:  # anything else: the store's own read, which raises it typed
+                try:
+                    data = self.backend.get(layout.staging(key))
+                except FileNotFoundError:
+                    yield key, None
+                    continue
+            try:
+                yield key, decode_staged(data, path)
+            except CacheError as exc:
+                yield key, exc
+
     def put(self, key: str, mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> None:
         self._write(layout.staging(key), encode_entry(mean, std, meta))
 
@@ -260,6 +232,9 @@ class LatentCache:
 
     def keys(self) -> list[str]:
         """Committed staging objects (temp files of interrupted writers are never listed)."""
+        if self.backend.caps.local:  # os.scandir: fsspec's find stats and wraps every file (~50 us)
+            names = _local_names(self.backend.path(layout.STAGING))
+            return sorted(k for k in map(layout.staging_key, names) if k)
         return sorted(k for k in (layout.staging_key(rel) for rel in self.backend.list(layout.STAGING, recursive=True))
                       if k)
 
@@ -274,6 +249,25 @@ class LatentCache:
             "bytes": int(sum(int(i.get("size", 0)) for i in objs.values())),
             "temp_leftovers": len(temps),
         }
+
+
+def _local_names(root: str) -> list[str]:
+    """Names of the files under a local directory, at every depth (what a recursive listing
+    gives; a missing directory has none)."""
+    out: list[str] = []
+    todo = [root]
+    while todo:
+        try:
+            it = os.scandir(todo.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                else:
+                    out.append(e.name)
+    return out
 
 
 def list_namespaces(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:

@@ -35,7 +35,7 @@ from . import layout
 from .backend import Backend
 from .entries import Entry, LatentCache, Staged
 from .fsio import Location
-from .manifest import CommitConflict, Manifest, ManifestStore, combine_stats, rows_table, upgrade
+from .manifest import CommitConflict, Manifest, ManifestStore, combine_stats, rows_table, shard_table, upgrade
 from .plan import ReadPlan
 from .prefetch import fetch_ahead
 from .readthrough import ReadThroughCache
@@ -334,18 +334,19 @@ class ShardedStore:
         todo = ([k for k, r in zip(staged, base.find_many(staged).tolist()) if r < 0] if base is not None and staged
                 else staged)
         report.already_committed = len(staged) - len(todo)
-        new_rows: list[tuple[str, Row]] = []
+        tables: list[pa.Table] = []  # the new rows, one table per shard (columns, no Row objects)
         shard_stats: dict[str, dict[str, list[float]]] = {}
 
         group: list[tuple[str, Any]] = []  # (key, Staged)
         size = 0
+        scratch = bytearray()  # every shard of this compaction is built in this one buffer
 
         def flush() -> None:
             nonlocal group, size
             if not group:
                 return
-            w = write_shard(self.backend, group)
-            new_rows.extend((w.name, r) for r in w.rows)
+            w = write_shard(self.backend, group, scratch=scratch)
+            tables.append(shard_table(w.name, w.rows))
             shard_stats[w.name] = w.stats
             report.shards.append(w.name)
             report.packed += len(w.rows)
@@ -358,9 +359,11 @@ class ShardedStore:
                 return exc
 
         # object stores: the next staging objects are fetched while this one is packed (one GET
-        # per sample is the whole cost there); local reads gain nothing from threads
-        ahead = 0 if self.backend.caps.local else STAGING_READ_AHEAD
-        for key, e in fetch_ahead(load, todo, ahead):
+        # per sample is the whole cost there); local reads gain nothing from threads, and are
+        # read by the cache's own loop (no per-object path checks: the keys come from its listing)
+        staged = (self.cache.staged_local(todo) if self.backend.caps.local
+                  else fetch_ahead(load, todo, STAGING_READ_AHEAD))
+        for key, e in staged:
             if isinstance(e, CacheError):  # corrupt staging object: never packed, reported by name
                 report.bad.append((self.cache.object_path(key), str(e)))
                 continue
@@ -371,17 +374,18 @@ class ShardedStore:
             if size >= shard_bytes or len(group) >= shard_samples:
                 flush()
         flush()
+        added = pa.concat_tables(tables) if tables else None
 
         if recovered:  # no compare-and-swap over a pointer nobody can read: this commit replaces it
             assert base is not None
-            table, meta = self._merge(base, rows_table(new_rows) if new_rows else base.table.slice(0, 0), shard_stats)
+            table, meta = self._merge(base, added if added is not None else base.table.slice(0, 0), shard_stats)
             report.generation = str(self.manifests.commit(table, meta)["generation"])
             self.refresh()
             return report
-        if not new_rows:
+        if added is None:
             report.generation = base.generation if base is not None else None
             return report
-        generation, report.merges = self._commit_merged(rows_table(new_rows), shard_stats, ptr, base, attempts,
+        generation, report.merges = self._commit_merged(added, shard_stats, ptr, base, attempts,
                                                         "other compactors kept committing; nothing is lost, run compact again")
         report.generation = generation
         return report

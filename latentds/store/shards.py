@@ -21,17 +21,18 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from google_crc32c import Checksum as _Checksum
 from google_crc32c import value as _crc32c_value
 
-from .entries import Entry, canonical_json
+from .entries import Entry, canonical_json, canonical_metas
 from ..errors import ShardError
 from .npy import npy_bytes as _npy_bytes
 from .npy import dtype_name, parse_npy
 from .layout import INDEX_SUFFIX, KEY_NAME, SHARD_NAME, SHARD_PREFIX, SHARD_SUFFIX, check_shard_name
+from .tarpack import Row, RowBlock, assemble, pack_into, index_json, layout_members, sample_checksums, tarinfo as _tarinfo, ustar_headers
 
 __all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
     "build_shard", "channel_sums", "check_member", "combine_stats", "check_shard_name", "crc32c", "decode_sample", "index_document",
@@ -51,25 +52,6 @@ def check_member(header: bytes, key: str | bytes, suffix: str, name: str) -> Non
         raise ShardError(f"{name}: the bytes at this manifest row's offset are tar member {found!r}, not "
                          f"{want.decode()!r}: the manifest's rows are swapped or corrupt; `latentds verify` "
                          f"lists every such row")
-
-
-@dataclass(frozen=True)
-class Row:
-    """Where one sample lives in a shard; becomes one manifest row."""
-
-    key: str
-    offset: int          # absolute byte offset of the mean ``.npy`` data in the shard
-    length: int          # bytes from ``offset`` through the end of the std ``.npy`` (or mean)
-    mean_length: int     # bytes of the mean ``.npy``
-    std_offset: int      # offset of the std ``.npy`` relative to ``offset``; -1 when none
-    shape: tuple[int, ...]
-    dtype: str
-    target: int
-    sha256: str          # of the ``length`` bytes at ``offset``: what a reader fetches
-    content_sha256: str  # of the source file, taken at encode time
-    meta_offset: int     # absolute offset of the ``.json`` member (for ``decode`` and ``verify``)
-    meta_length: int
-    crc32c: int = -1     # CRC32C of the same bytes as ``sha256``: the cheap per-read check; -1 unknown
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -119,13 +101,6 @@ def _ustar_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o444, 0, 0
-    info.uname = info.gname = "latentds"
-    return info
-
-
 class _TarWriter:
     """Appends members the way ``tarfile.open(mode="w", format=USTAR_FORMAT)`` does (header,
     data, zero padding to 512; two zero blocks and padding to 10240 at the end), so shards keep
@@ -151,21 +126,73 @@ class _TarWriter:
         return b"".join(self.parts)
 
 
-def _member_bytes(e: Any) -> tuple[bytes, bytes | None, bytes]:
+def _member_bytes(e: Any, meta_b: bytes | None = None) -> tuple[bytes, bytes | None, bytes]:
     """The ``.npy`` bytes of mean and std and the metadata JSON a shard stores for ``e``: an
     :class:`~latentds.store.entries.Entry` is serialised; a checked staging object
     (:class:`~latentds.store.entries.Staged`) gives its stored metadata JSON where it is that
     very text already (compaction: no second ``json.dumps``)."""
-    mean_b = _npy_bytes(e.mean)
-    std_b = _npy_bytes(e.std) if e.std is not None else None
-    meta_b = getattr(e, "meta_json", None) or canonical_json(e.meta).encode()
+    mean_b = getattr(e, "mean_npy", None) or _npy_bytes(e.mean)
+    std_b = (getattr(e, "std_npy", None) or _npy_bytes(e.std)) if e.std is not None else None
+    meta_b = meta_b or getattr(e, "meta_json", None) or canonical_json(e.meta).encode()
     return mean_b, std_b, meta_b
 
 
-def build_shard(items: list[tuple[str, Any]]) -> tuple[bytes, list[Row]]:
-    """Pack ``(key, entry)`` pairs, in the given order, into one tar; return bytes and rows.
+def build_shard(items: list[tuple[str, Any]], *, scratch: bytearray | None = None) -> tuple[Any, Sequence[Row]]:
+    """Pack ``(key, entry)`` pairs, in the given order, into one tar; return bytes and rows
+    (a :class:`~latentds.store.tarpack.RowBlock`: a sequence of :class:`Row` held as columns).
     An entry is an :class:`~latentds.store.entries.Entry` or a checked staging object
-    (:class:`~latentds.store.entries.Staged`); both give the same bytes."""
+    (:class:`~latentds.store.entries.Staged`); both give the same bytes. All members at once
+    (latentds.store.tarpack): headers as one matrix, one buffer, checksums over its slices.
+    With ``scratch``, the shard is built in it and returned as a view valid until its next use
+    (compaction: one buffer for all its shards)."""
+    n = len(items)
+    names: list[bytes] = []
+    datas: list[Any] = []
+    first = np.empty(n, np.int64)
+    has_std = np.zeros(n, bool)
+    shapes: list[tuple[int, ...]] = []
+    dtypes: list[str] = []
+    targets = np.empty(n, np.int64)
+    contents: list[str] = []
+    metas = canonical_metas([e for _, e in items]) or [None] * n
+    try:
+        for i, (key, e) in enumerate(items):
+            mean_b, std_b, meta_b = _member_bytes(e, metas[i])
+            kb = key.encode("ascii")
+            first[i] = len(datas)
+            names.append(kb + b".npy")
+            datas.append(mean_b)
+            if std_b is not None:
+                has_std[i] = True
+                names.append(kb + b".std.npy")
+                datas.append(std_b)
+            t = targets[i] = int(e.meta.get("target", -1))
+            names += (kb + b".cls", kb + b".json")
+            datas += (str(t).encode(), meta_b)
+            shapes.append(e.mean.shape)  # a tuple of ints already
+            dtypes.append(dtype_name(e.mean.dtype))
+            contents.append(str(e.meta.get("content_sha256", "")))
+    except UnicodeEncodeError:  # a key that is no tar name of ours: tarfile's own path
+        return _build_shard_slow(items)
+    sizes = np.fromiter(map(len, datas), np.int64, len(datas))
+    headers = ustar_headers(names, sizes)
+    if headers is None:
+        return _build_shard_slow(items)
+    data_off, total = layout_members(sizes)
+    buf = assemble(headers, datas, sizes, total) if scratch is None else pack_into(scratch, headers, datas, data_off, total)
+    off = data_off[first]
+    last = first + has_std  # the std member, or the mean member when there is none
+    end = data_off[last] + sizes[last]
+    meta = first + 2 + has_std
+    sha, crc = sample_checksums(buf, off, end)
+    rows = RowBlock([k for k, _ in items], off, end - off, sizes[first], np.where(has_std, data_off[first + 1] - off, -1),
+                    shapes, dtypes, targets, sha, contents, data_off[meta], sizes[meta], crc)
+    return buf, rows
+
+
+def _build_shard_slow(items: list[tuple[str, Any]]) -> tuple[bytes, list[Row]]:
+    """One member at a time through tarfile's header writer (names over 99 bytes, sizes over
+    8 GiB, non-ASCII keys: forms latentds never writes, kept exact anyway)."""
     tar = _TarWriter()
     rows: list[Row] = []
     for key, e in items:
@@ -192,10 +219,12 @@ def shard_name(data: bytes) -> str:
     return f"{SHARD_PREFIX}{hashlib.sha256(data).hexdigest()[:32]}{SHARD_SUFFIX}"
 
 
-def index_document(name: str, data: bytes, rows: list[Row], stats: dict[str, Any], *, sha256: str | None = None
+def index_document(name: str, data: bytes, rows: Sequence[Row], stats: dict[str, Any], *, sha256: str | None = None
                    ) -> bytes:
     """The per-shard index: what the shard holds and where, written after the shard
     (``sha256``: the shard's, when the caller has it already)."""
+    if isinstance(rows, RowBlock):  # the same bytes from the columns (latentds.store.tarpack)
+        return index_json(name, len(data), sha256 or hashlib.sha256(data).hexdigest(), rows, stats)
     doc = {"shard": name, "bytes": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest(), "stats": stats,
            "samples": [{"key": r.key, "offset": r.offset, "length": r.length, "mean_length": r.mean_length,
                         "std_offset": r.std_offset, "shape": list(r.shape), "dtype": r.dtype, "target": r.target,
@@ -210,12 +239,12 @@ class WrittenShard:
     ``ShardedStore.commit_rows([(w.name, r) for r in w.rows], {w.name: w.stats})``."""
 
     name: str
-    rows: list[Row]
+    rows: Sequence[Row]
     stats: dict[str, list[float]]
     nbytes: int
 
 
-def write_shard(target: Any, items: list[tuple[str, Entry]]) -> WrittenShard:
+def write_shard(target: Any, items: list[tuple[str, Any]], *, scratch: bytearray | None = None) -> WrittenShard:
     """Pack ``(key, entry)`` pairs into one shard and write it, then its index, to ``target``
     (a :class:`~latentds.store.sharded.ShardedStore` or a namespace
     :class:`~latentds.store.backend.Backend`). The one shard writer: compaction, repair and
@@ -224,11 +253,14 @@ def write_shard(target: Any, items: list[tuple[str, Entry]]) -> WrittenShard:
     Content-addressed: a shard of this name already there (a run killed before its commit) holds
     these very bytes. It is written again anyway (atomically; readers see the same bytes), so
     an old uncommitted shard gets a fresh age and ``latentds gc`` (grace period) cannot remove
-    it before the commit that names it."""
+    it before the commit that names it. ``scratch``: a buffer to build in, reused by the caller
+    across shards (see :func:`build_shard`)."""
     from . import layout
 
     backend = getattr(target, "backend", target)
-    data, rows = build_shard(items)
+    data, rows = build_shard(items, scratch=scratch)
+    if not backend.caps.local:
+        data = bytes(data)  # object stores: one PUT of the bytes
     digest = hashlib.sha256(data).hexdigest()  # names the shard and goes into its index: once
     name = f"{SHARD_PREFIX}{digest[:32]}{SHARD_SUFFIX}"
     stats = channel_sums([e.mean for _, e in items])
@@ -244,6 +276,16 @@ def channel_sums(means: list[np.ndarray]) -> dict[str, list[float]]:
     s = np.zeros(c, np.float64)
     ss = np.zeros(c, np.float64)
     count = 0
+    if len({(m.shape, m.dtype) for m in means}) == 1 and means[0].ndim:
+        # one layout (the usual shard): per-sample sums for a chunk of samples at once, then added
+        # in sample order (cumsum), so every bit equals the loop below (tested)
+        step = max(1, (16 << 20) // max(1, means[0].size * 8))
+        for a in range(0, len(means), step):
+            x = np.stack(means[a:a + step]).reshape(len(means[a:a + step]), c, -1).astype(np.float64)
+            s = np.cumsum(np.vstack([s[None], x.sum(axis=2)]), axis=0)[-1]
+            ss = np.cumsum(np.vstack([ss[None], np.einsum("nij,nij->ni", x, x)]), axis=0)[-1]
+            count += x.shape[2] * len(x)
+        return {"count": [count] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
     for m in means:
         x = m.reshape(c, -1).astype(np.float64)
         s += x.sum(axis=1)

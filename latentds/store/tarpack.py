@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence, overload
 import numpy as np
 from google_crc32c import value as _crc32c_value
 
-__all__ = ["BLOCK", "RECORD", "RowBlock", "index_json", "layout_members", "tarinfo", "template", "ustar_headers"]
+__all__ = ["BLOCK", "RECORD", "Row", "RowBlock", "assemble", "index_json", "pack_into", "sample_checksums", "layout_members", "tarinfo", "template", "ustar_headers"]
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads a closed archive to a multiple of this
@@ -55,17 +55,13 @@ def ustar_headers(names: Sequence[bytes], sizes: np.ndarray) -> np.ndarray | Non
     matrix; ``None`` when a name is longer than 99 bytes or a size needs more than 11 octal
     digits (tarfile then writes other header forms: the caller makes those one by one)."""
     m = len(names)
-    lens = np.fromiter((len(n) for n in names), np.int64, m)
-    if m and (lens.max() > 99 or int(sizes.max()) >= 8 ** 11):
+    if m and (max(map(len, names)) > 99 or int(sizes.max()) >= 8 ** 11):
         return None
     tmpl, base = template()
     h = np.empty((m, BLOCK), np.uint8)
     h[:] = tmpl
-    flat = np.frombuffer(b"".join(names), np.uint8)
-    if len(flat):
-        row = np.repeat(np.arange(m, dtype=np.int64), lens)
-        col = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-        h[row, col] = flat
+    if m:  # the name field: the names NUL-padded to 100 bytes, as one fixed-width array
+        h[:, 0:100] = np.array(names, "S100").view(np.uint8).reshape(m, 100)
     h[:, 124:135] = ((sizes[:, None] >> _OCT11) & 7) + 48
     h[:, 135] = 0
     chk = base + h[:, 0:100].sum(axis=1, dtype=np.int64) + h[:, 124:136].sum(axis=1, dtype=np.int64)
@@ -83,6 +79,25 @@ def layout_members(sizes: np.ndarray) -> tuple[np.ndarray, int]:
     end = int(ends[-1]) if len(ends) else 0
     end += 2 * BLOCK
     return data_off, end + (-end % RECORD)
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where one sample lives in a shard; becomes one manifest row."""
+
+    key: str
+    offset: int          # absolute byte offset of the mean ``.npy`` data in the shard
+    length: int          # bytes from ``offset`` through the end of the std ``.npy`` (or mean)
+    mean_length: int     # bytes of the mean ``.npy``
+    std_offset: int      # offset of the std ``.npy`` relative to ``offset``; -1 when none
+    shape: tuple[int, ...]
+    dtype: str
+    target: int
+    sha256: str          # of the ``length`` bytes at ``offset``: what a reader fetches
+    content_sha256: str  # of the source file, taken at encode time
+    meta_offset: int     # absolute offset of the ``.json`` member (for ``decode`` and ``verify``)
+    meta_length: int
+    crc32c: int = -1     # CRC32C of the same bytes as ``sha256``: the cheap per-read check; -1 unknown
 
 
 @dataclass
@@ -108,9 +123,7 @@ class RowBlock(Sequence[Any]):
     def __len__(self) -> int:
         return len(self.key)
 
-    def _row(self, i: int) -> Any:
-        from .shards import Row
-
+    def _row(self, i: int) -> Row:
         return Row(self.key[i], int(self.offset[i]), int(self.length[i]), int(self.mean_length[i]),
                    int(self.std_offset[i]), self.shape[i], self.dtype[i], int(self.target[i]), self.sha256[i],
                    self.content_sha256[i], int(self.meta_offset[i]), int(self.meta_length[i]), int(self.crc32c[i]))
@@ -138,7 +151,41 @@ class RowBlock(Sequence[Any]):
     __hash__ = None  # type: ignore[assignment]
 
 
-def sample_checksums(buf: bytes | bytearray, starts: np.ndarray, ends: np.ndarray) -> tuple[list[str], np.ndarray]:
+_ZEROS = [bytes(p) for p in range(BLOCK)]
+
+
+def assemble(headers: np.ndarray, datas: list[Any], sizes: np.ndarray, total: int) -> bytes:
+    """The archive: per member its header row, its data, zeros to the next 512, then the end
+    blocks; one ``join`` (one copy of each member, no zero-filled buffer first)."""
+    m = len(datas)
+    hv = memoryview(headers.tobytes())
+    parts: list[Any] = [b""] * (3 * m + 1)
+    parts[0:3 * m:3] = [hv[i:i + BLOCK] for i in range(0, m * BLOCK, BLOCK)]
+    parts[1:3 * m:3] = datas
+    parts[2:3 * m:3] = [_ZEROS[p] for p in ((-sizes) % BLOCK).tolist()]
+    body = int(BLOCK * m + ((sizes + (BLOCK - 1)) // BLOCK * BLOCK).sum())
+    parts[3 * m] = bytes(total - body)
+    return b"".join(parts)
+
+
+def pack_into(scratch: bytearray, headers: np.ndarray, datas: list[Any], data_off: np.ndarray, total: int
+              ) -> memoryview:
+    """The archive written into ``scratch`` (grown when too small; reused across the shards of
+    one compaction, so its pages are touched once, not once per shard: fresh 64 MB buffers
+    cost more in page faults than the copies themselves). The view is valid until the next
+    call with the same scratch."""
+    if len(scratch) < total:
+        scratch.extend(bytes(total - len(scratch)))
+    mv = memoryview(scratch)[:total]
+    arr = np.frombuffer(mv, np.uint8)
+    arr[:] = 0  # padding and end blocks
+    arr.reshape(-1, BLOCK)[data_off // BLOCK - 1] = headers
+    for o, d in zip(data_off.tolist(), datas):
+        mv[o:o + len(d)] = d
+    return mv
+
+
+def sample_checksums(buf: Any, starts: np.ndarray, ends: np.ndarray) -> tuple[list[str], np.ndarray]:
     """sha256 (hex) and CRC32C of each ``buf[start:end]``: the bytes a reader's ranged read
     fetches, hashed in place (no copy per sample)."""
     mv = memoryview(buf)
