@@ -109,3 +109,66 @@ def test_script_model_config_fits_the_size_budget(name: str) -> None:
     n = sum(p.numel() for p in model.parameters())
     assert 2 ** (len(cfg["block_out_channels"]) - 1) == f and cfg["latent_channels"] == c
     assert n * 2 < 40e6 / 6  # fp16 bytes: six of them stay under the 40 MB budget
+
+
+def _import_script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import train_six
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return train_six
+
+
+def test_finding_crops_are_centred_on_the_masked_finding(tmp_path: Path) -> None:
+    from latentds.testing.synthetic import phantom
+    from latentds.train.vae.prepare_six_data import finding_mask
+
+    pos = phantom(1_000, (160, 128), positive=True)
+    neg = phantom(1_000, (160, 128), positive=False)
+    mask = finding_mask(pos, neg)
+    assert 0 < mask.sum() < mask.size // 20  # a small finding, dilated
+    arrays = {"train_0000": pos.astype(np.float16), "train_mask_0000": mask,
+              "train_0001": neg.astype(np.float16), "train_weight": np.asarray([0.01, 0.99], np.float32),
+              "val_0000": pos.astype(np.float16)}
+    np.savez(tmp_path / "d.npz", **arrays)
+    ts = _import_script()
+    data = ts.Data(str(tmp_path / "d.npz"), torch.device("cpu"))
+    assert data.with_finding == [0] and data.masks[1] is None
+    rng = np.random.default_rng(0)
+    masks: list[torch.Tensor] = []
+    x = data.batch(rng, 16, 48, finding_crop=1.0, masks=masks)
+    # Every crop shows the finding although the positive image has 1 % of the sampling mass.
+    assert x.shape == (16, 1, 48, 48) and len(masks) == 16 and all(bool(m.any()) for m in masks)
+    # Uniform crops (the default) of the same data almost never do, and carry all-false masks
+    # for the image without a mask.
+    masks_u: list[torch.Tensor] = []
+    data.batch(np.random.default_rng(0), 16, 48, masks=masks_u)
+    assert sum(bool(m.any()) for m in masks_u) <= 2
+
+
+def test_init_from_starts_from_the_given_codec(tmp_path: Path) -> None:
+    ts = _import_script()
+    from latentds.codecs import build, codec_file, residual
+    from safetensors.torch import load_file
+
+    data = tiny_npz(tmp_path / "tiny.npz")
+    src = tmp_path / "src"
+    cfg = ts.model_config(build, 4, 1, 8, 1)
+    model = residual.ResidualS2DAutoencoder(build.build_model(cfg, seed=3, where="t"), 4, 1)
+    with torch.no_grad():  # move away from the exact-s2d init, so a fresh start would differ
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    codec_file.save_kl_codec(model, src / "kl-f4c1.safetensors", name="kl-f4c1", alpha=1.0, tensor_dtype="fp16")
+    out = tmp_path / "out"
+    rc = ts.main(["--data", str(data), "--out", str(out), "--device", "cpu", "--budget-s", "0", "--only", "f4c1",
+                  "--width", "8", "--alpha-grid", "3", "--init-from", str(src)])
+    assert rc == 0
+    a, b = load_file(str(src / "kl-f4c1.safetensors")), load_file(str(out / "kl-f4c1.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # 0 steps: the same weights
+    card = json.loads((out / "kl-f4c1.json").read_text())
+    assert "fine-tuned from" in card["objective"]
+    # Another architecture is refused with a message naming the file and the fix.
+    with pytest.raises(SystemExit, match="another architecture"):
+        ts.main(["--data", str(data), "--out", str(out), "--device", "cpu", "--budget-s", "0", "--only", "f4c1",
+                 "--width", "16", "--init-from", str(src)])

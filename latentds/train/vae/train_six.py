@@ -93,6 +93,12 @@ class Data:
         z = np.load(path, allow_pickle=False)
         keys = sorted(z.files)
         self.train = [torch.from_numpy(z[k].astype(np.float32)).to(device) for k in keys if k.startswith("train_0")]
+        # Finding masks of the positive phantoms (data files from before they existed have
+        # none: every mask is then None and the finding options have nothing to act on).
+        self.masks = [torch.from_numpy(z[f"train_mask_{k[len('train_'):]}"].astype(np.bool_)).to(device)
+                      if f"train_mask_{k[len('train_'):]}" in z.files else None
+                      for k in keys if k.startswith("train_0")]
+        self.with_finding = [i for i, m in enumerate(self.masks) if m is not None and bool(m.any())]
         w = torch.as_tensor(z["train_weight"], dtype=torch.float64)
         self.p = (w / w.sum()).tolist()
         self.val = [torch.from_numpy(z[k].astype(np.float32))[None, None].to(device) for k in keys if k.startswith("val_0")]
@@ -125,21 +131,44 @@ class Data:
         self.info = json.loads(str(z["info_json"])) if "info_json" in z.files else {}
         self.device = device
 
-    def batch(self, rng: np.random.Generator, n: int, crop: int) -> torch.Tensor:
+    def batch(self, rng: np.random.Generator, n: int, crop: int, finding_crop: float = 0.0,
+              masks: list | None = None) -> torch.Tensor:
         """Random crops (padded by replication where an image is smaller), hflip, and the
-        intensity augmentation of the shipped configs (invert, gamma, a saturating window)."""
+        intensity augmentation of the shipped configs (invert, gamma, a saturating window).
+
+        ``finding_crop`` > 0: that share of the crops is centred (±crop/4) on a random finding
+        pixel of a positive phantom -- a finding covers ~0.1 % of a phantom, so uniform crops
+        almost never show the model what it must keep. ``masks``: a list that receives each
+        crop's finding mask (bool, same geometry), for ``--finding-weight``."""
         idx = rng.choice(len(self.train), size=n, p=self.p)
         out = []
-        for i in idx:
+        for j, i in enumerate(idx):
+            centred = bool(finding_crop > 0 and self.with_finding and rng.random() < finding_crop)
+            if centred:
+                i = self.with_finding[int(rng.integers(0, len(self.with_finding)))]
             img = self.train[int(i)]
+            m = self.masks[int(i)]
             h, w = img.shape
             if h < crop or w < crop:
                 img = F.pad(img[None, None], (0, max(0, crop - w), 0, max(0, crop - h)), mode="replicate")[0, 0]
+                if m is not None:
+                    m = F.pad(m[None, None].float(), (0, max(0, crop - w), 0, max(0, crop - h)))[0, 0].bool()
                 h, w = img.shape
-            y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+            if centred:
+                ys, xs = torch.nonzero(m, as_tuple=True)
+                k = int(rng.integers(0, ys.numel()))
+                jy, jx = (int(v) for v in rng.integers(-(crop // 4), crop // 4 + 1, size=2))
+                y = min(max(0, int(ys[k]) - crop // 2 + jy), h - crop)
+                x = min(max(0, int(xs[k]) - crop // 2 + jx), w - crop)
+            else:
+                y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
             t = img[y:y + crop, x:x + crop]
+            tm = m[y:y + crop, x:x + crop] if m is not None else torch.zeros_like(t, dtype=torch.bool)
             if rng.random() < 0.5:
                 t = t.flip(-1)
+                tm = tm.flip(-1)
+            if masks is not None:
+                masks.append(tm)
             if rng.random() < 0.3:
                 t = 1.0 - t
             g = float(rng.uniform(0.6, 1.6))
@@ -181,6 +210,23 @@ def train_one(kl, residual, data: Data, f: int, c: int, seconds: float, args, lo
     cfg = model_config(kl, f, c, args.width, args.layers)
     vae = kl.build_model(cfg, seed=args.seed, where=name)
     model = residual.ResidualS2DAutoencoder(vae, f, c).to(dev).train()
+    if args.init_from:
+        # Fine-tuning: start from an exported codec of the same pair (e.g. the shipped one),
+        # not from the exact-s2d zero init. Its config must be the one built here.
+        from safetensors import safe_open
+
+        src = Path(args.init_from) / f"{name}.safetensors"
+        with safe_open(str(src), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            sd = {k: fh.get_tensor(k).float() for k in fh.keys()}
+        got = json.loads(meta.get("config", "{}"))
+        want = {k: v for k, v in cfg.items()}
+        diff = sorted(k for k in ("block_out_channels", "layers_per_block", "latent_channels") if got.get(k) != want.get(k))
+        if diff:
+            raise SystemExit(f"train_six: {src} has another architecture ({', '.join(diff)} differ); "
+                             "pass the --width/--layers it was trained with")
+        model.load_state_dict(sd)
+        log(f"{name}: initialised from {src} (its alpha {meta.get('latentds_residual_alpha')} is re-chosen after training)")
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     crop = args.crop16 if f == 16 else args.crop
@@ -198,7 +244,8 @@ def train_one(kl, residual, data: Data, f: int, c: int, seconds: float, args, lo
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = data.batch(rng, bs, crop)
+        crop_masks: list[torch.Tensor] | None = [] if args.finding_weight > 0 else None
+        x = data.batch(rng, bs, crop, args.finding_crop, crop_masks)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
             mom = model.moments01(x)
             mean, logvar = torch.chunk(mom.float(), 2, dim=1)
@@ -217,6 +264,13 @@ def train_one(kl, residual, data: Data, f: int, c: int, seconds: float, args, lo
             wpix = wpix / wpix.mean(dim=(1, 2, 3), keepdim=True)
         else:
             wpix = torch.ones_like(x)
+        if crop_masks is not None:
+            # Finding weighting: the finding's pixels (and 2 px around them) count 1 + w times,
+            # renormalised to mean 1 per crop, so a crop with a finding spends a fixed share of
+            # its loss there however small the finding is.
+            fm = torch.stack(crop_masks)[:, None].to(x.dtype)
+            wpix = wpix * (1.0 + args.finding_weight * fm)
+            wpix = wpix / wpix.mean(dim=(1, 2, 3), keepdim=True)
         l1 = ((x - xr).abs() * wpix).mean()
         hf = ((hpx - residual.high_pass(xr, args.hf_sigma)).abs() * wpix).mean()
         klv = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum() / x.numel()
@@ -283,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edge-weight", type=float, default=0.0,
                    help="weight L1 and high-pass L1 per pixel by 1 + w·min(|HP(x)|/mean|HP(x)|, 8), "
                         "normalised to mean 1 (0: unweighted)")
+    p.add_argument("--finding-weight", type=float, default=0.0,
+                   help="weight finding pixels (train_mask_* of the data file, positive phantoms) 1 + w times "
+                        "in both L1 terms, renormalised per crop (0: off)")
+    p.add_argument("--finding-crop", type=float, default=0.0,
+                   help="share of crops centred on a finding of a positive phantom (0: uniform crops)")
+    p.add_argument("--init-from", default=None,
+                   help="folder with kl-f{f}c{C}.safetensors to fine-tune from (e.g. latentds/weights)")
     p.add_argument("--max-steps", type=int, default=0, help="also stop each codec after this many steps (0: time only)")
     p.add_argument("--alpha-grid", type=int, default=21, help="alpha candidates: N evenly spaced in [0, 1]")
     p.add_argument("--val-crop", type=int, default=0, help="crop validation images / finding windows to N px (CPU)")
@@ -337,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             "objective": f"L1 + {a.hf_weight}*L1(high-pass sigma={a.hf_sigma}) + {a.kl_weight}*KL (per pixel); "
                          + (f"both L1 terms weighted per pixel by 1 + {a.edge_weight}*min(|HP(x)|/mean|HP(x)|, 8), "
                             "normalised to mean 1; " if a.edge_weight > 0 else "")
+                         + (f"finding pixels (2 px-dilated phantom finding masks) weighted 1 + {a.finding_weight}, "
+                            "renormalised per crop; " if a.finding_weight > 0 else "")
+                         + (f"{a.finding_crop:.0%} of crops centred on a finding; " if a.finding_crop > 0 else "")
+                         + (f"fine-tuned from {a.init_from}; " if a.init_from else "")
                          + "perceptual and adversarial terms off",
             "optimizer": f"Adam(0.9, 0.99), lr {a.lr}, 50 warm-up steps, cosine over the time slice, grad-norm clip 1",
             "data": data.info.get("train", []),
