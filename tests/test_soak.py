@@ -203,6 +203,13 @@ def soak(tmp: Path, url: str, opts: dict[str, Any], seconds: float) -> dict[str,
     final = LatentDataset(src, codec=CODEC, cache=url, storage_options=opts)
     final.compact()
     rep = verify(final.store)
+    # a shard (or its index) gc removed that the final generation names: committed data deleted
+    m_final = final.store.refresh()
+    named = set(m_final.shards) if m_final is not None else set()
+    log = tmp / "gc_log.jsonl"
+    removed_named = [e for e in (json.loads(x) for x in (log.read_text().splitlines() if log.exists() else []))
+                     if e["object"].startswith("shards/") and
+                     e["object"].split("/", 1)[1].replace(".index.json", ".tar") in named]
     lost, corrupt = [], []
     for key, rel in sorted(served.items()):
         try:
@@ -223,14 +230,15 @@ def soak(tmp: Path, url: str, opts: dict[str, Any], seconds: float) -> dict[str,
            # what makes it a soak: the pointer moved and gc ran while latents were being served
            "commits_while_serving": sum(any(a <= t <= b for a, b in windows) for t in commits),
            "gcs_while_serving": sum(any(a <= e and s <= b for a, b in windows) for s, e in passes),
-           "gc_removed": parts[FILLERS + 1]["removed"], "verify_bad": [str(b) for b in rep.bad][:5],
+           "gc_removed": parts[FILLERS + 1]["removed"], "gc_removed_named": removed_named[:5], "verify_bad": [str(b) for b in rep.bad][:5],
            "lost": len(lost), "corrupt": len(corrupt), "examples": (lost + corrupt)[:5],
            "errors": [e for f in parts for e in f["errors"]][:5],
            "loadavg_1m": round(os.getloadavg()[0], 2)}
     out["gc_log"] = str(tmp / "gc_log.jsonl")
     RESULTS.append(out)
     print("soak:", json.dumps(out))
-    if out["lost"] or out["corrupt"] or out["verify_bad"] or out["errors"] or out["mismatched_while_running"]:
+    if (out["lost"] or out["corrupt"] or out["verify_bad"] or out["errors"] or out["mismatched_while_running"]
+            or out["gc_removed_named"]):
         _evidence(tmp / "gc_log.jsonl", parts[FILLERS].get("history", []))
     return out
 
@@ -256,7 +264,7 @@ def _check(out: dict[str, Any]) -> None:
     # volume beyond that is required.
     assert out["rounds"] >= FILLERS * MIN_ROUNDS and out["served_keys"] >= out["samples"], out
     assert out["commits_while_serving"] >= 1 and out["gcs_while_serving"] >= 1, out
-    assert out["errors"] == [] and out["verify_bad"] == [], out
+    assert out["errors"] == [] and out["verify_bad"] == [] and out["gc_removed_named"] == [], out
     assert out["mismatched_while_running"] == 0 and out["lost"] == 0 and out["corrupt"] == 0, out
 
 
