@@ -12,8 +12,9 @@ What is REAL and what is SIMULATED (on local disk):
   shards) in the real shard layout: every simulated row has the offsets, lengths and metadata
   positions of the real compacted shards (small fixed-size latents pack identically), random
   keys / sha256 / content sha256 / CRC32C, one shard per 4,096 rows (``DEFAULT_SHARD_SAMPLES``).
-  It is committed as a generation in the project's format (``manifest.SCHEMA``, zstd Parquet,
-  the same metadata, 1,048,576-row row groups as ``pq.write_table`` makes, keys sorted, sha256
+  It is committed as a generation in the project's format (``manifest.STORED_SCHEMA``: 20-byte
+  binary keys since issue 15, or ``--text-keys`` for the text keys before; zstd Parquet, the same
+  metadata, 1,048,576-row row groups as ``pq.write_table`` makes, keys sorted, sha256 + CRC32C
   pointer written last with ``write_atomic``) but streamed by this script, row group by row
   group, instead of ``ManifestStore.commit`` (which holds the whole table and its sorted copy
   in memory: ~8 GB at 10M rows). The simulated shards' bytes do not exist (that would be
@@ -295,8 +296,7 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     base = store.manifests.load()
-    real = base.table
-    k = real.num_rows
+    real, k = base.table, base.table.num_rows
     n_sim = max(0, rows - k)
     # the layout template: the slots of one full real shard, in shard order
     shard0 = real.column("shard")[0].as_py()
@@ -318,25 +318,20 @@ def simulate_manifest(store: Any, rows: int, res: dict[str, Any], seed: int) -> 
     real_shard = np.array(real.column("shard").to_pylist(), dtype="S42")
     real_sha = np.array(real.column("sha256").to_pylist(), dtype="S64")
     real_content = np.array(real.column("content_sha256").to_pylist(), dtype="S64")
-    # (a placeholder when nothing is simulated: np.where indexes both sides)
-    sim_shard_np = np.array(sim_shards or ["shard-" + "0" * 32 + ".tar"], dtype="S42")
-    shape = list(real.column("shape")[0].as_py())
-    dtype = real.column("dtype")[0].as_py()
+    sim_shard_np = np.array(sim_shards or ["shard-" + "0" * 32 + ".tar"], dtype="S42")  # a placeholder: np.where
+    shape, dtype = list(real.column("shape")[0].as_py()), real.column("dtype")[0].as_py()
     generation = new_generation()
     shards_meta = dict(base.meta.get("shards") or {})
-    tmpl_stats = shards_meta[shard0]
-    shards_meta.update({s: tmpl_stats for s in sim_shards})
+    shards_meta.update({s: shards_meta[shard0] for s in sim_shards})
     meta = {"namespace": NAMESPACE, "parent": base.generation, "shards": shards_meta,
             "stats": combine_stats(shards_meta.values()), "created_unix": time.time(), "generation": generation,
             "simulated": f"benchmarks/scale_sim.py: {n_sim} simulated rows in {n_shards} shards"}
     # keys as ManifestStore.commit writes them since issue 15 (20-byte binary), or as before (text)
     text = bool(res.get("args", {}).get("text_keys"))
     schema = (SCHEMA if text else STORED_SCHEMA).with_metadata({META_KEY: json.dumps(meta).encode()})
-    mdir = store.location.join("manifest")
     path = store.manifests.generation_path(generation)
-    tmp = os.path.join(mdir, f".tmp-{generation}.parquet")
-    h = hashlib.sha256()
-    crc = Checksum()
+    tmp = os.path.join(store.location.join("manifest"), f".tmp-{generation}.parquet")
+    h, crc = hashlib.sha256(), Checksum()
     no_dict = {} if text else {"use_dictionary": [f.name for f in SCHEMA if f.name != "key"]}
     with pq.ParquetWriter(tmp, schema, compression="zstd", **no_dict) as w:
         for a in range(0, rows, ROW_GROUP):
