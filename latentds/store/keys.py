@@ -111,8 +111,9 @@ def read_key_column(num_rows: int, groups: int, read_group: Callable[[int], pa.C
     for g in range(groups):
         col = read_group(g)
         if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == KEY_BYTES:
-            part = np.concatenate([_binary_chunk(a) for a in col.chunks] or [np.empty((0, KEY_BYTES), np.uint8)])
-            part = part.view(f"S{KEY_BYTES}").reshape(-1)
+            chunks = [_binary_chunk(a) for a in col.chunks] or [np.empty((0, KEY_BYTES), np.uint8)]
+            # one chunk (the usual row group): a view of Arrow's buffer, copied once into ``out``
+            part = (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)).view(f"S{KEY_BYTES}").reshape(-1)
         else:
             part = fixed_width(col)
         if out is None:
