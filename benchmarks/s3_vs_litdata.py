@@ -110,7 +110,10 @@ def main() -> None:
     ap.add_argument("--shard-mib", type=int, default=8)
     ap.add_argument("--window", type=int, default=4, help="shards per window of the shard-aware sampler")
     ap.add_argument("--only", nargs="*", help="run only methods whose name contains one of these (+ LitData, streaming)")
+    ap.add_argument("--stream-only", action="store_true", help="LitData and LatentIterableDataset (prefetch default) only")
     ap.add_argument("--skip-per-sample", action="store_true", help="leave out the slow per-sample path")
+    ap.add_argument("--start-method", choices=("default", "fork", "spawn", "forkserver"), default="default",
+                    help="how DataLoader workers start on both sides (default: this platform's default)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     for k in [k for k in os.environ if k.startswith("AWS_")]:
@@ -125,6 +128,12 @@ def main() -> None:
     from latentds.testing.loopback_s3 import FaultProxy, MotoS3, storage_options
 
     torch.set_num_threads(1)
+    import multiprocessing
+
+    # litdata.optimize switches the whole process to "spawn" (set_start_method(force=True)); a
+    # user streaming in a training job has not run it there, so both sides' workers start the
+    # platform's way unless --start-method says otherwise (spawn: each worker imports torch)
+    start_method = multiprocessing.get_start_method() if args.start_method == "default" else args.start_method
     moto = MotoS3().start()
     proxy = FaultProxy(moto.port).start()
     opts = storage_options(proxy.endpoint)
@@ -147,6 +156,7 @@ def main() -> None:
             litdata.optimize(fn=functools.partial(_lit_item, str(npy), targets), inputs=list(range(len(lat))),
                              output_dir=str(work / "lit"), chunk_bytes=f"{args.shard_mib}MB", num_workers=1,
                              verbose=False)
+            multiprocessing.set_start_method(start_method, force=True)
             lit_up = upload(fs, work / "lit", "bench/lit")
             print(f"built {len(lat)} latents {tuple(args.shape)} float32: ours {up / 1e6:.1f} MB in "
                   f"{len(local.store.manifest().shards)} shards, LitData {lit_up / 1e6:.1f} MB in "
@@ -160,15 +170,11 @@ def main() -> None:
                 return ds
 
             dl = dict(batch_size=args.batch, num_workers=args.workers)
-            lit_setup: list[float] = []
 
             def lit_loader(r: int) -> Any:
-                t = time.perf_counter()
                 sd = litdata.StreamingDataset("s3://bench/lit", cache_dir=str(work / f"litcache-{r}-{time.time_ns()}"),
                                               storage_options=lit_opts, shuffle=True, seed=r)
-                loader = litdata.StreamingDataLoader(sd, **dl)
-                lit_setup.append(time.perf_counter() - t)
-                return loader
+                return litdata.StreamingDataLoader(sd, **dl)
 
             def stream_loader(r: int, prefetch: int | None = None) -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
@@ -221,29 +227,41 @@ def main() -> None:
             if args.only:
                 methods = {k: v for k, v in methods.items()
                            if k.startswith("LitData") or k.startswith("LatentIterable") or any(o in k for o in args.only)}
+            if args.stream_only:
+                methods = {k: v for k, v in methods.items() if k in ("LitData StreamingDataset (shuffle)",
+                                                                      "LatentIterableDataset (shuffle)")}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
                 order = list(methods) if r % 2 == 0 else list(reversed(methods))
                 for k in order:
-                    res[k].append(epoch(methods[k](r), proxy))
+                    t_setup = time.perf_counter()
+                    loader = methods[k](r)  # dataset + loader construction (LitData reads its index here)
+                    t_setup = time.perf_counter() - t_setup
+                    res[k].append(epoch(loader, proxy))
+                    res[k][-1]["setup"] = t_setup
+                    res[k][-1]["with_setup"] = res[k][-1]["n"] / (res[k][-1]["wall"] + t_setup)
                     e = res[k][-1]
                     print(f"round {r}: {k:46s} {e['rate']:6.0f} samples/s (steady {e['steady']:6.0f})  first batch {e['first']:.2f} s  "
-                          f"{e['gets']:5d} GETs  {e['mb']:7.1f} MB  server {e['server']:.2f} s of {e['wall']:.2f} s",
+                          f"{e['gets']:5d} GETs  {e['mb']:7.1f} MB  server {e['server']:.2f} s of {e['wall']:.2f} s  "
+                          f"setup {e['setup']:.2f} s",
                           flush=True)
             print(f"\n{len(lat)} latents {tuple(args.shape)} float32, {args.shard_mib} MiB shards/chunks, moto S3 + "
                   f"counting proxy on 127.0.0.1, DataLoader {args.workers} workers, batch {args.batch}, "
-                  f"{args.rounds} rounds (medians); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+                  f"{args.rounds} rounds (medians), workers by {start_method}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             lit = statistics.median(e["rate"] for e in res["LitData StreamingDataset (shuffle)"])
             lit_steady = statistics.median(e["steady"] for e in res["LitData StreamingDataset (shuffle)"])
+            lit_ws = statistics.median(e["with_setup"] for e in res["LitData StreamingDataset (shuffle)"])
             for k, es in res.items():
                 med = {f: statistics.median(e[f] for e in es) for f in es[0]}
                 share = 100 * med["server"] / med["wall"]
                 print(f"  {k:46s} {med['rate']:6.0f} samples/s ({med['rate'] / lit:4.2f}x LitData; steady "
                       f"{med['steady']:6.0f}, {med['steady'] / lit_steady:4.2f}x)  first batch "
                       f"{med['first']:.2f} s  {med['gets']:5.0f} GETs ({med['requests']:.0f} requests) "
-                      f"{med['mb']:7.1f} MB per epoch  moto busy {share:3.0f} % of the wall time")
-            print(f"  LitData setup (StreamingDataset + loader construction, median): "
-                  f"{statistics.median(lit_setup):.2f} s, not in its rate")
+                      f"{med['mb']:7.1f} MB per epoch  moto busy {share:3.0f} % of the wall time; setup "
+                      f"{med['setup']:.2f} s, with setup {med['with_setup']:6.0f} samples/s "
+                      f"({med['with_setup'] / lit_ws:4.2f}x)")
+            print("  setup = dataset + loader construction (LitData's StreamingDataset reads its index there; "
+                  "LatentIterableDataset pins its generation and plan there), not in 'samples/s'")
             glob = [k for k in methods if "shuffled" in k and "per sample" not in k]  # true global shuffles
             best = max(glob or list(methods), key=lambda k: statistics.median(e["steady"] for e in res[k]))
             b_rate = statistics.median(e["rate"] for e in res[best])
