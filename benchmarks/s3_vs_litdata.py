@@ -176,15 +176,19 @@ def main() -> None:
                                               storage_options=lit_opts, shuffle=True, seed=r)
                 return litdata.StreamingDataLoader(sd, **dl)
 
-            def stream_loader(r: int, prefetch: int | None = None) -> Any:
+            def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False) -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
                 it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
+                if late_plan:  # as before 2026-11-28: each worker reads the pointer and the manifest itself
+                    it._pin = it._pinned = None
                 return DataLoader(it, **dl)
 
             methods: dict[str, Any] = {
                 "LitData StreamingDataset (shuffle)": lit_loader,
                 "LatentIterableDataset (shuffle)": stream_loader,
                 "LatentIterableDataset (shuffle, no prefetch)": lambda r: stream_loader(r, 0),
+                "LatentIterableDataset (shuffle, workers plan)": lambda r: stream_loader(r, late_plan=True),
+                "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
                     ours(batch_gap_bytes=shard_bytes), shuffle=True, **dl),
@@ -228,8 +232,9 @@ def main() -> None:
                 methods = {k: v for k, v in methods.items()
                            if k.startswith("LitData") or k.startswith("LatentIterable") or any(o in k for o in args.only)}
             if args.stream_only:
-                methods = {k: v for k, v in methods.items() if k in ("LitData StreamingDataset (shuffle)",
-                                                                      "LatentIterableDataset (shuffle)")}
+                methods = {k: v for k, v in methods.items() if k in (
+                    "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
+                    "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)")}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
                 order = list(methods) if r % 2 == 0 else list(reversed(methods))
