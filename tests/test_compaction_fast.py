@@ -149,3 +149,40 @@ def test_compaction_writes_what_the_per_member_writer_wrote(tmp_path) -> None:
         assert idx == index_document(name, ref, ref_rows, stats)
         assert m.table.filter(m.table.column("shard").to_numpy(zero_copy_only=False) == name).equals(
             rows_table([(name, r) for r in ref_rows]))
+
+
+def test_a_staging_object_cut_short_anywhere_is_a_typed_error_and_compaction_goes_on(tmp_path) -> None:
+    # The fast reader once unpacked the second and third zip headers without a length check:
+    # a file cut inside them raised struct.error, which stopped compaction for every sample.
+    m = np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32)
+    data = encode_entry(m, np.abs(m), {"target": 1})
+    accepted = []
+    for n in range(len(data)):
+        try:
+            e = decode_staged(data[:n], "staging/ab/obj.npz")
+        except CacheError as exc:
+            assert "staging/ab/obj.npz" in str(exc)
+            continue
+        # Cut inside the zip's central directory only: every member is whole and checked
+        # (CRC-32 + sha256), so the arrays are exactly the object's.
+        assert np.array_equal(e.mean, m) and np.array_equal(e.std, np.abs(m))
+        accepted.append(n)
+    assert not accepted or min(accepted) > len(data) - 3 * 100  # never a cut inside a member
+    store = ShardedStore(LatentCache(str(tmp_path), "ns"))
+    keys = sorted(os.urandom(20).hex() for _ in range(3))
+    for k in keys:
+        store.cache.put(k, m, np.abs(m), {"target": 0})
+    with open(store.cache.object_path(keys[1]), "r+b") as fh:
+        fh.truncate(400)  # inside the meta member's header
+    rep = store.compact()
+    assert len(rep.bad) == 1 and keys[1] in str(rep.bad)
+    assert store.manifest().find(keys[0]) >= 0 and store.manifest().find(keys[2]) >= 0
+
+
+def test_a_negative_npy_dimension_is_a_typed_error() -> None:
+    from latentds.store.savez import npy_info
+
+    head = b"{'descr': '<f4', 'fortran_order': False, 'shape': (-2, -3), }"
+    head = head + b" " * (118 - len(head)) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head + b"\x00" * 24
+    assert npy_info(memoryview(body)) is None  # the general reader then raises by name

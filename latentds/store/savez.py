@@ -96,7 +96,7 @@ def npy_info(body: memoryview) -> tuple[np.dtype, tuple[int, ...], int, bool, in
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         except Exception:
             return None
-        if fortran or dtype.hasobject:
+        if fortran or dtype.hasobject or any(int(x) < 0 for x in shape):
             return None
         shape = tuple(int(x) for x in shape)
         out = io.BytesIO()
@@ -113,6 +113,8 @@ def npy_info(body: memoryview) -> tuple[np.dtype, tuple[int, ...], int, bool, in
 def _member(data: bytes, mv: memoryview, pos: int, st: struct.Struct, name: bytes) -> tuple[memoryview, int] | None:
     """The CRC-checked body of the member at ``pos`` if it is ``name`` in numpy's zip64 form,
     and its end."""
+    if pos + st.size > len(data):  # cut short inside a header: the general reader names the file
+        return None
     sig, _, flag, method, _, _, crc, csize, usize, nlen, elen, nm, hid, hlen, u64, c64 = st.unpack_from(data, pos)
     if (sig != _SIG or method or flag & 0x08 or nm != name or nlen != len(name) or elen != 20 or hid != 1 or hlen != 16 or u64 != c64
             or csize != _FF or usize != _FF):
