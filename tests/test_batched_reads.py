@@ -323,3 +323,26 @@ def test_mixing_of_a_global_shuffle_and_of_shard_windows(src: Path, tmp_path: Pa
     assert win["shards_per_batch"] == 2 < glob["shards_per_batch"]
     assert win["pair_coverage"] < glob["pair_coverage"] and seq["position_corr"] > 0.95
     assert glob["position_corr"] < win["position_corr"] and n_sh >= 4
+
+
+def test_batch_checks_member_names_as_one_matrix(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names of a batch's tar members are compared with the manifest's keys as one byte
+    matrix (``Manifest.key_matrix``), not one ``check_member`` per sample: after the manifest's
+    key index changed, the batched path had silently fallen back to the per-sample check."""
+    import latentds.batch_read as br
+
+    b = Backend("local", str(tmp_path / "cache"))
+    kw = {"image_size": (48, 40)}
+    make(src, b, **kw).fill(progress=False)
+    make(src, b, **kw).compact()
+    ds = make(src, b, **kw)
+    idx = shuffled(ds, 9)
+    ref = [ds[i] for i in idx]
+
+    def per_sample_check(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the batched path checked a member name per sample")
+
+    monkeypatch.setattr(br, "check_member", per_sample_check)
+    for mmap in (True, False):
+        ds.batch_mmap = mmap
+        same(ds.__getitems__(idx), ref)
