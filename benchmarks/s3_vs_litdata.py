@@ -268,14 +268,17 @@ def main() -> None:
             print("  setup = dataset + loader construction (LitData's StreamingDataset reads its index there; "
                   "LatentIterableDataset pins its generation and plan there), not in 'samples/s'")
             glob = [k for k in methods if "shuffled" in k and "per sample" not in k]  # true global shuffles
-            best = max(glob or list(methods), key=lambda k: statistics.median(e["steady"] for e in res[k]))
-            b_rate = statistics.median(e["rate"] for e in res[best])
-            b_steady = statistics.median(e["steady"] for e in res[best])
-            print(f"goal shuffled random access (global shuffle) >= 0.5x LitData streaming: {best}: whole epoch "
-                  f"{b_rate / lit:.2f}x, steady {b_steady / lit_steady:.2f}x "
-                  f"({'met' if min(b_rate / lit, b_steady / lit_steady) >= 0.5 else 'NOT met'})")
+            if glob:  # (none with --stream-only)
+                best = max(glob, key=lambda k: statistics.median(e["steady"] for e in res[k]))
+                b_rate = statistics.median(e["rate"] for e in res[best])
+                b_steady = statistics.median(e["steady"] for e in res[best])
+                print(f"goal shuffled random access (global shuffle) >= 0.5x LitData streaming: {best}: whole epoch "
+                      f"{b_rate / lit:.2f}x, steady {b_steady / lit_steady:.2f}x "
+                      f"({'met' if min(b_rate / lit, b_steady / lit_steady) >= 0.5 else 'NOT met'})")
             st = statistics.median(e["rate"] for e in res["LatentIterableDataset (shuffle)"])
-            print(f"goal streaming >= 1.1x LitData: {st / lit:.2f}x ({'met' if st / lit >= 1.1 else 'NOT met'})")
+            st_steady = statistics.median(e["steady"] for e in res["LatentIterableDataset (shuffle)"])
+            print(f"goal streaming >= 1.1x LitData: {st / lit:.2f}x whole epoch ({'met' if st / lit >= 1.1 else 'NOT met'}), "
+                  f"{st_steady / lit_steady:.2f}x steady ({'met' if st_steady / lit_steady >= 1.1 else 'NOT met'})")
     finally:
         proxy.stop()
         moto.stop()
