@@ -22,7 +22,7 @@ dataset that is not committed yet is an error, not a silently shorter epoch.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -33,9 +33,16 @@ from .errors import CacheError, ConfigError, LatentdsError, ShardError
 from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
-from .store.manifest import Manifest
+from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
 from .store.shards import TAR_HEADER, check_member, decode_sample, parse_npy
+
+
+if TYPE_CHECKING:  # not imported at run time: a spawned worker given an EpochPlan needs no pyarrow from here
+    from .store.manifest import Manifest
+
+#: what an epoch reads its rows from: the loaded generation, or the plan shipped to a spawned worker
+Rows = Union["Manifest", EpochPlan]
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -88,7 +95,7 @@ class LatentIterableDataset(IterableDataset):
         #: DataLoader workers, so every worker of a rank splits the same shard list
         self._pin: tuple[int, dict[str, Any]] | None = None
         #: (epoch, loaded generation, rows per shard): what the pin resolves to in this process
-        self._pinned: tuple[int, Manifest, dict[str, list[int]]] | None = None
+        self._pinned: tuple[int, Rows, dict[str, list[int]]] | None = None
         self.transform = transform
         self.target_transform = target_transform
         self.samples = dict(samples) if samples is not None else None
@@ -118,10 +125,31 @@ class LatentIterableDataset(IterableDataset):
         kwargs.setdefault("views", getattr(ds, "views", 1))  # call set_epoch(e) on both, as on ds
         return cls(loc.url, ds.namespace, storage_options=loc.storage_options, samples=samples, **kwargs)
 
+    #: ship the epoch's rows (not only the pointer) to spawned workers; False: as before
+    #: 2026-11-28, each spawned worker loads the pinned generation itself (benchmarks compare)
+    ship_plan = True
+
     def __getstate__(self) -> dict[str, Any]:
+        # Only spawned/forkserver workers (and explicit pickles) get here: a forked worker
+        # inherits ``_pinned`` as it is. The pointer always travels (``_pin``); the loaded
+        # generation never does, but the epoch's rows do (an EpochPlan: per row its byte layout,
+        # target, CRC32C and key, for this epoch's rows only), so a spawned worker's first
+        # request is its first shard GET instead of a pointer and a whole-manifest GET.
         state = self.__dict__.copy()
-        state["_pinned"] = None  # the pointer travels (``_pin``), the loaded generation does not
+        state["_pinned"] = None
+        pinned, pin = self._pinned, self._pin
+        if (self.ship_plan and pinned is not None and pin is not None and pinned[0] == pin[0]
+                and pinned[1].generation == pin[1].get("generation")
+                and sum(map(len, pinned[2].values())) <= MAX_SHIPPED_ROWS):
+            plan = pinned[1] if isinstance(pinned[1], EpochPlan) else EpochPlan.from_manifest(pinned[1], pinned[2])
+            state["_pinned"] = (pinned[0], plan, None)  # by_shard is rebuilt from the plan
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        pinned = self._pinned
+        if pinned is not None:
+            self._pinned = (pinned[0], pinned[1], pinned[1].by_shard())
 
     def _epoch_samples(self) -> dict[str, int] | None:
         """``{key: target}`` streamed this epoch: ``samples``, or with ``views > 1`` each sample's
@@ -141,7 +169,7 @@ class LatentIterableDataset(IterableDataset):
         self._pin = self._pinned = None  # "now": not a pin taken earlier (at construction) for this epoch
         self._plan()
 
-    def _plan(self) -> tuple[Manifest, dict[str, list[int]]]:
+    def _plan(self) -> tuple[Rows, dict[str, list[int]]]:
         """The manifest generation this epoch reads and, per shard, the rows it yields there.
 
         Pinned once per epoch: the pointer is followed first (``refresh``), THEN the generation
@@ -241,7 +269,7 @@ class LatentIterableDataset(IterableDataset):
                 yield (self.transform(z) if self.transform else z), target
 
 
-def _decode_row(m: Manifest, row: int, data: bytes, path: str) -> np.ndarray:
+def _decode_row(m: Rows, row: int, data: bytes, path: str) -> np.ndarray:
     """The mean of ``row`` as a read-only view into ``data`` (its whole shard), checked: the tar
     member before it must be the row's own, and its bytes must match the row's CRC32C (legacy
     rows without one: sha256). The CRC runs over a numpy view of the shard's bytes and the

@@ -1,0 +1,143 @@
+"""Streaming with spawned DataLoader workers (issue 15 item 1): the epoch's rows travel in the
+pickle (``latentds.store.epochplan.EpochPlan``), so a spawned worker reads exactly what a forked
+worker or the main process reads, with the same checks, and requests nothing but its shards."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from latentds.errors import ShardError
+
+
+def _cache(url: str, options: dict | None = None, n: int = 12):
+    from latentds.store import ShardedStore
+    from latentds.store.entries import LatentCache
+
+    s = ShardedStore(LatentCache(url, "ns", storage_options=options))
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        k = f"{i:040x}"
+        s.cache.put(k, rng.standard_normal((2, 3, 3)).astype(np.float32), None, {"key": k, "target": i})
+    s.compact(shard_samples=3)  # 4 shards
+    return s
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(int(s) == int(t) and torch.equal(x, y) for (x, s), (y, t) in zip(a, b))
+
+
+def _reset(backend) -> None:
+    if backend.env is not None:
+        backend.env.proxy.reset_counts()
+
+
+def _only_shard_gets(backend, shards: int) -> None:
+    if backend.env is not None:  # no pointer, no manifest, no HEAD: one ranged GET per shard
+        counts = dict(backend.env.proxy.counts)
+        assert counts.get("GET") == shards and sum(counts.values()) == shards, counts
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_unpickled_dataset_reads_the_shipped_plan_only(backend, shuffle: bool) -> None:
+    """What a spawned worker gets: the same samples, targets and order as the original, and its
+    only requests are the shard GETs (the plan, not the pointer, travelled)."""
+    from latentds import LatentIterableDataset
+    from latentds.store.epochplan import EpochPlan
+
+    s = _cache(backend.url, backend.options)
+    keys = [f"{i:040x}" for i in range(0, 12, 2)]  # a subset with its own targets (from_dataset's form)
+    for samples in (None, {k: 100 + i for i, k in enumerate(keys)}):
+        it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options, shuffle=shuffle, seed=3,
+                                   samples=samples)
+        want = list(it)
+        raw = pickle.dumps(it)
+        copy = pickle.loads(raw)
+        assert isinstance(copy._pinned[1], EpochPlan) and copy._pinned[1].generation == s.refresh().generation
+        assert len(raw) < 20_000, len(raw)  # rows, not the manifest
+        _reset(backend)
+        assert _same(list(copy), want)
+        _only_shard_gets(backend, 4)
+        assert copy.shards() == it.shards()
+        assert _same(list(pickle.loads(pickle.dumps(copy))), want)  # a plan ships on as it came
+
+
+def test_shipped_plan_keeps_the_integrity_checks(backend) -> None:
+    from latentds import LatentIterableDataset
+
+    s = _cache(backend.url, backend.options)
+    it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options)
+    m = s.refresh()
+    row = m.find(f"{7:040x}")
+    off, length, *_ = m.row_layout(row)
+    rel = f"shards/{m.shards[int(m.shard_ids()[row])]}"
+    good = s.backend.get(rel)
+    bad = bytearray(good)
+    bad[off + 3] ^= 0x01
+    s.backend.put(rel, bytes(bad))
+    with pytest.raises(ShardError, match=f"sample {7:040x}.*crc32c"):
+        list(pickle.loads(pickle.dumps(it)))
+    s.backend.put(rel, good[:off + length - 1])
+    with pytest.raises(ShardError, match=f"sample {7:040x}.*truncated"):
+        list(pickle.loads(pickle.dumps(it)))
+    named = bytearray(good)  # another sample's member name in front of the row's bytes
+    named[off - 512:off - 512 + 40] = f"{8:040x}".encode()
+    s.backend.put(rel, bytes(named))
+    with pytest.raises(ShardError, match=f"sample {7:040x}"):
+        list(pickle.loads(pickle.dumps(it)))
+
+
+def test_too_big_or_disabled_plan_ships_the_pointer(backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_SHIPPED_ROWS (or with ship_plan off) the worker loads the pinned generation, as
+    before: same samples, plus the pointer-named generation's GET."""
+    import latentds.iterable as itmod
+    from latentds import LatentIterableDataset
+
+    _cache(backend.url, backend.options)
+    it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options)
+    want = list(it)
+    for patch in (("MAX_SHIPPED_ROWS", 11), ("ship", False)):
+        with monkeypatch.context() as mp:
+            if patch[0] == "ship":
+                mp.setattr(it, "ship_plan", False)
+            else:
+                mp.setattr(itmod, *patch)
+            copy = pickle.loads(pickle.dumps(it))
+        assert copy._pinned is None and copy._pin == it._pin
+        _reset(backend)
+        assert _same(list(copy), want)
+        if backend.env is not None:  # the 4 shards and the generation (the pin names it: no pointer read)
+            assert backend.env.proxy.counts["GET"] == 5, dict(backend.env.proxy.counts)
+
+
+@pytest.mark.slow  # each spawned worker imports torch: ~10 s per backend on the shared 2-core machine
+def test_spawned_workers_read_what_forked_workers_read(backend) -> None:
+    """Real spawned DataLoader workers: exactly the samples of forked workers and of the main
+    process, from the generation pinned when the dataset was made (a later commit is not in the
+    epoch), and on S3 nothing but the 4 shard GETs between them."""
+    from latentds import LatentIterableDataset
+
+    s = _cache(backend.url, backend.options)
+    it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options, shuffle=True, seed=5)
+    s.cache.put(f"{99:040x}", np.zeros((2, 3, 3), np.float32), None, {"key": f"{99:040x}", "target": 99})
+    s.compact(shard_samples=3)  # lands after the dataset was made
+
+    def run(method: str) -> list:
+        loader = DataLoader(it, batch_size=None, num_workers=2,
+                            multiprocessing_context=multiprocessing.get_context(method))
+        return sorted(((int(t), x) for x, t in loader), key=lambda p: p[0])
+
+    main = sorted(((int(t), x) for x, t in it), key=lambda p: p[0])
+    forked = run("fork")
+    _reset(backend)
+    spawned = run("spawn")
+    _only_shard_gets(backend, 4)
+    assert [t for t, _ in main] == list(range(12))
+    for other in (forked, spawned):
+        assert [t for t, _ in other] == [t for t, _ in main]
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(other, main))
