@@ -34,6 +34,7 @@ from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
 from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
+from .store.signed import SignedRanges
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
 from .store.shards import TAR_HEADER, check_member, decode_sample, parse_npy
 
@@ -128,6 +129,8 @@ class LatentIterableDataset(IterableDataset):
     #: ship the epoch's rows (not only the pointer) to spawned workers; False: as before
     #: 2026-11-28, each spawned worker loads the pinned generation itself (benchmarks compare)
     ship_plan = True
+    #: with a shipped plan on S3, also ship signed shard URLs (False: workers use their own client)
+    sign_urls = True
 
     def __getstate__(self) -> dict[str, Any]:
         # Only spawned/forkserver workers (and explicit pickles) get here: a forked worker
@@ -136,13 +139,17 @@ class LatentIterableDataset(IterableDataset):
         # target, CRC32C and key, for this epoch's rows only), so a spawned worker's first
         # request is its first shard GET instead of a pointer and a whole-manifest GET.
         state = self.__dict__.copy()
-        state["_pinned"] = None
+        state["_pinned"] = state["_signed"] = None
         pinned, pin = self._pinned, self._pin
         if (self.ship_plan and pinned is not None and pin is not None and pinned[0] == pin[0]
                 and pinned[1].generation == pin[1].get("generation")
                 and sum(map(len, pinned[2].values())) <= MAX_SHIPPED_ROWS):
             plan = pinned[1] if isinstance(pinned[1], EpochPlan) else EpochPlan.from_manifest(pinned[1], pinned[2])
             state["_pinned"] = (pinned[0], plan, None)  # by_shard is rebuilt from the plan
+            # and signed GET URLs of its shards (S3): the worker reads them without importing
+            # s3fs or building a client; any failure falls back to the backend (store/signed.py)
+            state["_signed"] = (SignedRanges.sign(self.store.backend, [layout.shard(s) for s in plan.shards])
+                                if self.sign_urls else None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -239,7 +246,9 @@ class LatentIterableDataset(IterableDataset):
         samples = self._epoch_samples()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
         backend = self.store.backend
-        local = backend.caps.local
+        signed = getattr(self, "_signed", None)  # a spawned worker's signed shard URLs (S3), if shipped
+        # with signed URLs the worker never builds an S3 client unless one fails (then as before)
+        local = backend.caps.local if signed is None else False
 
         def fetch(shard: str) -> bytes:
             if local:
@@ -249,11 +258,14 @@ class LatentIterableDataset(IterableDataset):
             # (labels, metadata, tar padding) are not read here. A short object reads short, and
             # the truncation check below names it as before.
             end = max(1, max(o + n for o, n, *_ in (m.row_layout(r) for r in by_shard[shard])))
-            return backend.get_range(layout.shard(shard), 0, end)
+            data = signed.get_range(layout.shard(shard), 0, end) if signed is not None else None
+            return data if data is not None else backend.get_range(layout.shard(shard), 0, end)
 
         mine = self._split(self._order(sorted(by_shard)))
         for shard, data in fetch_ahead(fetch, mine, self.prefetch):
-            path = self.store.shard_path(shard)
+            # named in errors only: made on first use, so a worker reading through signed URLs
+            # never builds the S3 filesystem just to spell a path
+            path = _Lazy(lambda shard=shard: self.store.shard_path(shard))
             # walk the manifest's rows of this shard (not the tar's members): the shard may also
             # hold samples that are not this dataset's, or that the manifest no longer names
             rows = by_shard[shard]
@@ -269,7 +281,20 @@ class LatentIterableDataset(IterableDataset):
                 yield (self.transform(z) if self.transform else z), target
 
 
-def _decode_row(m: Rows, row: int, data: bytes, path: str) -> np.ndarray:
+class _Lazy:
+    """Text made only when formatted (an error message), e.g. a shard's store path: spelling it
+    builds the store's filesystem, which a worker reading through signed URLs otherwise skips."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __str__(self) -> str:
+        return str(self._make())
+
+
+def _decode_row(m: Rows, row: int, data: bytes, path: Any) -> np.ndarray:
     """The mean of ``row`` as a read-only view into ``data`` (its whole shard), checked: the tar
     member before it must be the row's own, and its bytes must match the row's CRC32C (legacy
     rows without one: sha256). The CRC runs over a numpy view of the shard's bytes and the
@@ -291,7 +316,7 @@ def _decode_row(m: Rows, row: int, data: bytes, path: str) -> np.ndarray:
     if _crc32c_value(np.frombuffer(data, np.uint8, length, off)) != crc:
         raise ShardError(f"{path} (sample {key.decode()}): checksum mismatch (crc32c), the shard is corrupt; "
                          f"`latentds verify` lists every bad sample")
-    return parse_npy(memoryview(data)[off:off + mlen], f"{path} (sample {key.decode()})")
+    return parse_npy(memoryview(data)[off:off + mlen], _Lazy(lambda: f"{path} (sample {key.decode()})"))  # type: ignore[arg-type]
 
 
 __all__ = ["LatentIterableDataset"]
