@@ -18,6 +18,10 @@ from typing import Any, Callable, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .forksafe import install as _install_fork_hooks
+
+_install_fork_hooks()  # a forked DataLoader worker never closes its parent's pooled S3 sockets (store/forksafe.py)
+
 __all__ = ["Location", "RETRY_STATS", "access_hint", "call", "is_access_error", "is_transient", "redact",
     "redact_options", "strip_protocol_url", "write_atomic"]
 
