@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--shard-mib", type=int, default=8)
     ap.add_argument("--window", type=int, default=4, help="shards per window of the shard-aware sampler")
     ap.add_argument("--only", nargs="*", help="run only methods whose name contains one of these (+ LitData, streaming)")
+    ap.add_argument("--exclude", nargs="*", default=[], help="leave out methods whose name contains one of these")
     ap.add_argument("--stream-only", action="store_true", help="LitData and LatentIterableDataset (prefetch default) only")
     ap.add_argument("--skip-per-sample", action="store_true", help="leave out the slow per-sample path")
     ap.add_argument("--start-method", choices=("default", "fork", "spawn", "forkserver"), default="default",
@@ -176,11 +177,15 @@ def main() -> None:
                                               storage_options=lit_opts, shuffle=True, seed=r)
                 return litdata.StreamingDataLoader(sd, **dl)
 
-            def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False) -> Any:
+            def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False,
+                              ship: str = "plan+signed") -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
                 it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
                 if late_plan:  # as before 2026-11-28: each worker reads the pointer and the manifest itself
                     it._pin = it._pinned = None
+                # what a spawned worker receives (forked workers inherit the plan either way):
+                # the pointer only (before 2026-11-28 03:00), the plan, the plan + signed shard URLs
+                it.ship_plan, it.sign_urls = ship != "pointer", ship == "plan+signed"
                 return DataLoader(it, **dl)
 
             methods: dict[str, Any] = {
@@ -188,6 +193,8 @@ def main() -> None:
                 "LatentIterableDataset (shuffle)": stream_loader,
                 "LatentIterableDataset (shuffle, no prefetch)": lambda r: stream_loader(r, 0),
                 "LatentIterableDataset (shuffle, workers plan)": lambda r: stream_loader(r, late_plan=True),
+                "LatentIterableDataset (shuffle, spawn gets pointer)": lambda r: stream_loader(r, ship="pointer"),
+                "LatentIterableDataset (shuffle, spawn gets plan, no URLs)": lambda r: stream_loader(r, ship="plan"),
                 "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
@@ -234,7 +241,10 @@ def main() -> None:
             if args.stream_only:
                 methods = {k: v for k, v in methods.items() if k in (
                     "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
-                    "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)")}
+                    "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)",
+                    "LatentIterableDataset (shuffle, spawn gets pointer)",
+                    "LatentIterableDataset (shuffle, spawn gets plan, no URLs)")}
+            methods = {k: v for k, v in methods.items() if not any(x in k for x in args.exclude)}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
                 order = list(methods) if r % 2 == 0 else list(reversed(methods))
