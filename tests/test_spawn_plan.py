@@ -164,3 +164,23 @@ def test_a_refused_signed_url_falls_back_to_the_backend(backend) -> None:
     assert copy._signed._off
     # the 4 shards, plus one refused GET per fetch already in flight (prefetch 2: at most 3)
     assert 5 <= backend.env.proxy.counts["GET"] <= 7, dict(backend.env.proxy.counts)
+
+
+def test_plan_ships_only_where_it_does_not_stall_the_next_worker(tmp_path) -> None:
+    """A spawned worker's pickle over the 64 KiB pipe makes the parent wait until that worker
+    imported torch before starting the next: a plain dataset ships its plan only while the pickle
+    stays small; with ``samples`` already over the pipe, the plan ships (it no longer costs that)."""
+    from latentds import LatentIterableDataset
+    from latentds.store.epochplan import EpochPlan
+
+    url = str(tmp_path / "c")
+    _cache(url, n=1400)  # 1,400 rows: ~123 KB of plan
+    big = pickle.loads(pickle.dumps(LatentIterableDataset(url, "ns")))
+    assert big._pinned is None and big._pin is not None  # the pointer, as before
+    keys = {f"{i:040x}": i for i in range(1400)}  # ~70 KB of samples
+    with_samples = pickle.loads(pickle.dumps(LatentIterableDataset(url, "ns", samples=keys)))
+    assert isinstance(with_samples._pinned[1], EpochPlan)
+    small = {k: t for k, t in list(keys.items())[:100]}
+    assert isinstance(pickle.loads(pickle.dumps(LatentIterableDataset(url, "ns", samples=small)))._pinned[1],
+                      EpochPlan)
+    assert len(pickle.dumps(LatentIterableDataset(url, "ns", samples=small))) < 64 << 10

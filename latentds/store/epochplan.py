@@ -33,6 +33,9 @@ class EpochPlan:
     """The rows of one epoch, renumbered ``0..n-1`` in shard order (a duck of ``Manifest`` for
     streaming reads), and ``by_shard``: each shard's plan rows, in the order they are read."""
 
+    #: pickled bytes per row (6 int64 + a 40-byte key), for callers sizing a pickle
+    BYTES_PER_ROW = 88
+
     def __init__(self, generation: str, shards: list[str], counts: np.ndarray, ints: np.ndarray,
                  keys: np.ndarray, sha: dict[int, str]) -> None:
         self.generation = generation
