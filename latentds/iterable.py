@@ -104,6 +104,7 @@ class LatentIterableDataset(IterableDataset):
         self.transform = transform
         self.target_transform = target_transform
         self.samples = dict(samples) if samples is not None else None
+        self._signed: SignedRanges | None = None  # the pinned epoch's signed shard URLs (S3)
         self._pin_early()
 
     def _pin_early(self) -> None:
@@ -117,7 +118,7 @@ class LatentIterableDataset(IterableDataset):
         try:
             self._plan()
         except (LatentdsError, OSError):
-            self._pin = self._pinned = None
+            self._pin = self._pinned = self._signed = None
 
     @classmethod
     def from_dataset(cls, ds: Any, **kwargs: Any) -> "LatentIterableDataset":
@@ -133,7 +134,8 @@ class LatentIterableDataset(IterableDataset):
     #: ship the epoch's rows (not only the pointer) to spawned workers; False: as before
     #: 2026-11-28, each spawned worker loads the pinned generation itself (benchmarks compare)
     ship_plan = True
-    #: with a shipped plan on S3, also ship signed shard URLs (False: workers use their own client)
+    #: on S3, read shards through signed URLs (False: through the backend's client, as before
+    #: 2026-11-28 in forked workers); set before the dataset plans (class attribute) to compare
     sign_urls = True
 
     def __getstate__(self) -> dict[str, Any]:
@@ -152,8 +154,7 @@ class LatentIterableDataset(IterableDataset):
             state["_pinned"] = (pinned[0], plan, None)  # by_shard is rebuilt from the plan
             # and signed GET URLs of its shards (S3): the worker reads them without importing
             # s3fs or building a client; any failure falls back to the backend (store/signed.py)
-            state["_signed"] = (SignedRanges.sign(self.store.backend, [layout.shard(s) for s in plan.shards])
-                                if self.sign_urls else None)
+            state["_signed"] = self._signed
         return state
 
     def _plan_pays(self, rows: int) -> bool:
@@ -234,6 +235,11 @@ class LatentIterableDataset(IterableDataset):
         by_shard: dict[str, list[int]] = {
             names[int(g[0])]: r.tolist() for g, r in zip(np.split(sid, cuts), np.split(rows, cuts)) if len(r)}
         self._pinned = (self.epoch, m, by_shard)
+        # signed GET URLs of the epoch's shards (S3; ~0.3 ms each, no request): every reader of
+        # the epoch - forked or spawned workers, or this process - reads its shards through them
+        # (store/signed.py: faster than s3fs, GIL-free body reads), the backend on any failure
+        self._signed = (SignedRanges.sign(self.store.backend, [layout.shard(s) for s in by_shard])
+                        if self.sign_urls else None)
         return m, by_shard
 
     def shards(self) -> list[str]:
@@ -263,7 +269,7 @@ class LatentIterableDataset(IterableDataset):
         samples = self._epoch_samples()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank or 0])
         backend = self.store.backend
-        signed = getattr(self, "_signed", None)  # a spawned worker's signed shard URLs (S3), if shipped
+        signed = getattr(self, "_signed", None)  # the epoch's signed shard URLs (S3), if any
         # with signed URLs the worker never builds an S3 client unless one fails (then as before)
         local = backend.caps.local if signed is None else False
 
