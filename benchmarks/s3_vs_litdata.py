@@ -186,6 +186,8 @@ def main() -> None:
                 # what a spawned worker receives (forked workers inherit the plan either way):
                 # the pointer only (before 2026-11-28 03:00), the plan, the plan + signed shard URLs
                 it.ship_plan, it.sign_urls = ship != "pointer", ship == "plan+signed"
+                if not it.sign_urls:  # signed when planned: every reader (forked workers too) read them
+                    it._signed = None
                 return DataLoader(it, **dl)
 
             methods: dict[str, Any] = {
@@ -195,6 +197,7 @@ def main() -> None:
                 "LatentIterableDataset (shuffle, workers plan)": lambda r: stream_loader(r, late_plan=True),
                 "LatentIterableDataset (shuffle, spawn gets pointer)": lambda r: stream_loader(r, ship="pointer"),
                 "LatentIterableDataset (shuffle, spawn gets plan, no URLs)": lambda r: stream_loader(r, ship="plan"),
+                "LatentIterableDataset (shuffle, s3fs reads, no URLs)": lambda r: stream_loader(r, ship="plan"),
                 "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
@@ -243,7 +246,8 @@ def main() -> None:
                     "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
                     "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)",
                     "LatentIterableDataset (shuffle, spawn gets pointer)",
-                    "LatentIterableDataset (shuffle, spawn gets plan, no URLs)")}
+                    "LatentIterableDataset (shuffle, spawn gets plan, no URLs)",
+                    "LatentIterableDataset (shuffle, s3fs reads, no URLs)")}
             methods = {k: v for k, v in methods.items() if not any(x in k for x in args.exclude)}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):

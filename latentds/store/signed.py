@@ -25,7 +25,6 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import ssl
 import struct
 import sys
 import threading
@@ -152,13 +151,15 @@ def _read_body(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse)
     ``MSG_WAITALL``: one blocking ``recv`` that the kernel fills. TLS sockets (and platforms
     without it) read as before."""
     length = int(resp.length or 0)
-    sock = conn.sock
-    if (not _WAITALL or sock is None or isinstance(sock, ssl.SSLSocket) or resp.fp is None
+    if (not _WAITALL or isinstance(conn, http.client.HTTPSConnection) or resp.fp is None
             or length < (1 << 20)):
         return resp.read()
     buf = bytearray(length)
     view = memoryview(buf)
     got = resp.fp.readinto(view[:min(length, len(resp.fp.peek(1)))])  # what http.client already buffered
+    # the connection's socket; a "Connection: close" answer has handed it to the response, whose
+    # file we read through a duplicate of its descriptor (closed below; the socket stays)
+    sock = conn.sock if conn.sock is not None else socket.socket(fileno=os.dup(resp.fp.fileno()))
     timeout = sock.gettimeout()
     sock.settimeout(None)  # a timeout makes Python poll and read per chunk; the kernel times it instead
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _RCVTIMEO)
@@ -170,7 +171,9 @@ def _read_body(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse)
             got += n
     finally:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_RCVTIMEO)
-        sock.settimeout(timeout)
+        sock.settimeout(timeout if sock is conn.sock else TIMEOUT_S)  # blocking mode is the shared descriptor's
+        if sock is not conn.sock:
+            sock.close()
     resp.length = 0  # the body is consumed: read() now closes the response for the next request
     resp.read()
     return buf  # not bytes(buf): an 8 MiB copy; readers take any bytes-like object

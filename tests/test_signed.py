@@ -1,0 +1,93 @@
+"""Signed shard GETs (``latentds.store.signed``): the kept-alive ``http.client`` path and its
+one-``recv`` body read return exactly the object's bytes, and anything short of a clean answer
+turns the fast path off (``None``: the caller reads through the backend)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from latentds.store.signed import SignedRanges
+
+
+@pytest.fixture()
+def signed_object(s3_env: Any) -> Iterator[tuple[Any, str, bytes]]:
+    import s3fs
+
+    bucket = s3_env.new_bucket()
+    fs = s3fs.S3FileSystem(**s3_env.options(), skip_instance_cache=True)
+    data = os.urandom(3 << 20)  # over 1 MiB: the MSG_WAITALL body path
+    fs.pipe_file(f"{bucket}/shard.tar", data)
+    yield s3_env, fs.sign(f"{bucket}/shard.tar", expiration=600), data
+
+
+def test_ranges_read_through_a_signed_url_are_the_objects_bytes(signed_object) -> None:
+    env, url, data = signed_object
+    sr = SignedRanges({"s": url}, time.time() + 600)
+    env.proxy.reset_counts()
+    assert sr.get_range("s", 0, len(data)) == data
+    assert sr.get_range("s", 5, (2 << 20) + 7) == data[5:(2 << 20) + 7]
+    assert sr.get_range("s", 1 << 20, len(data) + 999) == data[1 << 20:]  # short at the end, as a backend read
+    assert sr.get_range("s", 0, 100) == data[:100]  # under 1 MiB: http.client's own read
+    assert env.proxy.counts["GET"] == 4 and not sr._off
+    copy = pickle.loads(pickle.dumps(sr))  # what a spawned worker gets: URLs, no connection
+    assert copy.get_range("s", 7, 9) == data[7:9]
+    results: list[bytes | None] = []
+    threads = [threading.Thread(target=lambda: results.append(sr.get_range("s", 0, len(data)))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data, data]  # a connection per thread (prefetch threads)
+    assert sr.get_range("other", 0, 1) is None  # not signed: the backend reads it
+    # moto itself answers "Connection: close" (the proxy keeps connections alive): the body is
+    # read from the response's socket, and the next GET opens a new connection
+    direct = SignedRanges({"s": url.replace(env.proxy.endpoint, env.moto.endpoint)}, time.time() + 600)
+    assert direct.get_range("s", 0, len(data)) == data and direct.get_range("s", 3, 2 << 20) == data[3:2 << 20]
+
+
+def test_a_refused_or_expired_url_turns_the_fast_path_off(signed_object) -> None:
+    env, url, data = signed_object
+    assert SignedRanges({"s": url}, time.time() - 1).get_range("s", 0, 10) is None  # expired: no request
+    sr = SignedRanges({"s": url}, time.time() + 600)
+    env.proxy.fail_next(1, 503)
+    assert sr.get_range("s", 0, len(data)) is None and sr._off
+    env.proxy.reset_counts()
+    assert sr.get_range("s", 0, 10) is None  # off for the rest of the process: no further request
+    assert env.proxy.counts["GET"] == 0
+
+
+class _CutShort(BaseHTTPRequestHandler):
+    """Promises 2 MiB and sends 1 MiB, then closes (a connection dropped mid-body)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(206)
+        self.send_header("Content-Length", str(2 << 20))
+        self.end_headers()
+        self.wfile.write(b"x" * (1 << 20))
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_a_body_cut_short_is_not_returned() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CutShort)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        sr = SignedRanges({"s": f"http://127.0.0.1:{server.server_port}/shard.tar?X-Amz-Signature=x"},
+                          time.time() + 600)
+        assert sr.get_range("s", 0, 2 << 20) is None and sr._off
+    finally:
+        server.shutdown()
+        server.server_close()
