@@ -22,6 +22,7 @@ dataset that is not committed yet is an error, not a silently shorter epoch.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import numpy as np
@@ -34,6 +35,7 @@ from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
 from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
+from .store.sidefile import SideFile, ship, spawning
 from .store.signed import SignedRanges
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
 from .store.shards import TAR_HEADER, check_member, decode_sample, parse_npy
@@ -48,6 +50,13 @@ Rows = Union["Manifest", EpochPlan]
 
 #: a spawned worker's pickle is written into a pipe of this many bytes (Linux's default)
 _PIPE_BYTES = 64 << 10
+#: what may travel beside a spawned worker's pickle (store/sidefile.py): the attributes that grow
+#: with the dataset (``samples``: ~50 bytes a key; the epoch plan: 88 bytes a row; signed URLs)
+_SIDE = ("samples", "_served", "_pinned", "_signed")
+#: ... when their pickle is at least this big (below it, a file costs more than it saves)
+_SIDE_MIN_BYTES = 16 << 10
+#: side files kept per dataset: those of the last epochs' worker starts (older ones are removed)
+_SIDE_KEEP = 2
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -105,6 +114,10 @@ class LatentIterableDataset(IterableDataset):
         self.target_transform = target_transform
         self.samples = dict(samples) if samples is not None else None
         self._signed: SignedRanges | None = None  # the pinned epoch's signed shard URLs (S3)
+        #: side files written for spawned workers (not pickled), removed when superseded or
+        #: when this dataset is collected; the directory itself goes at exit
+        self._shipped: list[SideFile] = []
+        weakref.finalize(self, _remove_all, self._shipped)
         self._pin_early()
 
     def _pin_early(self) -> None:
@@ -144,7 +157,9 @@ class LatentIterableDataset(IterableDataset):
         # generation never does, but the epoch's rows do (an EpochPlan: per row its byte layout,
         # target, CRC32C and key, for this epoch's rows only), so a spawned worker's first
         # request is its first shard GET instead of a pointer and a whole-manifest GET.
+        self._unship()  # a worker pickling on: its state is whole first
         state = self.__dict__.copy()
+        state.pop("_shipped", None)
         state["_pinned"] = state["_signed"] = None
         pinned, pin = self._pinned, self._pin
         if (self.ship_plan and pinned is not None and pin is not None and pinned[0] == pin[0]
@@ -155,7 +170,46 @@ class LatentIterableDataset(IterableDataset):
             # and signed GET URLs of its shards (S3): the worker reads them without importing
             # s3fs or building a client; any failure falls back to the backend (store/signed.py)
             state["_signed"] = self._signed
+        if spawning():
+            # a worker being spawned: what grows with the dataset goes beside the pickle, which
+            # then stays under the 64 KiB pipe at any size, so every worker starts at once
+            big = {k: state.pop(k) for k in _SIDE if state.get(k) is not None}
+            side = ship(big, f"ds{id(self):x}", _SIDE_MIN_BYTES) if big else None
+            if side is None:
+                state.update(big)
+            else:
+                state["_side"] = side
+                self._keep(side)
         return state
+
+    def _keep(self, side: SideFile) -> None:
+        shipped = self.__dict__.setdefault("_shipped", [])
+        if side in shipped:
+            shipped.remove(side)
+        shipped.append(side)
+        while len(shipped) > _SIDE_KEEP:  # a newer epoch's workers started: the old ones have read theirs
+            shipped.pop(0).remove()
+
+    def _unship(self) -> None:
+        """Load what a spawned worker received beside its pickle (on first use, in the worker:
+        an error is then raised by iteration, where DataLoader reports it, not at unpickling)."""
+        d = self.__dict__
+        side = d.get("_side")
+        if side is None:
+            return
+        loaded = side.load()  # CacheError naming the file if it is gone or corrupt
+        for k in _SIDE:
+            if k not in d:
+                d[k] = loaded.get(k)
+        del d["_side"]
+        self._rebuild_plan()
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes not set: those left beside a spawned worker's pickle
+        if name in _SIDE and "_side" in self.__dict__:
+            self._unship()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _plan_pays(self, rows: int) -> bool:
         """Whether shipping ``rows`` plan rows speeds a spawned worker up. multiprocessing writes
@@ -163,17 +217,24 @@ class LatentIterableDataset(IterableDataset):
         it imported torch (the worker function comes first): a pickle over the pipe blocks the
         parent, so the next worker starts only when this one finished importing torch (measured:
         the second of 2 workers 2.1-2.5 s late with a 2,000-row plan, 0.1-0.9 s with the pointer).
-        So the plan ships when the whole pickle stays under the pipe, or when the rest of it
-        (``samples``: ~50 bytes a key) is over the pipe anyway."""
+        So a plain pickle carries the plan when the whole pickle stays under the pipe, or when
+        the rest of it (``samples``: ~50 bytes a key) is over the pipe anyway; a spawned worker's
+        always gets it, beside the pickle (``__getstate__``, store/sidefile.py)."""
         if rows > MAX_SHIPPED_ROWS:
             return False
+        if spawning():  # the plan goes beside the pickle (__getstate__): it never stalls a start
+            return True
         rest = 50 * len(self.samples) if self.samples is not None else 0
         return rest > _PIPE_BYTES or rest + EpochPlan.BYTES_PER_ROW * rows + 8192 <= _PIPE_BYTES
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        pinned = self._pinned
-        if pinned is not None:
+        if "_side" not in state:
+            self._rebuild_plan()
+
+    def _rebuild_plan(self) -> None:
+        pinned = self.__dict__.get("_pinned")
+        if pinned is not None and pinned[2] is None:  # by_shard is not shipped: rebuilt from the plan
             self._pinned = (pinned[0], pinned[1], pinned[1].by_shard())
 
     def _epoch_samples(self) -> dict[str, int] | None:
@@ -302,6 +363,11 @@ class LatentIterableDataset(IterableDataset):
                     target = self.target_transform(target)
                 z = torch.from_numpy(mean.copy())  # a writable tensor of its own (one copy)
                 yield (self.transform(z) if self.transform else z), target
+
+
+def _remove_all(shipped: list[SideFile]) -> None:
+    for side in shipped:
+        side.remove()
 
 
 class _Lazy:
