@@ -137,3 +137,19 @@ def test_real_spawned_workers_read_the_side_file(big_cache: str) -> None:
     got = sorted(((int(t), x) for x, t in loader), key=lambda p: p[0])
     assert len(it._shipped) == 1  # both workers' state went beside their pickles, in one file
     assert [t for t, _ in got] == [t for t, _ in want] and all(torch.equal(x, y) for (_, x), (_, y) in zip(got, want))
+
+
+def test_epoch_plan_rows_are_the_manifests(big_cache: str) -> None:
+    """EpochPlan gathers its rows through Manifest.row_columns (public, vectorised): the same
+    layout, target and CRC32C per row as the manifest's own per-row calls."""
+    from latentds import LatentIterableDataset
+    from latentds.store.epochplan import EpochPlan
+
+    it = LatentIterableDataset(big_cache, "ns", shuffle=True, seed=1)
+    m, by_shard = it._plan()
+    assert m.row_columns(np.array([0, 5])).shape == (2, 6)
+    plan = EpochPlan.from_manifest(m, by_shard)
+    rows = [r for s in by_shard for r in by_shard[s]]
+    for i in (0, 1, len(rows) // 2, len(rows) - 1):
+        assert plan.row_layout(i) == m.row_layout(rows[i]) and plan.crc32c_at(i) == m.crc32c_at(rows[i]) >= 0
+        assert plan.key_bytes(i) == m.key_bytes(rows[i])

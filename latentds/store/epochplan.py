@@ -52,9 +52,8 @@ class EpochPlan:
         shards = list(by_shard)
         rows = np.fromiter((r for s in shards for r in by_shard[s]), np.int64)
         counts = np.array([len(by_shard[s]) for s in shards], np.int64)
-        cols = getattr(m, "_cols", None)  # the open columns: one vectorised gather
-        if cols is not None and all(f in cols for f in _FIELDS):
-            ints = np.stack([np.asarray(cols[f])[rows].astype(np.int64) for f in _FIELDS], axis=1)
+        if tuple(getattr(m, "ROW_COLUMNS", ())) == _FIELDS:  # a Manifest: one vectorised gather
+            ints = m.row_columns(rows).reshape(-1, 6)
         else:  # any other Manifest-like: the public per-row calls
             ints = np.array([(*m.row_layout(r), m.crc32c_at(r)) for r in rows.tolist()], np.int64).reshape(-1, 6)
         keys = np.ascontiguousarray(m.key_matrix(rows)).view("S40").reshape(-1) if len(rows) else np.empty(0, "S40")

@@ -252,6 +252,15 @@ class Manifest:
         key index), for checking many tar member names at once (batched reads)."""
         return self._index.key_matrix(rows)
 
+    #: the per-row integers :meth:`row_columns` returns, in its column order
+    ROW_COLUMNS = ("offset", "length", "mean_length", "std_offset", "target", "crc32c")
+
+    def row_columns(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), 6)`` int64 of :attr:`ROW_COLUMNS` for ``rows`` (crc32c -1: none), one
+        vectorised gather from the open columns (a streaming epoch's plan, ``EpochPlan``)."""
+        c = self._cols
+        return np.stack([np.asarray(c[f])[rows].astype(np.int64) for f in self.ROW_COLUMNS], axis=1)
+
     def read_plan(self) -> tuple[np.ndarray, list[Layout]]:
         """Per-row read plan for the warm path: an ``(rows, 7)`` int64 array with columns
         ``PLAN_COLUMNS`` plus the distinct ``(dtype, shape, count)`` layouts it refers to.
