@@ -72,7 +72,8 @@ def _make_get(method: str, opts: dict[str, Any], path: str, url: str) -> Callabl
         def get() -> bytes:
             conn = getattr(local, "conn", None)
             if conn is None:
-                conn = local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+                cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+                conn = local.conn = cls(u.hostname, u.port, timeout=15)
             conn.request("GET", target, headers={"Range": rng})
             r = conn.getresponse()
             return r.read()
@@ -152,6 +153,9 @@ def main() -> None:
     ap.add_argument("--gets", type=int, default=8, help="timed GETs per child")
     ap.add_argument("--direct", action="store_true", help="to moto directly, not through the counting proxy")
     ap.add_argument("--decode", action="store_true", help="also run a CPU loop standing for the decode thread")
+    ap.add_argument("--tls", action="store_true",
+                    help="the proxy speaks HTTPS (a self-signed certificate for 127.0.0.1, made with openssl): "
+                         "real S3's transport, where the one-recv body read does not apply")
     ap.add_argument("--methods", nargs="*", default=["s3fs", "urllib", "http.client", "waitall", "obstore"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -168,9 +172,28 @@ def main() -> None:
     except ImportError:
         methods = [m for m in methods if m != "obstore"]
     moto = MotoS3().start()
-    proxy = FaultProxy(moto.port).start()
+    proxy = FaultProxy(moto.port)
     endpoint = moto.endpoint if args.direct else proxy.endpoint
     opts = storage_options(endpoint)
+    if args.tls:
+        import ssl
+        import subprocess
+        import tempfile
+
+        certs = tempfile.mkdtemp(prefix="shard-get-tls-")
+        cert, key = f"{certs}/cert.pem", f"{certs}/key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        proxy._server.socket = ctx.wrap_socket(proxy._server.socket, server_side=True)
+        os.environ["SSL_CERT_FILE"] = cert  # the standard library's default context trusts it (children inherit)
+        endpoint = endpoint.replace("http://", "https://")
+        opts = storage_options(endpoint)
+        opts["client_kwargs"]["verify"] = cert
+        methods = [m for m in methods if m != "obstore"]  # not configured for a private CA here
+    proxy.start()
     try:
         fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)  # the parent's client, inherited by forks
         fs.call_s3("create_bucket", Bucket="bench")
@@ -195,7 +218,8 @@ def main() -> None:
                     print(f"round {r}: {m:12s} {inflight} in flight: {out['per_get'] * 1e3:6.1f} ms per GET, "
                           f"{out['mb_s']:6.0f} MB/s" + (f", decode loop {out['spin_per_s'] / baseline:4.2f} of alone"
                                                          if args.decode else ""), flush=True)
-        print(f"\none {SIZE >> 20} MiB ranged GET, {'moto directly' if args.direct else 'moto behind the counting proxy'} "
+        print(f"\none {SIZE >> 20} MiB ranged GET, {'moto directly' if args.direct else 'moto behind the counting proxy'}"
+              f"{' over TLS' if args.tls else ''} "
               f"on 127.0.0.1, forked child per measurement, {args.gets} GETs each, {args.rounds} rounds (medians); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         for inflight in (1, 2):

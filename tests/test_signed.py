@@ -91,3 +91,85 @@ def test_a_body_cut_short_is_not_returned() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+_BLOB = os.urandom((2 << 20) + 123)
+
+
+class _Ranged(BaseHTTPRequestHandler):
+    """A plain HTTP/1.1 object server answering ``Range: bytes=a-b`` with 206 (kept alive)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        a, b = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+        body = _BLOB[a:b + 1]
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("mode", ["tls", "no-waitall"])
+def test_tls_and_platforms_without_waitall_read_the_same_bytes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               mode: str) -> None:
+    """Real S3 is HTTPS, where the body is read by http.client as usual (no MSG_WAITALL on a TLS
+    socket); so do platforms without it. Same bytes either way, over a kept-alive connection."""
+    import ssl
+
+    import latentds.store.signed as signed
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ranged)
+    scheme = "http"
+    if mode == "tls":
+        cert, key = _self_signed(tmp_path)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # the default client context trusts it
+        scheme = "https"
+    else:
+        monkeypatch.setattr(signed, "_WAITALL", False)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        sr = SignedRanges({"s": f"{scheme}://127.0.0.1:{server.server_port}/shard.tar?X-Amz-Signature=x"},
+                          time.time() + 600)
+        assert sr.get_range("s", 0, len(_BLOB)) == _BLOB
+        assert sr.get_range("s", 9, (1 << 20) + 77) == _BLOB[9:(1 << 20) + 77]
+        assert not sr._off
+        if mode == "tls":
+            assert isinstance(sr._local.conn.sock, ssl.SSLSocket)  # kept alive, and TLS indeed
+    finally:
+        server.shutdown()
+        server.server_close()
