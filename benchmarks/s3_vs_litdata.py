@@ -84,6 +84,46 @@ def upload(fs: Any, local: Path, remote: str, skip: tuple[str, ...] = ()) -> int
     return n
 
 
+class _Servers:
+    """moto and the counting proxy, in whichever process made this (see ``--server-process``)."""
+
+    def __init__(self) -> None:
+        from latentds.testing.loopback_s3 import FaultProxy, MotoS3
+
+        self.moto = MotoS3().start()
+        self.proxy = FaultProxy(self.moto.port).start()
+
+    def endpoints(self) -> tuple[str, str]:
+        return self.moto.endpoint, self.proxy.endpoint
+
+    def reset_counts(self) -> None:
+        self.proxy.reset_counts()
+
+    def stats(self) -> dict[str, Any]:
+        p = self.proxy
+        return {"counts": dict(p.counts), "bytes_out": dict(p.bytes_out), "upstream_s": p.upstream_s}
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.moto.stop()
+
+
+def _server_process() -> Any:
+    """``_Servers`` in a forked child process behind a multiprocessing manager: real S3 never
+    runs inside the training process, and in-process moto + proxy (Python threads serving 8 MiB
+    bodies) take the main process's GIL from the DataLoader's batch loop while shards download."""
+    import multiprocessing
+    from multiprocessing.managers import BaseManager
+
+    class Manager(BaseManager):
+        pass
+
+    Manager.register("Servers", _Servers)
+    mgr = Manager(ctx=multiprocessing.get_context("fork"))
+    mgr.start()
+    return mgr, mgr.Servers()
+
+
 def epoch(loader: Any, proxy: Any) -> dict[str, float]:
     proxy.reset_counts()
     t0 = time.perf_counter()
@@ -95,9 +135,10 @@ def epoch(loader: Any, proxy: Any) -> dict[str, float]:
             first, n0 = time.perf_counter() - t0, n
     dt = time.perf_counter() - t0
     steady = (n - n0) / (dt - first) if first is not None and dt > first else 0.0
-    return {"rate": n / dt, "steady": steady, "wall": dt, "first": first or dt, "n": n, "gets": proxy.counts["GET"],
-            "requests": sum(proxy.counts.values()), "mb": sum(proxy.bytes_out.values()) / 1e6,
-            "server": proxy.upstream_s}
+    st = proxy.stats()
+    return {"rate": n / dt, "steady": steady, "wall": dt, "first": first or dt, "n": n,
+            "gets": st["counts"].get("GET", 0), "requests": sum(st["counts"].values()),
+            "mb": sum(st["bytes_out"].values()) / 1e6, "server": st["upstream_s"]}
 
 
 def main() -> None:
@@ -115,6 +156,8 @@ def main() -> None:
     ap.add_argument("--skip-per-sample", action="store_true", help="leave out the slow per-sample path")
     ap.add_argument("--start-method", choices=("default", "fork", "spawn", "forkserver"), default="default",
                     help="how DataLoader workers start on both sides (default: this platform's default)")
+    ap.add_argument("--server-process", action="store_true",
+                    help="run moto and the proxy in a child process (default: threads of this process, as before)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     for k in [k for k in os.environ if k.startswith("AWS_")]:
@@ -126,7 +169,7 @@ def main() -> None:
 
     import litdata
     from latentds import LatentDataset, LatentIterableDataset
-    from latentds.testing.loopback_s3 import FaultProxy, MotoS3, storage_options
+    from latentds.testing.loopback_s3 import storage_options
 
     torch.set_num_threads(1)
     import multiprocessing
@@ -135,16 +178,16 @@ def main() -> None:
     # user streaming in a training job has not run it there, so both sides' workers start the
     # platform's way unless --start-method says otherwise (spawn: each worker imports torch)
     start_method = multiprocessing.get_start_method() if args.start_method == "default" else args.start_method
-    moto = MotoS3().start()
-    proxy = FaultProxy(moto.port).start()
-    opts = storage_options(proxy.endpoint)
-    lit_opts = {"endpoint_url": proxy.endpoint, "aws_access_key_id": opts["key"],
+    mgr, proxy = _server_process() if args.server_process else (None, _Servers())
+    moto_endpoint, proxy_endpoint = proxy.endpoints()
+    opts = storage_options(proxy_endpoint)
+    lit_opts = {"endpoint_url": proxy_endpoint, "aws_access_key_id": opts["key"],
                 "aws_secret_access_key": opts["secret"], "region_name": "us-east-1"}
     shard_bytes = args.shard_mib << 20
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            fs = s3fs.S3FileSystem(**storage_options(moto.endpoint), skip_instance_cache=True)
+            fs = s3fs.S3FileSystem(**storage_options(moto_endpoint), skip_instance_cache=True)
             fs.call_s3("create_bucket", Bucket="bench")
             t0 = time.perf_counter()
             local, lat = build_cache(work / "data", str(work / "cache"), args.samples, tuple(args.shape),
@@ -178,7 +221,7 @@ def main() -> None:
                 return litdata.StreamingDataLoader(sd, **dl)
 
             def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False,
-                              ship: str = "plan+signed") -> Any:
+                              ship: str = "plan+signed", inline: bool = False) -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
                 it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
                 if late_plan:  # as before 2026-11-28: each worker reads the pointer and the manifest itself
@@ -188,6 +231,7 @@ def main() -> None:
                 it.ship_plan, it.sign_urls = ship != "pointer", ship == "plan+signed"
                 if not it.sign_urls:  # signed when planned: every reader (forked workers too) read them
                     it._signed = None
+                it.ship_beside = not inline  # spawned workers: samples/plan beside the pickle, or inside it
                 return DataLoader(it, **dl)
 
             methods: dict[str, Any] = {
@@ -198,7 +242,12 @@ def main() -> None:
                 "LatentIterableDataset (shuffle, spawn gets pointer)": lambda r: stream_loader(r, ship="pointer"),
                 "LatentIterableDataset (shuffle, spawn gets plan, no URLs)": lambda r: stream_loader(r, ship="plan"),
                 "LatentIterableDataset (shuffle, s3fs reads, no URLs)": lambda r: stream_loader(r, ship="plan"),
+                "LatentIterableDataset (shuffle, spawn gets all in its pickle)": lambda r: stream_loader(r, inline=True),
                 "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4),
+                "LatentIterableDataset (shuffle, prefetch 2)": lambda r: stream_loader(r, 2),
+                # no S3 at all: the same cache on local disk, the readers' decode/collate ceiling
+                "LatentIterableDataset (shuffle, local disk: no S3)": lambda r: DataLoader(
+                    LatentIterableDataset.from_dataset(local, shuffle=True, seed=r), **dl),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
                     ours(batch_gap_bytes=shard_bytes), shuffle=True, **dl),
@@ -245,9 +294,12 @@ def main() -> None:
                 methods = {k: v for k, v in methods.items() if k in (
                     "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
                     "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)",
+                    "LatentIterableDataset (shuffle, prefetch 2)",
                     "LatentIterableDataset (shuffle, spawn gets pointer)",
                     "LatentIterableDataset (shuffle, spawn gets plan, no URLs)",
-                    "LatentIterableDataset (shuffle, s3fs reads, no URLs)")}
+                    "LatentIterableDataset (shuffle, s3fs reads, no URLs)",
+                    "LatentIterableDataset (shuffle, local disk: no S3)",
+                    "LatentIterableDataset (shuffle, spawn gets all in its pickle)")}
             methods = {k: v for k, v in methods.items() if not any(x in k for x in args.exclude)}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
@@ -265,7 +317,7 @@ def main() -> None:
                           f"setup {e['setup']:.2f} s",
                           flush=True)
             print(f"\n{len(lat)} latents {tuple(args.shape)} float32, {args.shard_mib} MiB shards/chunks, moto S3 + "
-                  f"counting proxy on 127.0.0.1, DataLoader {args.workers} workers, batch {args.batch}, "
+                  f"counting proxy on 127.0.0.1 ({'own process' if args.server_process else 'threads of this process'}), DataLoader {args.workers} workers, batch {args.batch}, "
                   f"{args.rounds} rounds (medians), workers by {start_method}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             lit = statistics.median(e["rate"] for e in res["LitData StreamingDataset (shuffle)"])
             lit_steady = statistics.median(e["steady"] for e in res["LitData StreamingDataset (shuffle)"])
@@ -295,7 +347,8 @@ def main() -> None:
                   f"{st_steady / lit_steady:.2f}x steady ({'met' if st_steady / lit_steady >= 1.1 else 'NOT met'})")
     finally:
         proxy.stop()
-        moto.stop()
+        if mgr is not None:
+            mgr.shutdown()
 
 
 if __name__ == "__main__":

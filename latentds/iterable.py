@@ -150,6 +150,9 @@ class LatentIterableDataset(IterableDataset):
     #: on S3, read shards through signed URLs (False: through the backend's client, as before
     #: 2026-11-28 in forked workers); set before the dataset plans (class attribute) to compare
     sign_urls = True
+    #: send what grows with the dataset to a spawned worker beside its pickle (False: inside it,
+    #: as before 2026-11-28 04:30; benchmarks compare)
+    ship_beside = True
 
     def __getstate__(self) -> dict[str, Any]:
         # Only spawned/forkserver workers (and explicit pickles) get here: a forked worker
@@ -170,7 +173,7 @@ class LatentIterableDataset(IterableDataset):
             # and signed GET URLs of its shards (S3): the worker reads them without importing
             # s3fs or building a client; any failure falls back to the backend (store/signed.py)
             state["_signed"] = self._signed
-        if spawning():
+        if self.ship_beside and spawning():
             # a worker being spawned: what grows with the dataset goes beside the pickle, which
             # then stays under the 64 KiB pipe at any size, so every worker starts at once
             big = {k: state.pop(k) for k in _SIDE if state.get(k) is not None}
@@ -222,7 +225,7 @@ class LatentIterableDataset(IterableDataset):
         always gets it, beside the pickle (``__getstate__``, store/sidefile.py)."""
         if rows > MAX_SHIPPED_ROWS:
             return False
-        if spawning():  # the plan goes beside the pickle (__getstate__): it never stalls a start
+        if self.ship_beside and spawning():  # the plan goes beside the pickle (__getstate__): it never stalls a start
             return True
         rest = 50 * len(self.samples) if self.samples is not None else 0
         return rest > _PIPE_BYTES or rest + EpochPlan.BYTES_PER_ROW * rows + 8192 <= _PIPE_BYTES
