@@ -31,14 +31,19 @@ from ..errors import CacheError, StoreAccessError
 from . import layout
 from .backend import Backend, read_local
 from .fsio import Location, call
+from .prefetch import fetch_ahead
 from .npy import dtype_name, parse_npy  # no pickle; headers and dtype names made once
-from .savez import canonical_metas, fast_parse, stored_members
+from .savez import canonical_metas, fast_parse, fast_parse_many, stored_members
 
 __all__ = ["FORMAT_VERSION", "Entry", "Staged", "array_digest", "LatentCache", "canonical_json", "decode_entry",
-    "canonical_metas", "decode_staged", "encode_entry",
+    "canonical_metas", "decode_staged", "decode_staged_many", "encode_entry",
     "list_namespaces", "namespace_id", "sample_key", "sha256_hex"]
 
 FORMAT_VERSION = 1
+#: staging objects compaction reads before checking them together (~2 MB of small latents)
+STAGED_BATCH = 256
+#: read the next batch on a thread while this one is checked (compaction on local disk)
+READ_AHEAD = True
 
 
 def sha256_hex(*chunks: bytes) -> str:
@@ -141,6 +146,23 @@ def decode_staged(data: bytes, name: str) -> Staged:
     return Staged(mean, std, meta, None, meta_raw=raw_meta)
 
 
+def decode_staged_many(datas: list[bytes], names: list[str]) -> list[Staged | CacheError]:
+    """:func:`decode_staged` of each object, a corrupt one as its :class:`CacheError` (the same
+    results and messages), with the metadata of the objects in latentds' layout parsed together
+    (:func:`~latentds.store.savez.fast_parse_many`)."""
+    out: list[Staged | CacheError] = []
+    for data, name, fast in zip(datas, names, fast_parse_many(datas)):
+        if fast is not None:
+            mean, std, meta, mean_b, std_b, raw = fast
+            out.append(Staged(mean, std, meta, None, mean_b, std_b, raw))
+            continue
+        try:
+            out.append(decode_staged(data, name))
+        except CacheError as exc:
+            out.append(exc)
+    return out
+
+
 def decode_entry(data: bytes, name: str) -> Entry:
     """Parse and verify one cached object; ``name`` is used in error messages. Arrays are
     writable copies, as from ``np.load``."""
@@ -206,23 +228,31 @@ class LatentCache:
         corrupt object as its :class:`CacheError` and a missing one as ``None``: compaction's
         read loop, one open + read per object. ``keys`` must be keys (as :meth:`keys` lists)."""
         root = self.backend.path(layout.STAGING)
-        for key in keys:
-            path = f"{root}/{key[:2]}/{key}.npz"  # = layout.staging(key), checked by the listing
-            try:
-                data = read_local(path)
-            except FileNotFoundError:
-                yield key, None
-                continue
-            except OSError:  # anything else: the store's own read, which raises it typed
+
+        def read(batch_keys: list[str]) -> list[tuple[str, str, bytes | None]]:
+            out: list[tuple[str, str, bytes | None]] = []
+            for key in batch_keys:
+                path = f"{root}/{key[:2]}/{key}.npz"  # = layout.staging(key), checked by the listing
                 try:
-                    data = self.backend.get(layout.staging(key))
+                    data: bytes | None = read_local(path)
                 except FileNotFoundError:
-                    yield key, None
-                    continue
-            try:
-                yield key, decode_staged(data, path)
-            except CacheError as exc:
-                yield key, exc
+                    data = None
+                except OSError:  # anything else: the store's own read, which raises it typed
+                    try:
+                        data = self.backend.get(layout.staging(key))
+                    except FileNotFoundError:
+                        data = None
+                out.append((key, path, data))
+            return out
+
+        # the next batch is read on a thread while this one is checked: the reads are system
+        # calls, which release the GIL (and the checks' sha256 releases it for the reader)
+        batches = [keys[a:a + STAGED_BATCH] for a in range(0, len(keys), STAGED_BATCH)]
+        for _, batch in fetch_ahead(read, batches, 1 if READ_AHEAD else 0):
+            present = [(p, d) for _, p, d in batch if d is not None]
+            checked = iter(decode_staged_many([d for _, d in present], [p for p, _ in present]))  # type: ignore[misc]
+            for key, _, data in batch:
+                yield key, (next(checked) if data is not None else None)
 
     def put(self, key: str, mean: np.ndarray, std: np.ndarray | None, meta: dict[str, Any]) -> None:
         self._write(layout.staging(key), encode_entry(mean, std, meta))

@@ -23,7 +23,7 @@ import numpy as np
 
 from .npy import dtype_name
 
-__all__ = ["FastStaged", "canonical_metas", "fast_parse", "npy_info", "stored_members"]
+__all__ = ["FastStaged", "canonical_metas", "fast_parse", "fast_parse_many", "npy_info", "stored_members"]
 
 _LOCAL = struct.Struct("<4s5H3L2H")  # a zip local file header (30 bytes)
 # the local header numpy writes (force_zip64: sizes in a 20-byte zip64 extra field), with the
@@ -129,13 +129,10 @@ def _member(data: bytes, mv: memoryview, pos: int, st: struct.Struct, name: byte
     return body, end
 
 
-def fast_parse(data: bytes) -> FastStaged | None:
-    """One staging object in the exact layout latentds writes (``np.savez`` of C-ordered mean,
-    meta, std, zip64 headers), checked as the general reader checks it: every member's CRC-32,
-    and the sha256 of dtype, shape and array data against the one in its metadata. ``None``
-    for anything else or any failed check (the general reader then raises by name). (Every
-    CRC-32 is checked although the sha256 covers the arrays' bytes: a damaged CRC field alone
-    is reported as corruption by the general reader, and so it is here.)"""
+def _walk(data: bytes) -> tuple[memoryview, Any, Any, Any, bytes, str] | None:
+    """Every check of :func:`fast_parse` but the metadata's: the zip walk with each member's
+    CRC-32, the ``.npy`` headers, and the arrays' sha256 (hex). Returns (mean member, std
+    member, mean info, std info, stored metadata JSON, hex digest) or ``None``."""
     if len(data) < 3 * 57:
         return None
     mv = memoryview(data)
@@ -166,13 +163,6 @@ def fast_parse(data: bytes) -> FastStaged | None:
             si = npy_info(std_b)
             if si is None or not si[3]:
                 return None
-    raw = bytes(meta_b[ti[4]:])
-    try:
-        meta = json.loads(raw.decode())
-    except ValueError:
-        return None
-    if type(meta) is not dict:
-        return None
     key = (mi[0], mi[1])
     h = _DIGEST_PREFIX.get(key)
     if h is None:
@@ -184,11 +174,83 @@ def fast_parse(data: bytes) -> FastStaged | None:
     h.update(mean_b[mi[4]:])
     if std_b is not None:
         h.update(std_b[si[4]:])  # type: ignore[index]
-    if meta.get("sha256") != h.hexdigest():
+    return mean_b, std_b, mi, si, bytes(meta_b[ti[4]:]), h.hexdigest()
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads`` of a stored metadata text as :func:`fast_parse` always read it (UTF-8);
+    ``_BAD`` where that raises ValueError (the general reader then names the object)."""
+    try:
+        return json.loads(raw.decode())
+    except ValueError:
+        return _BAD
+
+
+_BAD = object()
+_SCAN = json.JSONDecoder().scan_once  # json.loads' own C scanner (json.loads = skip blanks, scan, check the end)
+
+
+def _loads_many(raws: list[bytes]) -> list[Any]:
+    """``[_loads(r) for r in raws]``, with one UTF-8 decode for all and json's scanner run at
+    each text's start in the joined string, instead of one ``json.loads`` each (~3x less CPU).
+    A text is taken from the joined scan only where ``json.loads`` provably gives the same
+    object: it starts with ``{`` (no leading blank) and the scanned object ends exactly at its
+    end (an object's extent is fixed by its own braces, so what follows cannot change it; the
+    separator is a blank, and a valid UTF-8 join of ASCII-separated parts has valid parts).
+    Anything else (non-ASCII text, trailing blanks, a parse error) is read by :func:`_loads`."""
+    joined = b" ".join(raws)
+    try:
+        s = joined.decode()
+    except UnicodeDecodeError:
+        return [_loads(r) for r in raws]
+    if len(s) != len(joined):  # non-ASCII: character offsets differ from byte offsets
+        return [_loads(r) for r in raws]
+    out: list[Any] = []
+    pos = 0
+    for r in raws:
+        end = pos + len(r)
+        obj: Any = _BAD
+        if s.startswith("{", pos):
+            try:
+                obj, stop = _SCAN(s, pos)
+            except StopIteration:
+                obj, stop = _BAD, -1
+            if stop != end:
+                obj = _BAD
+        out.append(obj if obj is not _BAD else _loads(r))
+        pos = end + 1
+    return out
+
+
+def _finish(w: tuple[memoryview, Any, Any, Any, bytes, str], meta: Any) -> FastStaged | None:
+    mean_b, std_b, mi, si, raw, digest = w
+    if type(meta) is not dict or meta.get("sha256") != digest:
         return None
     mean = np.frombuffer(mean_b[mi[4]:], mi[0]).reshape(mi[1])  # read-only views of the object's bytes
-    std = np.frombuffer(std_b[si[4]:], si[0]).reshape(si[1]) if std_b is not None else None  # type: ignore[index]
+    std = np.frombuffer(std_b[si[4]:], si[0]).reshape(si[1]) if std_b is not None else None
     return mean, std, meta, mean_b, std_b, raw
+
+
+def fast_parse(data: bytes) -> FastStaged | None:
+    """One staging object in the exact layout latentds writes (``np.savez`` of C-ordered mean,
+    meta, std, zip64 headers), checked as the general reader checks it: every member's CRC-32,
+    and the sha256 of dtype, shape and array data against the one in its metadata. ``None``
+    for anything else or any failed check (the general reader then raises by name). (Every
+    CRC-32 is checked although the sha256 covers the arrays' bytes: a damaged CRC field alone
+    is reported as corruption by the general reader, and so it is here.)"""
+    w = _walk(data)
+    if w is None:
+        return None
+    meta = _loads(w[4])
+    return None if meta is _BAD else _finish(w, meta)
+
+
+def fast_parse_many(datas: list[bytes]) -> list[FastStaged | None]:
+    """``[fast_parse(d) for d in datas]`` (the same results, tested), with the metadata texts
+    parsed together (:func:`_loads_many`): compaction reads staging objects in batches."""
+    walks = [_walk(d) for d in datas]
+    metas = iter(_loads_many([w[4] for w in walks if w is not None]))
+    return [None if w is None else (None if (m := next(metas)) is _BAD else _finish(w, m)) for w in walks]
 
 
 def canonical_metas(entries: list[Any]) -> list[bytes] | None:

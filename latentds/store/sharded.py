@@ -39,7 +39,8 @@ from .manifest import CommitConflict, Manifest, ManifestStore, combine_stats, ro
 from .plan import ReadPlan
 from .prefetch import fetch_ahead
 from .readthrough import ReadThroughCache
-from .shards import TAR_HEADER, Row, channel_sums, check_member, crc32c, decode_sample, write_shard
+from .shardpipe import ShardPipeline
+from .shards import TAR_HEADER, Row, channel_sums, check_member, crc32c, decode_sample
 
 __all__ = ["DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_SAMPLES", "MAX_SAMPLE_BYTES", "CompactReport",
     "ReadThroughCache", "ShardedStore", "channel_sums", "combine_stats"]
@@ -337,20 +338,7 @@ class ShardedStore:
         tables: list[pa.Table] = []  # the new rows, one table per shard (columns, no Row objects)
         shard_stats: dict[str, dict[str, list[float]]] = {}
 
-        group: list[tuple[str, Any]] = []  # (key, Staged)
-        size = 0
-        scratch = bytearray()  # every shard of this compaction is built in this one buffer
-
-        def flush() -> None:
-            nonlocal group, size
-            if not group:
-                return
-            w = write_shard(self.backend, group, scratch=scratch)
-            tables.append(shard_table(w.name, w.rows))
-            shard_stats[w.name] = w.stats
-            report.shards.append(w.name)
-            report.packed += len(w.rows)
-            group, size = [], 0
+        count = size = 0
 
         def load(key: str) -> Staged | CacheError | None:
             try:
@@ -363,17 +351,27 @@ class ShardedStore:
         # read by the cache's own loop (no per-object path checks: the keys come from its listing)
         staged = (self.cache.staged_local(todo) if self.backend.caps.local
                   else fetch_ahead(load, todo, STAGING_READ_AHEAD))
-        for key, e in staged:
-            if isinstance(e, CacheError):  # corrupt staging object: never packed, reported by name
-                report.bad.append((self.cache.object_path(key), str(e)))
-                continue
-            if e is None:  # collected by gc between listing and reading
-                continue
-            group.append((key, e))
-            size += e.mean.nbytes + (e.std.nbytes if e.std is not None else 0) + 3072
-            if size >= shard_bytes or len(group) >= shard_samples:
-                flush()
-        flush()
+        # shards are packed here a chunk at a time and hashed, named, indexed and written on a
+        # background thread meanwhile (store/shardpipe.py: the same bytes as write_shard)
+        with ShardPipeline(self.backend) as pipe:
+            for key, e in staged:
+                if isinstance(e, CacheError):  # corrupt staging object: never packed, reported by name
+                    report.bad.append((self.cache.object_path(key), str(e)))
+                    continue
+                if e is None:  # collected by gc between listing and reading
+                    continue
+                pipe.add(key, e)
+                count += 1
+                size += e.mean.nbytes + (e.std.nbytes if e.std is not None else 0) + 3072
+                if size >= shard_bytes or count >= shard_samples:
+                    pipe.flush()
+                    count = size = 0
+            written = pipe.results()
+        for w in written:
+            tables.append(shard_table(w.name, w.rows))
+            shard_stats[w.name] = w.stats
+            report.shards.append(w.name)
+            report.packed += len(w.rows)
         added = pa.concat_tables(tables) if tables else None
 
         if recovered:  # no compare-and-swap over a pointer nobody can read: this commit replaces it

@@ -35,7 +35,7 @@ from .layout import INDEX_SUFFIX, KEY_NAME, SHARD_NAME, SHARD_PREFIX, SHARD_SUFF
 from .tarpack import Row, RowBlock, assemble, pack_into, index_json, layout_members, sample_checksums, tarinfo as _tarinfo, ustar_headers
 
 __all__ = ["INDEX_SUFFIX", "KEY_NAME", "SHARD_NAME", "SHARD_PREFIX", "SHARD_SUFFIX", "TAR_HEADER", "Row",
-    "build_shard", "channel_sums", "check_member", "combine_stats", "check_shard_name", "crc32c", "decode_sample", "index_document",
+    "ChannelSums", "build_shard", "channel_sums", "check_member", "combine_stats", "check_shard_name", "crc32c", "decode_sample", "index_document",
     "iter_tar_samples", "parse_npy", "shard_name", "WrittenShard", "write_shard"]
 
 TAR_HEADER = 512  # a USTAR member header: build_shard writes one right before each member's data
@@ -269,29 +269,51 @@ def write_shard(target: Any, items: list[tuple[str, Any]], *, scratch: bytearray
     return WrittenShard(name, rows, stats, len(data))
 
 
+class ChannelSums:
+    """Per-channel count, sum and sum of squares (float64) of means added in order, a batch at a
+    time: bit for bit :func:`channel_sums` of all of them, however they are batched (each
+    sample's sums are added to the running totals in sample order either way; tested)."""
+
+    def __init__(self) -> None:
+        self.c = 0
+        self.s = self.ss = np.zeros(0, np.float64)
+        self.count = 0
+
+    def add(self, means: list[np.ndarray]) -> None:
+        if not means:
+            return
+        if not self.count and not self.c:  # the first sample's channels, as channel_sums takes them
+            self.c = int(means[0].shape[0])
+            self.s, self.ss = np.zeros(self.c, np.float64), np.zeros(self.c, np.float64)
+        c = self.c
+        if len({(m.shape, m.dtype) for m in means}) == 1 and means[0].ndim:
+            # one layout (the usual shard): per-sample sums for a chunk of samples at once, then added
+            # in sample order (cumsum), so every bit equals the loop below (tested)
+            step = max(1, (16 << 20) // max(1, means[0].size * 8))
+            for a in range(0, len(means), step):
+                x = np.stack(means[a:a + step]).reshape(len(means[a:a + step]), c, -1).astype(np.float64)
+                self.s = np.cumsum(np.vstack([self.s[None], x.sum(axis=2)]), axis=0)[-1]
+                self.ss = np.cumsum(np.vstack([self.ss[None], np.einsum("nij,nij->ni", x, x)]), axis=0)[-1]
+                self.count += x.shape[2] * len(x)
+            return
+        for m in means:
+            x = m.reshape(c, -1).astype(np.float64)
+            self.s += x.sum(axis=1)
+            self.ss += np.einsum("ij,ij->i", x, x)
+            self.count += x.shape[1]
+
+    def result(self) -> dict[str, list[float]]:
+        return {"count": [self.count] * self.c, "sum": [float(v) for v in self.s],
+                "sumsq": [float(v) for v in self.ss]}
+
+
 def channel_sums(means: list[np.ndarray]) -> dict[str, list[float]]:
     """Per-channel count, sum and sum of squares (float64). Sums, not means, so shards combine
     exactly."""
-    c = int(means[0].shape[0])
-    s = np.zeros(c, np.float64)
-    ss = np.zeros(c, np.float64)
-    count = 0
-    if len({(m.shape, m.dtype) for m in means}) == 1 and means[0].ndim:
-        # one layout (the usual shard): per-sample sums for a chunk of samples at once, then added
-        # in sample order (cumsum), so every bit equals the loop below (tested)
-        step = max(1, (16 << 20) // max(1, means[0].size * 8))
-        for a in range(0, len(means), step):
-            x = np.stack(means[a:a + step]).reshape(len(means[a:a + step]), c, -1).astype(np.float64)
-            s = np.cumsum(np.vstack([s[None], x.sum(axis=2)]), axis=0)[-1]
-            ss = np.cumsum(np.vstack([ss[None], np.einsum("nij,nij->ni", x, x)]), axis=0)[-1]
-            count += x.shape[2] * len(x)
-        return {"count": [count] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
-    for m in means:
-        x = m.reshape(c, -1).astype(np.float64)
-        s += x.sum(axis=1)
-        ss += np.einsum("ij,ij->i", x, x)
-        count += x.shape[1]
-    return {"count": [count] * c, "sum": [float(v) for v in s], "sumsq": [float(v) for v in ss]}
+    int(means[0].shape[0])  # no samples, or a 0-d mean: an error, as always
+    acc = ChannelSums()
+    acc.add(means)
+    return acc.result()
 
 
 def combine_stats(per_shard: Iterable[dict[str, list[float]]]) -> dict[str, Any]:

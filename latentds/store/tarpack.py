@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence, overload
 import numpy as np
 from google_crc32c import value as _crc32c_value
 
-__all__ = ["BLOCK", "RECORD", "Row", "RowBlock", "assemble", "index_json", "pack_into", "sample_checksums", "layout_members", "tarinfo", "template", "ustar_headers"]
+__all__ = ["BLOCK", "RECORD", "Row", "RowBlock", "assemble", "index_json", "index_samples_json", "pack_into", "sample_checksums", "layout_members", "tarinfo", "template", "ustar_headers"]
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads a closed archive to a multiple of this
@@ -200,16 +200,26 @@ _ROW = ('{"content_sha256": %s, "crc32c": %d, "dtype": %s, "key": %s, "length": 
         '"target": %d}')
 
 
-def index_json(name: str, nbytes: int, sha256: str, rows: RowBlock, stats: dict[str, Any]) -> bytes:
-    """The shard index document, byte for byte what ``json.dumps(doc, sort_keys=True)`` writes
-    for it (``shards.index_document``), one formatted line per sample instead of a dict each."""
+def index_samples_json(rows: RowBlock) -> str:
+    """The rows' part of the index document: their JSON objects joined by ``", "`` (a shard's
+    rows can be formatted a chunk at a time and the parts joined the same way)."""
     enc = json.encoder.encode_basestring_ascii  # json.dumps' own string encoder (ensure_ascii)
     cols = zip(rows.content_sha256, rows.crc32c.tolist(), rows.dtype, rows.key, rows.length.tolist(),
                rows.mean_length.tolist(), rows.meta_length.tolist(), rows.meta_offset.tolist(), rows.offset.tolist(),
                rows.sha256, rows.shape, rows.std_offset.tolist(), rows.target.tolist())
-    samples = ", ".join(_ROW % (enc(c), crc, enc(dt), enc(k), ln, ml, mtl, mto, off, enc(sh), ", ".join(map(str, shp)),
-                                so, tg)
-                        for c, crc, dt, k, ln, ml, mtl, mto, off, sh, shp, so, tg in cols)
+    return ", ".join(_ROW % (enc(c), crc, enc(dt), enc(k), ln, ml, mtl, mto, off, enc(sh), ", ".join(map(str, shp)),
+                             so, tg)
+                     for c, crc, dt, k, ln, ml, mtl, mto, off, sh, shp, so, tg in cols)
+
+
+def index_json(name: str, nbytes: int, sha256: str, rows: RowBlock, stats: dict[str, Any], *,
+               samples: str | None = None) -> bytes:
+    """The shard index document, byte for byte what ``json.dumps(doc, sort_keys=True)`` writes
+    for it (``shards.index_document``), one formatted line per sample instead of a dict each
+    (``samples``: :func:`index_samples_json` of ``rows``, when the caller made it already)."""
+    enc = json.encoder.encode_basestring_ascii
+    if samples is None:
+        samples = index_samples_json(rows)
     doc = (f'{{"bytes": {json.dumps(nbytes)}, "samples": [{samples}], "sha256": {enc(sha256)}, '
            f'"shard": {enc(name)}, "stats": {json.dumps(stats, sort_keys=True)}}}')
     return doc.encode()
