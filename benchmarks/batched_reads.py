@@ -104,11 +104,13 @@ def main() -> None:
         def memmap() -> None:
             torch.from_numpy(mm[cycle()])
 
-        def variant(mmap: bool, verify: str, own: bool | None) -> Any:
+        def variant(mmap: bool, verify: str, own: bool | str | None) -> Any:
             def run() -> None:
                 ds.batch_mmap, ds.batch_verify = mmap, verify
                 got = ds.__getitems__(cycle().tolist())
-                if own is not None:
+                if own == "items":
+                    list(got)  # every per-sample (latent, target) made, as an eager list holds them
+                elif own is not None:
                     (collate if own else default_collate)(got)
             return run
 
@@ -154,14 +156,20 @@ def main() -> None:
             ds.batch_mmap, ds.batch_verify = mmap, verify
             for bb in batches:
                 assert torch.equal(collate(ds.__getitems__(bb.tolist()))[0], torch.from_numpy(mm[bb])), (mmap, verify)
+                assert torch.equal(default_collate(ds.__getitems__(bb.tolist()))[0], torch.from_numpy(mm[bb]))
+                assert all(torch.equal(x, torch.from_numpy(mm[i])) and t == ds.targets[i]
+                           for (x, t), i in zip(ds.__getitems__(bb.tolist()), bb.tolist())), (mmap, verify)
         methods = {"memmap gather": memmap, "bare preadv per sample (floor)": bare_preadv,
                    "bare concatenate from maps (floor)": bare_maps,
                    "__getitems__ preadv (before)": variant(False, "always", None),
                    "__getitems__": variant(True, "always", None),
                    "__getitems__ + default_collate": variant(True, "always", False),
                    "__getitems__ + batch_read.collate": variant(True, "always", True),
+                   "__getitems__ + per-sample items made": variant(True, "always", "items"),
                    "__getitems__ CRC once": variant(True, "once", None),
                    "__getitems__ CRC once + batch_read.collate": variant(True, "once", True),
+                   "__getitems__ CRC once + default_collate": variant(True, "once", False),
+                   "__getitems__ CRC once + per-sample items made": variant(True, "once", "items"),
                    "per-sample + default_collate": per_sample_collate}
         res: dict[str, list[float]] = {k: [] for k in methods}
         for r in range(args.rounds):

@@ -9,18 +9,22 @@ read and one Python round trip per sample. A batch instead:
    (each range includes the 512-byte tar header in front of the member, whose name is checked)
    whose gap is at most ``gap`` bytes into one read;
 3. reads: local disk -> through per-process read-only maps of the immutable shards
-   (:mod:`latentds.mapped`; one ``fstat`` per shard touched guards against a truncated file),
-   one ``memcpy`` per sample straight into its slot of one preallocated batch tensor
-   (``MMAP = False``: one ``os.preadv`` per coalesced range instead); object stores -> every
+   (:mod:`latentds.mapped`, :mod:`latentds.batch_mapped`; one ``fstat`` per shard touched
+   guards against a truncated file), one ``memcpy`` per sample straight into its slot of one
+   preallocated batch tensor (``MMAP = False``: one ``os.preadv`` per coalesced range
+   instead); object stores -> every
    coalesced range of the batch in ONE concurrent ``fs.cat_ranges`` call (s3fs issues the GETs
    on its event loop at once), so requests per batch <= ranges <= samples, and <= shards
    touched when ``gap`` spans a shard; with a local read-through cache
    (``LatentDataset(local_cache=...)``) each shard touched is instead fetched whole once into
    ``<local_cache>/shards`` (:mod:`latentds.shard_cache`) and read there through a map;
 4. checks every sample's tar member name and CRC32C (as the per-sample path does), in batch
-   order;
-5. returns ``[(latent, target), ...]`` whose latents are views of one contiguous tensor per
-   layout, so ``default_collate``'s stack is a plain memcpy.
+   order (``batch_verify = "once"``: a mapped member only the first time this process reads
+   it from that map);
+5. returns ``[(latent, target), ...]``: for one layout a :class:`~latentds.batch_samples.Samples`
+   list over the batch tensor, whose per-sample views are made only when used, so
+   :func:`collate` returns the batch tensor itself; for several layouts views of one
+   contiguous tensor per layout, so ``default_collate``'s stack is a plain memcpy.
 
 Exactness contract: the batch equals ``[dataset[i] for i in indices]`` bit for bit. Whatever
 the batched path does not reproduce exactly takes the per-sample path: a ``transform``
@@ -35,15 +39,17 @@ the first bad sample in batch order, never a different one.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from .errors import LatentdsError
-from .mapped import MAPS
+from .batch_mapped import Checked, Mismatch, names_match, read_mapped
+from .batch_samples import Samples
 from .shard_cache import ShardCache, shard_cache_of
-from .store.shards import TAR_HEADER, check_member
+from .store.shards import TAR_HEADER
 from .store.fsio import call
 
 if TYPE_CHECKING:
@@ -62,16 +68,16 @@ REMOTE_GAP_BYTES = 2 << 20
 #: Local disk: read through per-process maps of the immutable shards (``latentds.mapped``);
 #: False (or ``dataset.batch_mmap = False``) keeps one ``os.preadv`` per coalesced range.
 MMAP = True
-#: ``"always"``: every read of a sample checks its CRC32C (as ``dataset[i]`` does). ``"once"``
-#: (or ``dataset.batch_verify = "once"``): a member read through a map is checked the first time
-#: this process reads it from that file (device, inode), then trusted while the map lives;
-#: shards are immutable, so only an in-place rewrite or bit rot after that first read escapes.
+#: ``"always"``: every read of a sample checks its member name and CRC32C (as ``dataset[i]``
+#: does). ``"once"`` (or ``dataset.batch_verify = "once"``): a manifest row read through a map
+#: is checked (name and CRC32C) the first time this process reads it from that map, then
+#: trusted while the map lives (:class:`latentds.batch_mapped.Checked`); shards are immutable,
+#: so only an in-place rewrite or bit rot after that first read escapes.
 VERIFY = "always"
 _IOV_MAX = 1000  # os.preadv takes at most IOV_MAX (1024 on Linux) buffers per call
 
 
-class _Mismatch(Exception):
-    """The batched read saw something wrong; the per-sample path re-reads and raises it."""
+_Mismatch = Mismatch  # the per-sample path re-reads the batch and raises what it sees
 
 
 def coalesce(starts: np.ndarray, ends: np.ndarray, gap: int) -> list[tuple[int, int, list[int]]]:
@@ -104,6 +110,8 @@ def collate(batch: list[tuple[Any, Any]]) -> Any:
     fallbacks) goes to ``default_collate`` unchanged, so the result is always the same."""
     from torch.utils.data import default_collate
 
+    if type(batch) is Samples and batch.pristine:
+        return [batch.latents, default_collate(batch.targets)]
     lat = [b[0] for b in batch]
     first = lat[0] if lat else None
     if isinstance(first, torch.Tensor) and first.ndim and all(len(b) == 2 for b in batch):
@@ -119,7 +127,7 @@ def collate(batch: list[tuple[Any, Any]]) -> Any:
 
 
 def _per_sample(ds: "LatentDataset", indices: Sequence[int]) -> list[tuple[Any, Any]]:
-    return [ds[i] for i in indices]
+    return [ds[int(i)] for i in indices]
 
 
 def _rows(ds: Any, m: "Manifest", idx: np.ndarray) -> np.ndarray:
@@ -145,43 +153,62 @@ def _rows(ds: Any, m: "Manifest", idx: np.ndarray) -> np.ndarray:
 def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = None) -> list[tuple[Any, Any]]:
     """``[ds[i] for i in indices]``, read in coalesced ranges per shard (see the module docs).
     ``gap``: merge ranges this close (bytes); default ``ds.batch_gap_bytes`` if set, else
-    :data:`LOCAL_GAP_BYTES` / :data:`REMOTE_GAP_BYTES`."""
-    indices = [int(i) for i in indices]
+    :data:`LOCAL_GAP_BYTES` / :data:`REMOTE_GAP_BYTES`. A batch read whole as one tensor comes
+    back as a :class:`~latentds.batch_samples.Samples` list (its items made on first use)."""
     store = ds.store
-    if not indices or ds.transform is not None or ds.sample_posterior:
+    if not len(indices) or ds.transform is not None or ds.sample_posterior:
         return _per_sample(ds, indices)
     m = store.manifest()
     if m is None or (store.readthrough is not None and store.location.is_local):
         return _per_sample(ds, indices)
     n = len(ds.samples)
-    idx = np.asarray(indices, np.int64)
-    idx = np.where(idx < 0, idx + n, idx)
-    if ((idx < 0) | (idx >= n)).any():
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu" or idx.ndim != 1:
+        idx = np.asarray([int(i) for i in indices], np.int64)
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < -n or hi >= n:
         return _per_sample(ds, indices)  # the IndexError ds[i] raises
+    if lo < 0:
+        idx = np.where(idx < 0, idx + n, idx)
     rows = _rows(ds, m, idx)
     plan, layouts = m.read_plan()
-    fast = rows >= 0
-    prow = plan[np.where(fast, rows, 0)]
-    fast &= prow[:, 5] >= 0  # legacy rows (no CRC32C) take the sha256-checked path
-    out: list[Any] = [None] * len(indices)
-    for j in np.flatnonzero(~fast).tolist():
-        out[j] = ds[indices[j]]
-    sel = np.flatnonzero(fast)
-    if len(sel):
+    if not len(plan):
+        return _per_sample(ds, indices)
+    # rows the batched path reads: committed, with a CRC32C and sane offsets (legacy rows take
+    # the sha256-checked path, a corrupt row the per-sample path that names it)
+    fast = Checked.of(m).fast[rows]
+    if rows.min() < 0:
+        fast &= rows >= 0
+    whole = bool(fast.all())
+    sel = None if whole else np.flatnonzero(fast)
+    latents: Any = None
+    if whole or len(sel):  # type: ignore[arg-type]
         try:
-            latents = _read(ds, m, rows[sel], prow[sel], layouts, gap)
+            latents = _read(ds, m, rows if whole else rows[sel], plan[rows] if whole else plan[rows[sel]], layouts,
+                            gap)
         except (_Mismatch, LatentdsError, OSError, ValueError):
             return _per_sample(ds, indices)  # exactly the error (or data) ds[i] gives
-        targets = ds.targets
-        tt = ds.target_transform
-        for k, j in enumerate(sel.tolist()):
-            t = targets[indices[j]]
-            out[j] = (latents[k], tt(t) if tt is not None else t)
+    il = idx.tolist()
+    ts = list(itemgetter(*il)(ds.targets)) if len(il) > 1 else [ds.targets[il[0]]]
+    tt = ds.target_transform
+    if tt is not None:
+        ts = [tt(t) for t in ts]
+    if whole and isinstance(latents, torch.Tensor):
+        return Samples(latents, ts)  # the batch tensor itself; collate() takes it as it is
+    out: list[Any] = [None] * len(ts)
+    for j in np.flatnonzero(~fast).tolist():
+        out[j] = ds[il[j]]
+    if latents is not None:
+        if isinstance(latents, torch.Tensor):
+            latents = latents.unbind(0)
+        for k, j in enumerate(range(len(ts)) if sel is None else sel.tolist()):
+            out[j] = (latents[k], ts[j])
     return out
 
 
 def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray, layouts: list[Any],
-          gap: int | None) -> list[torch.Tensor]:
+          gap: int | None) -> torch.Tensor | list[torch.Tensor]:
+    """The latents of ``rows``: one batch tensor (one layout) or per-sample views (several)."""
     store = ds.store
     if store._local is None:
         store._local = store.location.is_local
@@ -190,47 +217,61 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         gap = getattr(ds, "batch_gap_bytes", None)
         if gap is None:
             gap = LOCAL_GAP_BYTES if local else REMOTE_GAP_BYTES
-    shard, off, length, mean_data, std_data, crc, layout = (plan[:, c] for c in range(7))
-    if (off < TAR_HEADER).any() or (length < 0).any() or (length > (1 << 31)).any():
-        raise _Mismatch()  # a corrupt row: the per-sample path names it
+    shard, off, length, mean_data, std_data, crc, layout = plan.T  # rows Checked.fast lets through
     # one contiguous batch tensor per layout (dtype, shape); each sample gets a slot in it
-    slots = np.empty(len(rows), np.int64)
+    n = len(rows)
     bufs: dict[int, np.ndarray] = {}
     tensors: dict[int, torch.Tensor] = {}
-    for lay in np.unique(layout).tolist():
-        where = np.flatnonzero(layout == lay)
-        slots[where] = np.arange(len(where))
+    lay0 = int(layout[0])
+    one = bool((layout == lay0).all())
+    slots = np.arange(n) if one else np.empty(n, np.int64)
+    for lay in [lay0] if one else np.unique(layout).tolist():
+        where = slots if one else np.flatnonzero(layout == lay)
+        if not one:
+            slots[where] = np.arange(len(where))
         dtype, shape, _ = layouts[lay]
         t = torch.from_numpy(np.empty((len(where), *shape), dtype))
         tensors[lay] = t
         bufs[lay] = t.numpy().reshape(len(where), -1).view(np.uint8)
     nbytes = {lay: layouts[lay][0].itemsize * layouts[lay][2] for lay in bufs}
-    start = off - TAR_HEADER
-    end = off + length
     paths = m.shards
     owner, plan_paths = store._plan_paths
     if owner is not m:
         plan_paths = [store.shard_path(name) for name in paths]
         store._plan_paths = (m, plan_paths)
-    # heads[k]: the 512-byte tar header in front of sample k's member (its name is checked)
-    heads = np.empty((len(rows), TAR_HEADER), np.uint8)
-    crcs = np.zeros(len(rows), np.int64)
-    rest = np.arange(len(rows))
+    rest = np.arange(n)
     once = getattr(ds, "batch_verify", VERIFY) == "once"
+    mapped = None
     if local and getattr(ds, "batch_mmap", MMAP):
-        store.reads += _read_mapped(lambda s: _store_fd(store, plan_paths[s]), rest, shard, off, length, mean_data,
-                                    layout, slots, bufs, nbytes, heads, crcs, crc, once)
-        rest = rest[:0]
+        mapped, rest = rest, rest[:0]
+        fd_of, on_bad = (lambda s: _store_fd(store, plan_paths[s])), None
     elif not local:
         sc = shard_cache_of(ds)
         if sc is not None:
             copied = _copies(store, sc, m, plan_paths, shard)
             mine = np.isin(shard, np.fromiter(copied, np.int64, len(copied)))
             if mine.any():
-                _read_mapped(lambda s: _copy_fd(sc, paths[s]), np.flatnonzero(mine), shard, off, length, mean_data,
-                             layout, slots, bufs, nbytes, heads, crcs, crc, once, lambda s: sc.drop(paths[s]))
+                mapped = np.flatnonzero(mine)
+                fd_of, on_bad = (lambda s: _copy_fd(sc, paths[s])), (lambda s: sc.drop(paths[s]))
             rest = np.flatnonzero(~mine)
+    if mapped is not None:
+        # names and CRCs are checked in there (only the first time, with ``once``)
+        nb = np.zeros(len(layouts), np.int64)
+        nb[list(nbytes)] = list(nbytes.values())
+        flat: list[memoryview | None] = [None] * len(layouts)
+        for lay, b in bufs.items():
+            flat[lay] = memoryview(b.reshape(-1))
+        k = mapped if len(mapped) < n else slice(None)
+        got = read_mapped(m, fd_of, rows[k], shard[k], off[k], length[k], mean_data[k], layout[k],
+                          slots[k] * nb[layout[k]], flat, nb, crc[k], once, on_bad)
+        if local:
+            store.reads += got
     if len(rest):
+        start = off - TAR_HEADER
+        end = off + length
+        # heads[k]: the 512-byte tar header in front of sample k's member (its name is checked)
+        heads = np.empty((n, TAR_HEADER), np.uint8)
+        crcs = np.zeros(n, np.int64)
         gs, ge, members = _groups(shard[rest], start[rest], end[rest], gap)
         members = [rest[m_] for m_ in members]
         gsh = shard[[m_[0] for m_ in members]].tolist()
@@ -238,12 +279,12 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         reader = _read_local if local else _read_remote
         reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
                slots.tolist(), bufs, nbytes, heads, crcs)
-    # every check before anything is returned; on a failure the per-sample loop re-reads the
-    # batch and raises for the first bad sample in batch order, as it would have alone
-    if not _names_match(m, rows, heads):
-        raise _Mismatch()
-    if not np.array_equal(crcs, crc):
-        raise _Mismatch()
+        # every check before anything is returned; on a failure the per-sample loop re-reads the
+        # batch and raises for the first bad sample in batch order, as it would have alone
+        if not names_match(m, rows[rest], heads[rest]):
+            raise _Mismatch()
+        if not np.array_equal(crcs[rest], crc[rest]):
+            raise _Mismatch()
     if ds.normalize:
         mean, std = ds._normalizer()
         # the same elementwise ops as the per-sample path, on the whole batch at once
@@ -251,28 +292,9 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
             shape = (1, -1) + (1,) * (t.ndim - 2)
             tensors[lay] = (t - mean.view(shape)) / std.view(shape)
     if len(tensors) == 1:  # one layout: the slots are the batch order
-        return list(next(iter(tensors.values())).unbind(0))
+        return next(iter(tensors.values()))
     views = {lay: t.unbind(0) for lay, t in tensors.items()}
     return [views[lay][sl] for lay, sl in zip(layout.tolist(), slots.tolist())]
-
-
-def _names_match(m: "Manifest", rows: np.ndarray, heads: np.ndarray) -> bool:
-    """Does every tar header name its row's ``<key>.npy`` member (what ``check_member`` checks
-    per sample), compared as one byte matrix."""
-    km = m.key_matrix(rows) if len(rows) else None
-    if km is not None and km.shape[1] + 5 < TAR_HEADER and km.all():
-        w = km.shape[1]
-        return bool((heads[:, :w] == km).all() and (heads[:, w:w + 4] == _NPY).all() and not heads[:, w + 4].any())
-    keys = [m.key_bytes(r) for r in rows.tolist()]
-    for k, key in enumerate(keys):
-        try:
-            check_member(heads[k].tobytes(), key, ".npy", "batch")
-        except LatentdsError:
-            return False
-    return True
-
-
-_NPY = np.frombuffer(b".npy", np.uint8)
 
 
 def _store_fd(store: Any, path: str) -> int:
@@ -314,59 +336,6 @@ def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], sh
             raise _Mismatch() from None
         have.update(s for s in want if names[s] in got and sc.fd(names[s]) is not None)
     return have
-
-
-def _read_mapped(fd_of: Callable[[int], int], ks: np.ndarray, shard: np.ndarray, off: np.ndarray,
-                 length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray, slots: np.ndarray,
-                 bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray,
-                 want: np.ndarray, once: bool, on_bad: Callable[[int], None] | None = None) -> int:
-    """Samples ``ks`` of the batch from local files (the store's shards on local disk, or whole
-    local copies of remote ones) through per-process read-only maps (:mod:`latentds.mapped`):
-    per shard one ``fstat`` (the truncation guard); per sample a copy of its tar header, one CRC32C over the mapped member (``once``: only the first time this process
-    reads that member from that file) and one ``memcpy`` of its latent bytes into the batch
-    tensor: no syscall, no temporary, no numpy call per sample. A CRC that differs from
-    ``want`` calls ``on_bad(shard)`` and raises :class:`_Mismatch`. Returns the shards read."""
-    import google_crc32c
-
-    value = google_crc32c.value  # takes numpy views of the map without a copy (not memoryviews)
-    nb_of = np.zeros(int(layout.max()) + 1, np.int64)
-    for lay, n_ in nbytes.items():
-        nb_of[lay] = n_
-    sh, o_, ln, md, lay_ = shard[ks], off[ks], length[ks], mean_data[ks], layout[ks]
-    nb = nb_of[lay_]
-    if (ln < md + nb).any():
-        raise _Mismatch()  # a row whose latent overruns its member: the per-sample path names it
-    end = o_ + ln
-    views: dict[int, memoryview] = {}
-    arrs: dict[int, np.ndarray] = {}
-    oks: dict[int, set[int]] = {}
-    for s in np.unique(sh).tolist():
-        hit = MAPS.get(fd_of(s), int(end[sh == s].max()))
-        if hit is None:
-            raise _Mismatch()  # truncated or empty shard: the per-sample path raises its ShardError
-        views[s], arrs[s], oks[s] = hit
-    dv = {la: memoryview(b.reshape(-1)) for la, b in bufs.items()}
-    hv = memoryview(heads.reshape(-1))  # (a numpy fancy-index gather of the headers costs 5x more)
-    got: list[int] = []
-    for k, s, o, e, a, n, la, t, w in zip((ks * TAR_HEADER).tolist(), sh.tolist(), o_.tolist(), end.tolist(),
-                                          (o_ + md).tolist(), nb.tolist(), lay_.tolist(), (slots[ks] * nb).tolist(),
-                                          want[ks].tolist()):
-        v = views[s]
-        hv[k:k + TAR_HEADER] = v[o - TAR_HEADER:o]
-        if once and (o, w) in oks[s]:
-            got.append(w)  # these very bytes of this immutable file passed this check before
-        else:
-            c = value(arrs[s][o:e])
-            if c != w:
-                if on_bad is not None:
-                    on_bad(s)
-                raise _Mismatch()
-            if once:
-                oks[s].add((o, w))
-            got.append(c)
-        dv[la][t:t + n] = v[a:a + n]
-    crcs[ks] = got
-    return len(views)
 
 
 def _read_local(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], off: list[int],

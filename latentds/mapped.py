@@ -32,13 +32,15 @@ class ShardMaps:
     def __init__(self, limit: int = 256) -> None:
         self.limit = int(limit)
         self._pid = -1
-        self._maps: dict[tuple[int, int], tuple[memoryview, np.ndarray, set[tuple[int, int]]]] = {}
+        self._maps: dict[tuple[int, int], tuple[memoryview, np.ndarray, int]] = {}
+        self._serial = 0  # never reset, not even in a forked child: a serial names one map for good
 
-    def get(self, fd: int, end: int) -> tuple[memoryview, np.ndarray, set[tuple[int, int]]] | None:
+    def get(self, fd: int, end: int) -> tuple[memoryview, np.ndarray, int] | None:
         """A flat read-only ``memoryview`` and ``uint8`` array of the whole file behind ``fd``
-        and the set of (offset, CRC32C) of members already checked in it (the caller's to fill),
-        or ``None`` when bytes ``[0, end)`` are not all in the file now (truncated, or an
-        empty file, which cannot be mapped)."""
+        and the map's serial (a positive int that no other map of this process had, nor any its
+        parent had when it forked: what a reader checked in this map stays checked while the
+        serial is the same; :mod:`latentds.batch_mapped`), or ``None`` when bytes ``[0, end)``
+        are not all in the file now (truncated, or an empty file, which cannot be mapped)."""
         if self._pid != os.getpid():  # a fork's copies work, but the parent's LRU is not ours
             self._maps, self._pid = {}, os.getpid()
         st = os.fstat(fd)
@@ -51,13 +53,25 @@ class ShardMaps:
                 return None
             # no MADV_RANDOM: a cold read of a 50 KB sample would then fault page by page
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            hit = (memoryview(mm), np.frombuffer(mm, np.uint8), set())
+            self._serial += 1
+            hit = (memoryview(mm), np.frombuffer(mm, np.uint8), self._serial)
             if len(self._maps) >= self.limit:
                 # dropping our references unmaps once no returned view is alive (batches are
                 # copies, so none is)
                 self._maps.pop(next(iter(self._maps)))
             self._maps[ident] = hit
         return hit
+
+    def many(self, fds: list[int], ends: list[int]) -> list[tuple[memoryview, np.ndarray, int]] | None:
+        """:meth:`get` for several files at once (one per shard a batch touches); ``None`` when
+        any of them is short."""
+        out = []
+        for fd, end in zip(fds, ends):
+            hit = self.get(fd, end)
+            if hit is None:
+                return None
+            out.append(hit)
+        return out
 
     def clear(self) -> None:
         self._maps = {}

@@ -329,8 +329,6 @@ def test_batch_checks_member_names_as_one_matrix(src: Path, tmp_path: Path, monk
     """The names of a batch's tar members are compared with the manifest's keys as one byte
     matrix (``Manifest.key_matrix``), not one ``check_member`` per sample: after the manifest's
     key index changed, the batched path had silently fallen back to the per-sample check."""
-    import latentds.batch_read as br
-
     b = Backend("local", str(tmp_path / "cache"))
     kw = {"image_size": (48, 40)}
     make(src, b, **kw).fill(progress=False)
@@ -342,7 +340,9 @@ def test_batch_checks_member_names_as_one_matrix(src: Path, tmp_path: Path, monk
     def per_sample_check(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the batched path checked a member name per sample")
 
-    monkeypatch.setattr(br, "check_member", per_sample_check)
+    import latentds.batch_mapped as bm
+
+    monkeypatch.setattr(bm, "check_member", per_sample_check)
     for mmap in (True, False):
         ds.batch_mmap = mmap
         same(ds.__getitems__(idx), ref)
