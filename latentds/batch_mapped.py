@@ -47,12 +47,16 @@ class Checked:
     One int32 per row (40 MB at 10M rows), allocated on the first ``batch_verify = "once"``
     read; all freed with the manifest."""
 
-    __slots__ = ("fast", "ends", "_serial", "__weakref__")
+    __slots__ = ("fast", "ends", "one_layout", "_serial", "__weakref__")
 
     def __init__(self, plan: np.ndarray, layouts: list[Any], n_shards: int) -> None:
         shard, off, length, mean_data, _, crc, layout = plan.T
         nb = np.array([dt.itemsize * count for dt, _, count in layouts] or [0], np.int64)[layout]
-        self.fast = (crc >= 0) & (off >= TAR_HEADER) & (length <= 1 << 31) & (length >= mean_data + nb)
+        # one more entry, False: row -1 (a sample not committed) indexes it, so one fancy index
+        # and ``all()`` tell whether a whole batch is fast
+        self.fast = np.zeros(len(plan) + 1, bool)
+        self.fast[:-1] = (crc >= 0) & (off >= TAR_HEADER) & (length <= 1 << 31) & (length >= mean_data + nb)
+        self.one_layout = len(layouts) <= 1
         ends = np.zeros(n_shards, np.int64)
         np.maximum.at(ends, shard, off + length)
         self.ends: list[int] = ends.tolist()
@@ -61,7 +65,7 @@ class Checked:
     @property
     def serial(self) -> np.ndarray:
         if self._serial is None:
-            self._serial = np.zeros(len(self.fast), np.int32)
+            self._serial = np.zeros(len(self.fast) - 1, np.int32)
         return self._serial
 
     @classmethod
@@ -92,13 +96,13 @@ def names_match(m: "Manifest", rows: np.ndarray, heads: np.ndarray) -> bool:
     return True
 
 
-def read_mapped(m: "Manifest", fd_of: Callable[[int], int], rows: np.ndarray, shard: np.ndarray, off: np.ndarray,
+def read_mapped(m: "Manifest", fds_of: Callable[[list[int]], list[int]], rows: np.ndarray, shard: np.ndarray, off: np.ndarray,
                 length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray, dest: np.ndarray,
-                bufs: list[memoryview | None], nbytes: np.ndarray, want: np.ndarray, once: bool,
+                bufs: list[memoryview | None], nbytes: np.ndarray, want: np.ndarray, once: bool, one: bool,
                 on_bad: Callable[[int], None] | None = None) -> int:
     """Copy samples (manifest ``rows`` and their plan columns, one entry per sample) out of
-    the maps of their shards (``fd_of(shard)``: a descriptor of the local file) into
-    ``bufs[layout][dest : dest + nbytes[layout]]``, checking names and CRC32Cs first (see the
+    the maps of their shards (``fds_of(shards)``: descriptors of the local files) into
+    ``bufs[layout][dest : dest + nbytes[layout]]`` (``one``: all of one layout), checking names and CRC32Cs first (see the
     module docs). Raises :class:`Mismatch` on any doubt (a truncated shard, a bad CRC, a wrong
     name, a row overrunning its member), calling ``on_bad(shard)`` for a bad CRC, before
     anything is marked checked. Returns the number of shards read."""
@@ -111,8 +115,7 @@ def read_mapped(m: "Manifest", fd_of: Callable[[int], int], rows: np.ndarray, sh
     st = Checked.of(m)
     sh = shard.tolist()
     touched = list(set(sh))
-    hits = MAPS.many([fd_of(s) for s in touched], itemgetter(*touched)(st.ends) if len(touched) > 1
-                     else [st.ends[touched[0]]])
+    hits = MAPS.many(fds_of(touched), itemgetter(*touched)(st.ends) if len(touched) > 1 else [st.ends[touched[0]]])
     if hits is None:
         raise Mismatch()  # a truncated or empty shard: the per-sample path raises its ShardError
     mvs = {s: h[0] for s, h in zip(touched, hits)}
@@ -125,7 +128,6 @@ def read_mapped(m: "Manifest", fd_of: Callable[[int], int], rows: np.ndarray, sh
     else:
         checked, cur, todo = None, None, np.arange(len(rows))
     src = off + mean_data
-    one = bool(layout.min() == layout.max())
     if len(todo):
         # first reads: header, CRC32C and copy per sample (the copy then reads a cache-hot member)
         heads = np.empty((len(todo), TAR_HEADER), np.uint8)

@@ -165,10 +165,9 @@ def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = N
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu" or idx.ndim != 1:
         idx = np.asarray([int(i) for i in indices], np.int64)
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo < -n or hi >= n:
-        return _per_sample(ds, indices)  # the IndexError ds[i] raises
-    if lo < 0:
+    if (idx.astype(np.uint64) >= n).any():  # one test for both ends: a negative one wraps around
+        if int(idx.min()) < -n or int(idx.max()) >= n:
+            return _per_sample(ds, indices)  # the IndexError ds[i] raises
         idx = np.where(idx < 0, idx + n, idx)
     rows = _rows(ds, m, idx)
     plan, layouts = m.read_plan()
@@ -176,16 +175,15 @@ def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = N
         return _per_sample(ds, indices)
     # rows the batched path reads: committed, with a CRC32C and sane offsets (legacy rows take
     # the sha256-checked path, a corrupt row the per-sample path that names it)
-    fast = Checked.of(m).fast[rows]
-    if rows.min() < 0:
-        fast &= rows >= 0
+    st = Checked.of(m)
+    fast = st.fast[rows]  # row -1 indexes its last entry: False
     whole = bool(fast.all())
     sel = None if whole else np.flatnonzero(fast)
     latents: Any = None
     if whole or len(sel):  # type: ignore[arg-type]
         try:
             latents = _read(ds, m, rows if whole else rows[sel], plan[rows] if whole else plan[rows[sel]], layouts,
-                            gap)
+                            gap, st.one_layout)
         except (_Mismatch, LatentdsError, OSError, ValueError):
             return _per_sample(ds, indices)  # exactly the error (or data) ds[i] gives
     il = idx.tolist()
@@ -207,7 +205,7 @@ def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = N
 
 
 def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray, layouts: list[Any],
-          gap: int | None) -> torch.Tensor | list[torch.Tensor]:
+          gap: int | None, one_layout: bool = False) -> torch.Tensor | list[torch.Tensor]:
     """The latents of ``rows``: one batch tensor (one layout) or per-sample views (several)."""
     store = ds.store
     if store._local is None:
@@ -223,16 +221,16 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     bufs: dict[int, np.ndarray] = {}
     tensors: dict[int, torch.Tensor] = {}
     lay0 = int(layout[0])
-    one = bool((layout == lay0).all())
+    one = one_layout or bool((layout == lay0).all())
     slots = np.arange(n) if one else np.empty(n, np.int64)
     for lay in [lay0] if one else np.unique(layout).tolist():
         where = slots if one else np.flatnonzero(layout == lay)
         if not one:
             slots[where] = np.arange(len(where))
         dtype, shape, _ = layouts[lay]
-        t = torch.from_numpy(np.empty((len(where), *shape), dtype))
-        tensors[lay] = t
-        bufs[lay] = t.numpy().reshape(len(where), -1).view(np.uint8)
+        a = np.empty((len(where), *shape), dtype)
+        tensors[lay] = torch.from_numpy(a)
+        bufs[lay] = a.reshape(len(where), -1).view(np.uint8)
     nbytes = {lay: layouts[lay][0].itemsize * layouts[lay][2] for lay in bufs}
     paths = m.shards
     owner, plan_paths = store._plan_paths
@@ -244,7 +242,7 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     mapped = None
     if local and getattr(ds, "batch_mmap", MMAP):
         mapped, rest = rest, rest[:0]
-        fd_of, on_bad = (lambda s: _store_fd(store, plan_paths[s])), None
+        fds_of, on_bad = (lambda ss: _store_fds(store, [plan_paths[s] for s in ss])), None
     elif not local:
         sc = shard_cache_of(ds)
         if sc is not None:
@@ -252,7 +250,7 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
             mine = np.isin(shard, np.fromiter(copied, np.int64, len(copied)))
             if mine.any():
                 mapped = np.flatnonzero(mine)
-                fd_of, on_bad = (lambda s: _copy_fd(sc, paths[s])), (lambda s: sc.drop(paths[s]))
+                fds_of, on_bad = (lambda ss: [_copy_fd(sc, paths[s]) for s in ss]), (lambda s: sc.drop(paths[s]))
             rest = np.flatnonzero(~mine)
     if mapped is not None:
         # names and CRCs are checked in there (only the first time, with ``once``)
@@ -262,8 +260,9 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         for lay, b in bufs.items():
             flat[lay] = memoryview(b.reshape(-1))
         k = mapped if len(mapped) < n else slice(None)
-        got = read_mapped(m, fd_of, rows[k], shard[k], off[k], length[k], mean_data[k], layout[k],
-                          slots[k] * nb[layout[k]], flat, nb, crc[k], once, on_bad)
+        dest = np.arange(0, n * int(nb[lay0]), int(nb[lay0])) if one else slots * nb[layout]
+        got = read_mapped(m, fds_of, rows[k], shard[k], off[k], length[k], mean_data[k], layout[k], dest[k], flat,
+                          nb, crc[k], once, one, on_bad)
         if local:
             store.reads += got
     if len(rest):
@@ -295,6 +294,13 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         return next(iter(tensors.values()))
     views = {lay: t.unbind(0) for lay, t in tensors.items()}
     return [views[lay][sl] for lay, sl in zip(layout.tolist(), slots.tolist())]
+
+
+def _store_fds(store: Any, paths: list[str]) -> list[int]:
+    """:func:`_store_fd` of several paths."""
+    fds = store._fds if store._fd_pid == os.getpid() else {}
+    got = [fds.get(p) for p in paths]
+    return got if None not in got else [_store_fd(store, p) for p in paths]  # type: ignore[return-value]
 
 
 def _store_fd(store: Any, path: str) -> int:

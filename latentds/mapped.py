@@ -65,11 +65,17 @@ class ShardMaps:
     def many(self, fds: list[int], ends: list[int]) -> list[tuple[memoryview, np.ndarray, int]] | None:
         """:meth:`get` for several files at once (one per shard a batch touches); ``None`` when
         any of them is short."""
+        if self._pid != os.getpid():
+            self._maps, self._pid = {}, os.getpid()
         out = []
+        maps, fstat = self._maps, os.fstat
         for fd, end in zip(fds, ends):
-            hit = self.get(fd, end)
-            if hit is None:
-                return None
+            st = fstat(fd)
+            hit = maps.get((st.st_dev, st.st_ino))
+            if hit is None or len(hit[0]) < end or end > st.st_size:
+                hit = self.get(fd, end)  # maps it (or finds the file short)
+                if hit is None:
+                    return None
             out.append(hit)
         return out
 
