@@ -80,6 +80,9 @@ def test_forked_epoch_then_set_epoch_is_not_stalled(s3_env) -> None:
     del s  # the dataset's own filesystem is then the only holder: a worker re-creating it drops
     # the parent's client, which is what closed the parent's sockets (held elsewhere, it lingers)
     it = LatentIterableDataset(url, "ns", storage_options=opts)  # pointer + manifest read here
+    # workers read through the backend's s3fs (what drops the inherited client), not the signed
+    # shard URLs that every reader uses by default since 2026-11-28 and that never touch s3fs
+    it.sign_urls, it._signed = False, None
     ctx = multiprocessing.get_context("fork")
     for epoch in range(2):
         got = sorted(int(t) for _, t in DataLoader(it, batch_size=None, num_workers=2, multiprocessing_context=ctx))
