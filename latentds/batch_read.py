@@ -111,7 +111,13 @@ def collate(batch: list[tuple[Any, Any]]) -> Any:
     from torch.utils.data import default_collate
 
     if type(batch) is Samples and batch.pristine:
-        return [batch.latents, default_collate(batch.targets)]
+        ts = batch.targets
+        if ts and set(map(type, ts)) == {int}:  # what default_collate makes of ints, 5x faster
+            try:
+                return [batch.latents, torch.from_numpy(np.array(ts, np.int64))]
+            except OverflowError:
+                pass  # default_collate raises its own error
+        return [batch.latents, default_collate(tuple(ts))]  # a tuple, as default_collate transposes
     lat = [b[0] for b in batch]
     first = lat[0] if lat else None
     if isinstance(first, torch.Tensor) and first.ndim and all(len(b) == 2 for b in batch):
@@ -122,7 +128,7 @@ def collate(batch: list[tuple[Any, Any]]) -> Any:
             p0 = base.data_ptr()
             if all(isinstance(x, torch.Tensor) and x._base is base and x.data_ptr() == p0 + j * step
                    for j, x in enumerate(lat)):
-                return [base, default_collate([b[1] for b in batch])]
+                return [base, default_collate(tuple(b[1] for b in batch))]
     return default_collate(batch)
 
 

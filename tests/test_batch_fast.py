@@ -246,3 +246,21 @@ def test_once_after_recompaction_and_with_staging(src: Path, tmp_path: Path, mon
     MAPS.clear()
     with pytest.raises(ShardError, match="checksum mismatch"):
         ds.__getitems__(idx)
+
+
+@pytest.mark.parametrize("targets", [[1, 2, 3], [True, False, True], [1.5, 2.0, 3.0], [np.int64(4)] * 3,
+                                     ["a", "b", "c"], [(1, 2), (3, 4), (5, 6)]])
+def test_collate_of_a_samples_list_equals_default_collate(targets: list[Any]) -> None:
+    x = torch.arange(6.0).reshape(3, 2).clone()  # a base tensor, as a batch is
+    want = default_collate(list(zip(x.unbind(0), targets)))
+    for got in (collate(Samples(x, targets)), collate(Samples(x, targets).made())):  # untouched / made
+        assert got[0].data_ptr() == x.data_ptr() and torch.equal(got[0], want[0])
+        if isinstance(want[1], torch.Tensor):
+            assert got[1].dtype == want[1].dtype and torch.equal(got[1], want[1])
+        else:
+            assert repr(got[1]) == repr(want[1])
+    with pytest.raises(Exception) as ours:
+        collate(Samples(x, [2 ** 70, 1, 2]))
+    with pytest.raises(Exception) as theirs:
+        default_collate(list(zip(x.unbind(0), [2 ** 70, 1, 2])))
+    assert type(ours.value) is type(theirs.value)
