@@ -124,6 +124,14 @@ def test_dataloader_batches_with_both_collates_and_a_forked_worker(src: Path, tm
         loader = DataLoader(ds, batch_size=6, collate_fn=fn, num_workers=workers)
         xs, ys = zip(*loader)
         assert torch.equal(torch.cat(xs), want) and torch.equal(torch.cat(ys), targets)
+    # no collation in the worker: the batch list itself is pickled back (as a plain list)
+    raw = list(DataLoader(ds, batch_size=6, collate_fn=as_is, num_workers=1))
+    assert all(type(b) is list for b in raw)
+    same([s for b in raw for s in b], [ds[i] for i in range(len(ds))])
+
+
+def as_is(batch: Any) -> Any:
+    return batch
 
 
 def test_ragged_layouts_still_equal_per_sample_reads(src: Path, tmp_path: Path) -> None:
