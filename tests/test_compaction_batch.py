@@ -200,3 +200,19 @@ def test_scale_sim_repeats_compaction_and_reports_each_run(tmp_path) -> None:
     assert len(r["compact_runs"]) == 2 and r["packed"] == 300 and r["compact_vs_copy"] > 0
     assert r["compact_s"] in [x["compact_s"] for x in r["compact_runs"]]
     assert "each run" in p.stdout
+
+
+def test_compaction_costs_runs_every_step(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "c.json"
+    p = subprocess.run([sys.executable, "benchmarks/compaction_costs.py", "--samples", "64", "--repeat", "1",
+                        "--dir", str(tmp_path / "c"), "--json", str(out)], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert {"copy", "read", "zip_crc32", "staging_sha256", "row_checksums", "shard_sha256", "write_fsync"} <= set(steps)
+    assert all(s["us_per_sample"] >= 0 for s in steps.values())
