@@ -14,7 +14,8 @@ same members in the same order, so a chunk starting at byte ``base`` holds the m
 and size only), followed at the end by the same two zero blocks and padding to 10240; the
 shard's sha256 is updated chunk by chunk in order (one worker thread runs jobs first in, first
 out); channel sums, the index document and the manifest rows come from the same functions.
-Memory: at most :data:`IN_FLIGHT` shards are being finished while the caller fills the next.
+Memory: at most :data:`IN_FLIGHT` shards are being finished while the caller fills the next
+(peak ~3 shards' bytes, where packing into one reused buffer held ~2).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ __all__ = ["CHUNK", "IN_FLIGHT", "ShardPipeline"]
 
 #: samples packed at once (~2.7 MB of small latents): small enough that checksums start early
 CHUNK = 256
-#: shards being finished (hashed, indexed, written) while the caller fills the next
-IN_FLIGHT = 2
+#: shards being finished (hashed, indexed, written) while the caller fills the next: memory
+#: is about (1 + 2 * IN_FLIGHT) shards' bytes at the peak (the shard being filled: its staging
+#: objects and packed chunks; each one being finished: its chunks and their join)
+IN_FLIGHT = 1
 
 
 class _Chunk:
@@ -179,11 +182,14 @@ class ShardPipeline:
             j.result()  # a failed chunk job raises here, at its shard
         if not s.plain:
             return write_shard(self.backend, s.items)
+        s.items = []  # every chunk is packed and summed: the staging objects can go
         end = s.base + 2 * BLOCK
         tail = bytes(2 * BLOCK + (-end % RECORD))  # as tarfile closes an archive
         s.sha.update(tail)
         data = b"".join([c.buf for c in s.chunks] + [tail])
         s.chunks, cs = [], s.chunks
+        for c in cs:
+            c.buf = b""  # joined: one copy of the shard is enough
         digest = s.sha.hexdigest()
         name = f"{SHARD_PREFIX}{digest[:32]}{SHARD_SUFFIX}"
         rows = RowBlock([k for c in cs for k in c.rows.key],
