@@ -4,15 +4,16 @@ of per-process read-only maps of immutable shard files (:mod:`latentds.mapped`).
 Cost model (measured, ``benchmarks/batched_reads.py``): one ``memoryview`` slice assignment per
 sample copies a batch as fast as an ``np.memmap`` fancy-index gather of the same rows (the same
 ``memcpy`` of the same bytes; the Python loop is ~0.3 µs a sample), while one numpy fancy index
-per shard cannot write into the scattered batch positions without a second copy (66 % of the
-gather). So the copy stays one slice per sample, and everything else is vectorised per batch.
+per shard cannot write into the scattered batch positions without a second copy (54-60 % of
+the gather). So the copy stays one slice per sample, and everything else is vectorised per batch.
 
 Checks: every sample's tar member name and CRC32C, as ``dataset[i]`` checks them, unless
 ``once`` and this process has checked that very manifest row in that very map of its shard
 before (:class:`Checked`): the row fixes the shard, offset, length, CRC and key, and a mapped
 shard is immutable while its map lives (a replaced file has another inode, so another map and
-another serial), so the bytes cannot differ from those that passed. A map dropped and mapped
-again gets a new serial: its rows are checked again on their next read.
+another serial), so its bytes are those that passed unless the file is rewritten in place or
+rots after that first read (which "once" accepts; the default checks every read). A map
+dropped and mapped again gets a new serial: its rows are checked again on their next read.
 """
 
 from __future__ import annotations
