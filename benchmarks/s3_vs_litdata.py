@@ -221,9 +221,11 @@ def main() -> None:
                 return litdata.StreamingDataLoader(sd, **dl)
 
             def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False,
-                              ship: str = "plan+signed", inline: bool = False) -> Any:
+                              ship: str = "plan+signed", inline: bool = False, start: int | None = None) -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
                 it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
+                if start is not None:  # GETs started at once (then ramped up to prefetch)
+                    it.prefetch_start = start
                 if late_plan:  # as before 2026-11-28: each worker reads the pointer and the manifest itself
                     it._pin = it._pinned = None
                 # what a spawned worker receives (forked workers inherit the plan either way):
@@ -243,7 +245,8 @@ def main() -> None:
                 "LatentIterableDataset (shuffle, spawn gets plan, no URLs)": lambda r: stream_loader(r, ship="plan"),
                 "LatentIterableDataset (shuffle, s3fs reads, no URLs)": lambda r: stream_loader(r, ship="plan"),
                 "LatentIterableDataset (shuffle, spawn gets all in its pickle)": lambda r: stream_loader(r, inline=True),
-                "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4),
+                "LatentIterableDataset (shuffle, prefetch 4)": lambda r: stream_loader(r, 4, start=4),
+                "LatentIterableDataset (shuffle, prefetch 4 from 2)": lambda r: stream_loader(r, 4, start=2),
                 "LatentIterableDataset (shuffle, prefetch 2)": lambda r: stream_loader(r, 2),
                 # no S3 at all: the same cache on local disk, the readers' decode/collate ceiling
                 "LatentIterableDataset (shuffle, local disk: no S3)": lambda r: DataLoader(
@@ -295,6 +298,7 @@ def main() -> None:
                     "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
                     "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)",
                     "LatentIterableDataset (shuffle, prefetch 2)",
+                    "LatentIterableDataset (shuffle, prefetch 4 from 2)",
                     "LatentIterableDataset (shuffle, spawn gets pointer)",
                     "LatentIterableDataset (shuffle, spawn gets plan, no URLs)",
                     "LatentIterableDataset (shuffle, s3fs reads, no URLs)",

@@ -153,6 +153,9 @@ class LatentIterableDataset(IterableDataset):
     #: send what grows with the dataset to a spawned worker beside its pickle (False: inside it,
     #: as before 2026-11-28 04:30; benchmarks compare)
     ship_beside = True
+    #: shard GETs started at once; more are added as shards are taken, up to ``prefetch``
+    #: (store/prefetch.py: the first shard does not share the link with all the others)
+    prefetch_start = 2
 
     def __getstate__(self) -> dict[str, Any]:
         # Only spawned/forkserver workers (and explicit pickles) get here: a forked worker
@@ -349,7 +352,7 @@ class LatentIterableDataset(IterableDataset):
             return data if data is not None else backend.get_range(layout.shard(shard), 0, end)
 
         mine = self._split(self._order(sorted(by_shard)))
-        for shard, data in fetch_ahead(fetch, mine, self.prefetch):
+        for shard, data in fetch_ahead(fetch, mine, self.prefetch, min(self.prefetch, self.prefetch_start)):
             # named in errors only: made on first use, so a worker reading through signed URLs
             # never builds the S3 filesystem just to spell a path
             path = _Lazy(lambda shard=shard: self.store.shard_path(shard))

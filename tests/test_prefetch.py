@@ -173,3 +173,37 @@ def test_streaming_dataset_made_before_any_commit_raises_when_iterated(tmp_path)
         list(it)
     _cache(str(tmp_path / "empty"))
     assert len(list(it)) == 12  # unpinned, so the first iteration pins what is committed then
+
+
+def test_fetch_ahead_ramps_from_start_to_depth() -> None:
+    """``start`` fetches begin at once, then up to two more per result taken, never over depth."""
+    running, peaks, lock = [0], [], threading.Lock()
+    gate, started = threading.Event(), []
+
+    def fetch(n: int) -> int:
+        with lock:
+            running[0] += 1
+            started.append(n)
+        if n == 0:
+            gate.wait(5)
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return n
+
+    it = fetch_ahead(fetch, range(12), 4, start=2)
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(next(it)))  # waits on fetch 0, held by the gate
+    t.start()
+    time.sleep(0.1)
+    with lock:
+        at_start = sorted(started)
+    gate.set()
+    t.join()
+    got = [first[0][1]]
+    for n, v in it:
+        got.append(v)
+        with lock:
+            peaks.append(running[0])
+    assert at_start == [0, 1]  # only `start` began before the first result was taken
+    assert got == list(range(12)) and max(peaks) <= 4 and max(peaks) >= 3

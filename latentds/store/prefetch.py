@@ -23,9 +23,13 @@ R = TypeVar("R")
 DEFAULT_DEPTH = 2
 
 
-def fetch_ahead(fetch: Callable[[T], R], names: Iterable[T], depth: int = DEFAULT_DEPTH) -> Iterator[tuple[T, R]]:
+def fetch_ahead(fetch: Callable[[T], R], names: Iterable[T], depth: int = DEFAULT_DEPTH,
+                start: int | None = None) -> Iterator[tuple[T, R]]:
     """``(name, fetch(name))`` for each name, in order, with up to ``depth`` later fetches
-    running meanwhile on ``depth`` threads (``depth <= 0``: sequential, no thread). Closing the
+    running meanwhile on ``depth`` threads (``depth <= 0``: sequential, no thread). ``start``
+    (default ``depth``) fetches begin at once and each result taken adds up to two more until
+    ``depth`` are pending: a ramp, so the first object does not share the link with ``depth - 1``
+    others (its reader waits for it alone) while later ones still overlap deeply. Closing the
     iterator early cancels fetches not started; ones already running finish in the background
     and are dropped."""
     it = iter(names)
@@ -42,12 +46,14 @@ def fetch_ahead(fetch: Callable[[T], R], names: Iterable[T], depth: int = DEFAUL
             return
 
     try:
-        for _ in range(depth):
+        for _ in range(max(1, min(depth, depth if start is None else start))):
             submit_next()
         while pending:
             n, fut = pending.popleft()
             data = fut.result()  # raises the fetch's own error, at this name's turn
-            submit_next()
+            for _ in range(2):  # refill, ramping up towards depth
+                if len(pending) < depth:
+                    submit_next()
             yield n, data
             del data  # the consumer holds its own reference while it needs one
     finally:
