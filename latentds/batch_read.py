@@ -22,8 +22,8 @@ read and one Python round trip per sample. A batch instead:
    order (``batch_verify = "once"``: a mapped member only the first time this process reads
    it from that map);
 5. returns ``[(latent, target), ...]``: for one layout a :class:`~latentds.batch_samples.Samples`
-   list over the batch tensor, whose per-sample views are made only when used, so
-   :func:`collate` returns the batch tensor itself; for several layouts views of one
+   list of per-sample views that remembers the batch tensor, so :func:`collate` returns that
+   tensor itself; for several layouts views of one
    contiguous tensor per layout, so ``default_collate``'s stack is a plain memcpy.
 
 Exactness contract: the batch equals ``[dataset[i] for i in indices]`` bit for bit. Whatever
@@ -160,7 +160,7 @@ def getitems(ds: "LatentDataset", indices: Sequence[int], *, gap: int | None = N
     """``[ds[i] for i in indices]``, read in coalesced ranges per shard (see the module docs).
     ``gap``: merge ranges this close (bytes); default ``ds.batch_gap_bytes`` if set, else
     :data:`LOCAL_GAP_BYTES` / :data:`REMOTE_GAP_BYTES`. A batch read whole as one tensor comes
-    back as a :class:`~latentds.batch_samples.Samples` list (its items made on first use)."""
+    back as a :class:`~latentds.batch_samples.Samples` list (views of it that remember it)."""
     store = ds.store
     if not len(indices) or ds.transform is not None or ds.sample_posterior:
         return _per_sample(ds, indices)
