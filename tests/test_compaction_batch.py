@@ -216,3 +216,20 @@ def test_compaction_costs_runs_every_step(tmp_path) -> None:
     steps = json.loads(out.read_text())["steps"]
     assert {"copy", "read", "zip_crc32", "staging_sha256", "row_checksums", "shard_sha256", "write_fsync"} <= set(steps)
     assert all(s["us_per_sample"] >= 0 for s in steps.values())
+
+
+def test_compaction_ab_prints_a_shard_digest(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    runs = []
+    for extra in ([], ["--no-read-ahead"]):
+        p = subprocess.run([sys.executable, "benchmarks/compaction_ab.py", "--code", str(root), "--dir",
+                            str(tmp_path / "s"), "--samples", "40", "--runs", "1", *extra], cwd=root,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    assert runs[0]["packed"] == runs[1]["packed"] == 40
+    assert runs[0]["shards_sha256"] == runs[1]["shards_sha256"]  # same shards with and without the read thread
