@@ -153,9 +153,10 @@ class LatentIterableDataset(IterableDataset):
     #: send what grows with the dataset to a spawned worker beside its pickle (False: inside it,
     #: as before 2026-11-28 04:30; benchmarks compare)
     ship_beside = True
-    #: shard GETs started at once; more are added as shards are taken, up to ``prefetch``
-    #: (store/prefetch.py: the first shard does not share the link with all the others)
-    prefetch_start = 2
+    #: shard GETs started at once, then ramped up to ``prefetch`` as shards are taken (None: all
+    #: ``prefetch`` at once, the default). Measured with prefetch 4, starting from 2 was not
+    #: better (RESULTS.md, issue 15 item 1, fifth pass): benchmarks only
+    prefetch_start: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only spawned/forkserver workers (and explicit pickles) get here: a forked worker
@@ -352,7 +353,7 @@ class LatentIterableDataset(IterableDataset):
             return data if data is not None else backend.get_range(layout.shard(shard), 0, end)
 
         mine = self._split(self._order(sorted(by_shard)))
-        for shard, data in fetch_ahead(fetch, mine, self.prefetch, min(self.prefetch, self.prefetch_start)):
+        for shard, data in fetch_ahead(fetch, mine, self.prefetch, self.prefetch_start):
             # named in errors only: made on first use, so a worker reading through signed URLs
             # never builds the S3 filesystem just to spell a path
             path = _Lazy(lambda shard=shard: self.store.shard_path(shard))
