@@ -15,7 +15,7 @@ and size only), followed at the end by the same two zero blocks and padding to 1
 shard's sha256 is updated chunk by chunk in order (one worker thread runs jobs first in, first
 out); channel sums, the index document and the manifest rows come from the same functions.
 Memory: at most :data:`IN_FLIGHT` shards are being finished while the caller fills the next
-(peak ~3 shards' bytes, where packing into one reused buffer held ~2).
+(peak ~3–4 shards' bytes, where packing into one reused buffer held ~2).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ __all__ = ["CHUNK", "IN_FLIGHT", "ShardPipeline"]
 #: samples packed at once (~2.7 MB of small latents): small enough that checksums start early
 CHUNK = 256
 #: shards being finished (hashed, indexed, written) while the caller fills the next: memory
-#: is about (1 + 2 * IN_FLIGHT) shards' bytes at the peak (the shard being filled: its staging
-#: objects and packed chunks; each one being finished: its chunks and their join)
+#: is about 2 + 2 * IN_FLIGHT shards' bytes at the peak (the shard being filled: its staging
+#: objects and packed chunks; each one being finished: its chunks and, briefly, their join)
 IN_FLIGHT = 1
 
 
