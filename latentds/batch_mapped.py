@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import weakref
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def names_match(m: "Manifest", rows: np.ndarray, heads: np.ndarray) -> bool:
     return True
 
 
-def read_mapped(m: "Manifest", fds_of: Callable[[list[int]], list[int]], rows: np.ndarray, shard: np.ndarray, off: np.ndarray,
+def read_mapped(m: "Manifest", fds_of: Callable[[list[int]], Iterable[int]], rows: np.ndarray, shard: np.ndarray, off: np.ndarray,
                 length: np.ndarray, mean_data: np.ndarray, layout: np.ndarray, dest: np.ndarray,
                 bufs: list[memoryview | None], nbytes: np.ndarray, want: np.ndarray, once: bool, one: bool,
                 on_bad: Callable[[int], None] | None = None) -> int:

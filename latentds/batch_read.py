@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from .batch_samples import Samples
 from .shard_cache import ShardCache, shard_cache_of
 from .store.shards import TAR_HEADER
 from .store.fsio import call
+from .batch_signed import fetch_ranges
 
 if TYPE_CHECKING:
     from .dataset import LatentDataset
@@ -217,6 +218,7 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     if store._local is None:
         store._local = store.location.is_local
     local = bool(store._local)
+    sign = getattr(ds, "batch_sign_urls", True)
     if gap is None:
         gap = getattr(ds, "batch_gap_bytes", None)
         if gap is None:
@@ -252,11 +254,12 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     elif not local:
         sc = shard_cache_of(ds)
         if sc is not None:
-            copied = _copies(store, sc, m, plan_paths, shard)
+            copied = _copies(store, sc, m, plan_paths, shard, sign)
             mine = np.isin(shard, np.fromiter(copied, np.int64, len(copied)))
             if mine.any():
                 mapped = np.flatnonzero(mine)
-                fds_of, on_bad = (lambda ss: [_copy_fd(sc, paths[s]) for s in ss]), (lambda s: sc.drop(paths[s]))
+                # a generator, for the reason in _store_fds (the shard cache keeps 64 descriptors)
+                fds_of, on_bad = (lambda ss: (_copy_fd(sc, paths[s]) for s in ss)), (lambda s: sc.drop(paths[s]))
             rest = np.flatnonzero(~mine)
     if mapped is not None:
         # names and CRCs are checked in there (only the first time, with ``once``)
@@ -281,9 +284,9 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
         members = [rest[m_] for m_ in members]
         gsh = shard[[m_[0] for m_ in members]].tolist()
         groups = list(zip(gsh, gs.tolist(), ge.tolist(), [m_.tolist() for m_ in members]))
-        reader = _read_local if local else _read_remote
-        reader(store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
-               slots.tolist(), bufs, nbytes, heads, crcs)
+        args = (store, groups, plan_paths, off.tolist(), length.tolist(), mean_data.tolist(), layout.tolist(),
+                slots.tolist(), bufs, nbytes, heads, crcs)
+        _read_local(*args) if local else _read_remote(*args, signed_of=m if sign else None)
         # every check before anything is returned; on a failure the per-sample loop re-reads the
         # batch and raises for the first bad sample in batch order, as it would have alone
         if not names_match(m, rows[rest], heads[rest]):
@@ -302,11 +305,14 @@ def _read(ds: "LatentDataset", m: "Manifest", rows: np.ndarray, plan: np.ndarray
     return [views[lay][sl] for lay, sl in zip(layout.tolist(), slots.tolist())]
 
 
-def _store_fds(store: Any, paths: list[str]) -> list[int]:
-    """:func:`_store_fd` of several paths."""
+def _store_fds(store: Any, paths: list[str]) -> Iterable[int]:
+    """:func:`_store_fd` of several paths. When some are not open yet, a generator: opening one
+    may close the store's oldest descriptor (its LRU keeps 256), so each must be mapped before
+    the next is opened (``ShardMaps.many`` does; the map keeps its own duplicate descriptor),
+    or a descriptor already handed out would be closed and its number reused for another file."""
     fds = store._fds if store._fd_pid == os.getpid() else {}
     got = [fds.get(p) for p in paths]
-    return got if None not in got else [_store_fd(store, p) for p in paths]  # type: ignore[return-value]
+    return got if None not in got else (_store_fd(store, p) for p in paths)  # type: ignore[return-value]
 
 
 def _store_fd(store: Any, path: str) -> int:
@@ -325,9 +331,11 @@ def _copy_fd(sc: ShardCache, name: str) -> int:
     return fd
 
 
-def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], shard: np.ndarray) -> set[int]:
+def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], shard: np.ndarray,
+            sign: bool = True) -> set[int]:
     """The shards of this batch that have a local copy, fetching the missing ones whole (one
-    concurrent request set; a shard another worker is fetching is read by range meanwhile)."""
+    concurrent request set, through signed URLs when ``sign``; a shard another worker is
+    fetching is read by range meanwhile)."""
     names = m.shards
     have, want = set(), []
     for s in np.unique(shard).tolist():
@@ -339,8 +347,9 @@ def _copies(store: Any, sc: ShardCache, m: "Manifest", plan_paths: list[str], sh
 
         def cat(paths: list[str]) -> list[bytes]:
             store.reads += len(paths)
-            return call(lambda: fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="raise"),
-                        what, storage_options=store.location.storage_options)
+            return fetch_ranges(store, m if sign else None, paths, [None] * len(paths), [None] * len(paths),
+                                lambda p, a, b: call(lambda: fs.cat_ranges(p, a, b, on_error="raise"), what,
+                                                     storage_options=store.location.storage_options))
 
         try:
             got = set(sc.fetch([names[s] for s in want], rp, cat))
@@ -420,8 +429,11 @@ def _read_local(store: Any, groups: list[tuple[int, int, int, list[int]]], paths
 
 def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], paths: list[str], off: list[int],
                  length: list[int], mean_data: list[int], layout: list[int], slots: list[int],
-                 bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray) -> None:
-    """Every coalesced range of the batch in one concurrent ``cat_ranges``."""
+                 bufs: dict[int, np.ndarray], nbytes: dict[int, int], heads: np.ndarray, crcs: np.ndarray, *,
+                 signed_of: "Manifest | None" = None) -> None:
+    """Every coalesced range of the batch at once: through the signed URLs of ``signed_of``'s
+    shards on a few threads (:mod:`latentds.batch_signed`), whatever they do not return in
+    one concurrent ``cat_ranges``."""
     import google_crc32c
 
     fs = store.location.fs
@@ -430,8 +442,9 @@ def _read_remote(store: Any, groups: list[tuple[int, int, int, list[int]]], path
     gb = [b for _, _, b, _ in groups]
     what = gp[0] if len(set(gp)) == 1 else f"{store.location.url}/shards ({len(set(gp))} shards)"
     try:
-        datas = call(lambda: fs.cat_ranges(gp, ga, gb, on_error="raise"), what,
-                     storage_options=store.location.storage_options)
+        datas = fetch_ranges(store, signed_of, gp, ga, gb,
+                             lambda p, a, b: call(lambda: fs.cat_ranges(p, a, b, on_error="raise"), what,
+                                                  storage_options=store.location.storage_options))
     except FileNotFoundError:
         raise _Mismatch() from None
     store.reads += len(groups)

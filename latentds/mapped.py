@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -62,9 +63,11 @@ class ShardMaps:
             self._maps[ident] = hit
         return hit
 
-    def many(self, fds: list[int], ends: list[int]) -> list[tuple[memoryview, np.ndarray, int]] | None:
+    def many(self, fds: Iterable[int], ends: list[int]) -> list[tuple[memoryview, np.ndarray, int]] | None:
         """:meth:`get` for several files at once (one per shard a batch touches); ``None`` when
-        any of them is short."""
+        any of them is short. ``fds`` may be a generator that opens each file as it is asked for:
+        each is mapped before the next is taken, so a descriptor closed by its owner's LRU after
+        that is harmless (the map holds its own duplicate)."""
         if self._pid != os.getpid():
             self._maps, self._pid = {}, os.getpid()
         out = []

@@ -6,7 +6,7 @@ LRU closes the oldest descriptor at 256: descriptors already in the list being b
 and their numbers reused, so some shards' rows are mapped from another shard's file. The checks
 catch it (the batch is re-read per sample, data stays right), but every such batch loses the
 batched path; with a read-through shard cache (64 descriptors) the CRC failure also deletes a
-good local copy. Marked xfail(strict) until fixed: remove the marker with the fix.
+good local copy. Fixed: each descriptor is mapped before the next is opened.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 
 from latentds import batch_read
 
 
-@pytest.mark.xfail(strict=True, reason="R review: _store_fds closes descriptors it is returning past 256 shards")
 def test_a_batch_over_more_shards_than_open_descriptors_stays_batched(tmp_path: Any, monkeypatch: Any) -> None:
     from latentds.serve import CachedLatentDataset
     from latentds.store import ShardedStore
