@@ -175,8 +175,11 @@ class LatentIterableDataset(IterableDataset):
             plan = pinned[1] if isinstance(pinned[1], EpochPlan) else EpochPlan.from_manifest(pinned[1], pinned[2])
             state["_pinned"] = (pinned[0], plan, None)  # by_shard is rebuilt from the plan
             # and signed GET URLs of its shards (S3): the worker reads them without importing
-            # s3fs or building a client; any failure falls back to the backend (store/signed.py)
-            state["_signed"] = self._signed
+            # s3fs or building a client; any failure falls back to the backend (store/signed.py).
+            # Only to a process being spawned: a URL is a bearer token for 6 h, and an explicit
+            # pickle (a file, a queue, a log) may go where the credentials do not (the copy then
+            # reads through its own client)
+            state["_signed"] = self._signed if spawning() else None
         if self.ship_beside and spawning():
             # a worker being spawned: what grows with the dataset goes beside the pickle, which
             # then stays under the 64 KiB pipe at any size, so every worker starts at once

@@ -28,6 +28,36 @@ def _cache(url: str, options: dict | None = None, n: int = 12):
     return s
 
 
+def _spawn_pickle(obj) -> bytes:
+    """The pickle multiprocessing makes of a process it is spawning (``get_spawning_popen()`` set)."""
+    from multiprocessing import context
+
+    context.set_spawning_popen(object())
+    try:
+        return pickle.dumps(obj)
+    finally:
+        context.set_spawning_popen(None)
+
+
+def test_an_explicit_pickle_carries_no_signed_url(backend) -> None:
+    """A signed URL is a bearer token: only a process being spawned gets them; a pickle made by
+    hand (a file, a queue) holds none, and its copy reads the same samples through its own client."""
+    from latentds import LatentIterableDataset
+
+    if backend.env is None:
+        pytest.skip("signed URLs are an S3 fast path")
+    _cache(backend.url, backend.options)
+    it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options)
+    want = list(it)
+    assert it._signed is not None
+    raw = pickle.dumps(it)
+    for marker in (b"Signature=", b"X-Amz-Signature", b"AWSAccessKeyId"):
+        assert marker not in raw
+    copy = pickle.loads(raw)
+    assert copy._signed is None and _same(list(copy), want)
+    assert pickle.loads(_spawn_pickle(it))._signed is not None  # a spawned worker does get them
+
+
 def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(int(s) == int(t) and torch.equal(x, y) for (x, s), (y, t) in zip(a, b))
 
@@ -56,7 +86,7 @@ def test_unpickled_dataset_reads_the_shipped_plan_only(backend, shuffle: bool) -
         it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options, shuffle=shuffle, seed=3,
                                    samples=samples)
         want = list(it)
-        raw = pickle.dumps(it)
+        raw = _spawn_pickle(it)
         copy = pickle.loads(raw)
         assert isinstance(copy._pinned[1], EpochPlan) and copy._pinned[1].generation == s.refresh().generation
         assert len(raw) < 20_000, len(raw)  # rows, not the manifest
@@ -157,7 +187,7 @@ def test_a_refused_signed_url_falls_back_to_the_backend(backend) -> None:
     _cache(backend.url, backend.options)
     it = LatentIterableDataset(backend.url, "ns", storage_options=backend.options)
     want = list(it)
-    copy = pickle.loads(pickle.dumps(it))
+    copy = pickle.loads(_spawn_pickle(it))
     copy._signed._urls = {k: v.replace("/shards/shard-", "/shards/gone-") for k, v in copy._signed._urls.items()}
     _reset(backend)
     assert _same(list(copy), want)
