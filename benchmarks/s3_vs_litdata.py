@@ -7,7 +7,9 @@ Methods, interleaved per round (alternating order), medians over rounds:
 
 * ``LatentDataset`` shuffled, per sample (a wrapper without ``__getitems__``: the old path);
 * ``LatentDataset`` shuffled, batched (``__getitems__``: a batch's byte ranges coalesced and
-  fetched in one concurrent ``cat_ranges``), default gap (2 MiB) and one GET per shard touched;
+  fetched at once through presigned URLs on a few threads, ``latentds.batch_signed``), default
+  gap (2 MiB) and one GET per shard touched; ``s3fs reads``: the same through one concurrent
+  ``cat_ranges`` (``batch_sign_urls = False``, the path before);
 * ``LatentDataset`` with ``latentds.sampler.ShardAwareSampler`` (shuffled windows of 4 shards);
 * ``LatentIterableDataset`` streaming (whole shards, shuffled shard order), with its default
   shard prefetch and without it (``prefetch=0``: one shard at a time);
@@ -252,6 +254,9 @@ def main() -> None:
                 "LatentIterableDataset (shuffle, local disk: no S3)": lambda r: DataLoader(
                     LatentIterableDataset.from_dataset(local, shuffle=True, seed=r), **dl),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
+                # the batch's ranges through s3fs' cat_ranges, as before the signed URLs (side by side)
+                "LatentDataset shuffled, batched (gap 2 MiB, s3fs reads)": lambda r: DataLoader(
+                    ours(batch_sign_urls=False), shuffle=True, **dl),
                 "LatentDataset shuffled, batched (1 GET/shard)": lambda r: DataLoader(
                     ours(batch_gap_bytes=shard_bytes), shuffle=True, **dl),
             }
@@ -272,6 +277,8 @@ def main() -> None:
             # the store's per-sample ReadThroughCache holds a lock that spawned workers cannot pickle
             methods["LatentDataset shuffled, batched + shard copies"] = lambda r: DataLoader(
                 ours(shard_cache=ShardCache(fresh_dir(r))), shuffle=True, **dl)
+            methods["LatentDataset shuffled, batched + shard copies (s3fs reads)"] = lambda r: DataLoader(
+                ours(shard_cache=ShardCache(fresh_dir(r)), batch_sign_urls=False), shuffle=True, **dl)
 
             def windowed_copies(r: int) -> Any:
                 ds = ours(shard_cache=ShardCache(fresh_dir(r)))

@@ -65,6 +65,10 @@ class SignedRanges:
         except Exception:  # noqa: BLE001 - signing is optional: any failure means "read as before"
             return None
 
+    def expired(self) -> bool:
+        """Past the URLs' lifetime (less the margin): a long-lived reader signs again."""
+        return time.time() > self._valid_until
+
     def get_range(self, rel: str, start: int, end: int) -> bytes | bytearray | None:
         """Bytes ``start..end`` of ``rel`` (short at the object's end), or ``None``."""
         url = self._urls.get(rel)
