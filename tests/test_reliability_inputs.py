@@ -311,6 +311,20 @@ def test_reprs_never_show_credentials() -> None:
     assert loc.storage_options["secret"] == "s3cr3t-value"  # only the printout is redacted
 
 
+@pytest.mark.parametrize("url", [
+    "http://h/b/k?AWSAccessKeyId=AKIDQUERY&Signature=c2lnbmF0dXJl%2B&Expires=1",  # query signing (s3fs sign)
+    "https://h/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDV4%2F20261128&X-Amz-Signature=abcdef"
+    "&x-amz-security-token=TOKENVALUE",
+])
+def test_signed_urls_are_redacted_in_messages(url: str) -> None:
+    from latentds.store.fsio import redact
+
+    text = redact(f"GET {url} failed")
+    for secret in ("AKIDQUERY", "c2lnbmF0dXJl", "AKIDV4", "abcdef", "TOKENVALUE"):
+        assert secret not in text
+    assert "//h/b/k?" in text and text.endswith(" failed")  # the object stays named
+
+
 # -- item 9: a row whose bytes are another sample's is an error, not a wrong sample --------------
 
 def _swap_rows(ds: Any) -> None:

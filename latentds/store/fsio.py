@@ -160,8 +160,11 @@ def redact(text: str, storage_options: dict[str, Any] | None = None) -> str:
         v = os.environ.get(env)
         if v and len(v) >= 4:
             text = text.replace(v, f"<{env} redacted>")
-    # presigned URLs carry their credential in the query string
-    return re.sub(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s]+", r"\1<redacted>", text)
+    # presigned URLs carry their credential in the query string: SigV4 (X-Amz-*) and the query
+    # signing s3fs/botocore still produce for plain S3 GET URLs (Signature, AWSAccessKeyId,
+    # x-amz-security-token)
+    return re.sub(r"((?:X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|x-amz-security-token)=)"
+                  r"[^&\s]+", r"\1<redacted>", text, flags=re.IGNORECASE)
 
 
 def _secret_values(opts: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
