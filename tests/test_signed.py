@@ -93,6 +93,57 @@ def test_a_body_cut_short_is_not_returned() -> None:
         server.server_close()
 
 
+class _Odd(BaseHTTPRequestHandler):
+    """Answers that look whole but are not the range asked for, or cannot prove they are whole."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "ok"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        a, b = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+        blob = _BLOB
+        body = blob[a:b + 1]
+        self.send_response(206)
+        if self.mode == "shifted":  # another range's bytes, labelled as such
+            body = blob[a + 10:b + 11]
+            self.send_header("Content-Range", f"bytes {a + 10}-{a + 10 + len(body) - 1}/{len(blob)}")
+        elif self.mode == "unlabelled":  # no Content-Range at all
+            pass
+        else:
+            self.send_header("Content-Range", f"bytes {a}-{a + len(body) - 1}/{len(blob)}")
+        if self.mode == "no-length":  # close-delimited and cut: nothing tells it from a whole body
+            body = body[:len(body) // 2]
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("mode", ["shifted", "unlabelled", "no-length"])
+def test_an_answer_that_is_not_provably_the_range_is_not_returned(mode: str) -> None:
+    """Not the asked bytes, or no proof they are whole: the fast path turns off (the backend
+    reads the range), instead of handing the reader bytes that fail its CRC as a 'corrupt shard'."""
+    handler = type("H", (_Odd,), {"mode": mode})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/shard.tar?X-Amz-Signature=x"
+    try:
+        ok = SignedRanges({"s": url}, time.time() + 600)
+        handler.mode = "ok"
+        assert ok.get_range("s", 3, (1 << 20) + 9) == _BLOB[3:(1 << 20) + 9]  # the same server, answering right
+        handler.mode = mode
+        sr = SignedRanges({"s": url}, time.time() + 600)
+        assert sr.get_range("s", 3, (1 << 20) + 9) is None and sr._off
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 _BLOB = os.urandom((2 << 20) + 123)
 
 
@@ -109,6 +160,7 @@ class _Ranged(BaseHTTPRequestHandler):
         body = _BLOB[a:b + 1]
         self.send_response(206)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Range", f"bytes {a}-{a + len(body) - 1}/{len(_BLOB)}")
         self.end_headers()
         self.wfile.write(body)
 

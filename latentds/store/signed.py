@@ -76,30 +76,40 @@ class SignedRanges:
             return None
         rng = f"bytes={start}-{max(start, end - 1)}"
         try:
-            status, data = self._get(url, rng)
+            status, data, framed, crange = self._get(url, rng)
         except (OSError, ValueError, http.client.HTTPException):  # URLError/HTTPError are OSErrors
             self._drop_conn()
             self._off = True
             return None
+        # only an answer that proves it is whole and is the range asked for is used: anything
+        # else is a lost fast path (the backend reads it), never a false "shard corrupt" error
+        if not framed:  # no Content-Length and not chunked: a cut body cannot be told from a whole one
+            self._off = True
+            return None
         if status == 200:  # a server that ignored the Range header: the whole object
             return data[start:end]
-        if status != 206:
+        if status != 206 or not _range_is(crange, start, len(data)):
             self._off = True
             return None
         return data
 
-    def _get(self, url: str, rng: str) -> tuple[int, bytes | bytearray]:
+    def _get(self, url: str, rng: str) -> tuple[int, bytes | bytearray, bool, str | None]:
+        """``(status, body, framed, Content-Range)``; ``framed``: the body's end was declared
+        (Content-Length or chunked), so ``read`` raised ``IncompleteRead`` if it was cut short."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or _proxied(parts):
             # a proxy from the environment: urllib honours it (as boto does), http.client does not
             req = urllib.request.Request(url, headers={"Range": rng})
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-                return resp.status, resp.read()  # raises IncompleteRead when the body is cut short
+                framed = bool(resp.chunked) or resp.length is not None
+                # raises IncompleteRead when a framed body is cut short
+                return resp.status, resp.read(), framed, resp.headers.get("Content-Range")
         conn = self._conn(parts)
         target = parts.path + ("?" + parts.query if parts.query else "")
         try:
             conn.request("GET", target, headers={"Range": rng})
             resp = conn.getresponse()
+            framed = bool(resp.chunked) or resp.length is not None
             if resp.status in (200, 206) and not resp.chunked and resp.length is not None:
                 data = _read_body(conn, resp)
             else:
@@ -109,7 +119,7 @@ class SignedRanges:
             raise
         if resp.will_close:
             self._drop_conn()
-        return resp.status, data
+        return resp.status, data, framed, resp.getheader("Content-Range")
 
     def _conn(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         """This thread's kept-alive connection to ``parts``' host (a new one after a fork: the
@@ -137,6 +147,16 @@ class SignedRanges:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+
+def _range_is(crange: str | None, start: int, n: int) -> bool:
+    """Whether ``Content-Range: bytes a-b/total`` says the body is bytes ``start..start+n``."""
+    try:
+        unit, _, rest = (crange or "").strip().partition(" ")
+        a, _, b = rest.split("/")[0].partition("-")
+        return unit.lower() == "bytes" and int(a) == start and int(b) - int(a) + 1 == n
+    except ValueError:
+        return False
 
 
 def _proxied(parts: urllib.parse.SplitResult) -> bool:
