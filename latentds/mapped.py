@@ -16,6 +16,7 @@ still fault; that needs someone truncating an immutable shard in place while it 
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 from collections.abc import Iterable
@@ -34,7 +35,9 @@ class ShardMaps:
         self.limit = int(limit)
         self._pid = -1
         self._maps: dict[tuple[int, int], tuple[memoryview, np.ndarray, int]] = {}
-        self._serial = 0  # never reset, not even in a forked child: a serial names one map for good
+        # never reset, not even in a forked child: a serial names one map for good; ``next`` on a
+        # count is one C call, so two threads mapping at once cannot draw the same serial
+        self._serials = itertools.count(1)
 
     def get(self, fd: int, end: int) -> tuple[memoryview, np.ndarray, int] | None:
         """A flat read-only ``memoryview`` and ``uint8`` array of the whole file behind ``fd``
@@ -54,8 +57,7 @@ class ShardMaps:
                 return None
             # no MADV_RANDOM: a cold read of a 50 KB sample would then fault page by page
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            self._serial += 1
-            hit = (memoryview(mm), np.frombuffer(mm, np.uint8), self._serial)
+            hit = (memoryview(mm), np.frombuffer(mm, np.uint8), next(self._serials))
             if len(self._maps) >= self.limit:
                 # dropping our references unmaps once no returned view is alive (batches are
                 # copies, so none is)
