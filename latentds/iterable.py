@@ -35,6 +35,7 @@ from .sample.views import choose_view, view_key
 from .store import open_store
 from .store import layout
 from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
+from .shardwalk import ShardWalk
 from .store.sidefile import SideFile, ship, spawning
 from .store.signed import SignedRanges
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
@@ -363,16 +364,19 @@ class LatentIterableDataset(IterableDataset):
             # walk the manifest's rows of this shard (not the tar's members): the shard may also
             # hold samples that are not this dataset's, or that the manifest no longer names
             rows = by_shard[shard]
-            if self.shuffle:
-                rows = [rows[i] for i in rng.permutation(len(rows))]
-            for row in rows:
-                mean = _decode_row(m, row, data, path)
-                key = m.key_bytes(row).decode()
-                target: Any = samples[key] if samples is not None else m.row_layout(row)[4]
-                if self.target_transform is not None:
-                    target = self.target_transform(target)
+            # the whole shard's rows checked at once on arrival (names, bounds, .npy headers,
+            # CRC32Cs); a row failing any check is decoded by _decode_row at its own turn, which
+            # raises its typed error there, after the samples before it, as a per-row walk did
+            walk = ShardWalk(m, rows, data, lambda row, path=path, data=data: _decode_row(m, row, data, path))
+            order = rng.permutation(len(rows)).tolist() if self.shuffle else range(len(rows))
+            targets = ([samples[k.decode()] for k in walk.keys] if samples is not None
+                       else walk.cols[:, 4].tolist())
+            mean_of, ttf, tf = walk.mean, self.target_transform, self.transform
+            for i in order:
+                mean = mean_of(i)
+                target: Any = targets[i] if ttf is None else ttf(targets[i])
                 z = torch.from_numpy(mean.copy())  # a writable tensor of its own (one copy)
-                yield (self.transform(z) if self.transform else z), target
+                yield (tf(z) if tf else z), target
 
 
 def _remove_all(shipped: list[SideFile]) -> None:

@@ -79,6 +79,14 @@ class EpochPlan:
     def key_bytes(self, row: int) -> bytes:
         return bytes(self._keys[row])
 
+    def row_columns(self, rows: np.ndarray) -> np.ndarray:
+        """As ``Manifest.row_columns``: ``(len(rows), 6)`` int64 of ``_FIELDS`` (a whole shard's)."""
+        return self._ints[np.asarray(rows, np.int64)]
+
+    def key_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """As ``Manifest.key_matrix``: the hex keys of ``rows`` as an ``(n, 40)`` uint8 matrix."""
+        return self._keys[np.asarray(rows, np.int64)].view(np.uint8).reshape(-1, 40)
+
     def crc32c_at(self, row: int) -> int:
         return self._rows[row][5]
 
