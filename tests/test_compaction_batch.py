@@ -233,3 +233,34 @@ def test_compaction_ab_prints_a_shard_digest(tmp_path) -> None:
         runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
     assert runs[0]["packed"] == runs[1]["packed"] == 40
     assert runs[0]["shards_sha256"] == runs[1]["shards_sha256"]  # same shards with and without the read thread
+
+
+def test_staging_batches_are_bounded_by_bytes(tmp_path: Any, monkeypatch: Any) -> None:
+    """Compaction reads staging objects in batches (one read ahead) of at most STAGED_BATCH
+    objects and STAGED_BATCH_BYTES bytes, so its memory does not grow with the sample size
+    (review R2: 256 objects of 8 MB latents were 4 GB)."""
+    import numpy as np
+
+    from latentds.store import ShardedStore, entries
+    from latentds.store.entries import LatentCache
+
+    store = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
+    m = np.zeros((64, 64, 64), np.float32)  # 1 MiB per object
+    for i in range(20):
+        store.cache.put(f"{i:040x}", m + i, None, {"target": i})
+    seen: list[int] = []
+    real = entries.fetch_ahead
+
+    def spy(fn: Any, items: Any, depth: int = 0, start: Any = None) -> Any:
+        def counted(batch: list[str]) -> Any:
+            seen.append(len(batch))
+            return fn(batch)
+        return real(counted, items, depth)
+
+    monkeypatch.setattr(entries, "fetch_ahead", spy)
+    rep = store.compact()
+    assert rep.packed == 20 and not rep.bad
+    assert sum(seen) == 20 and 1 <= max(seen) <= entries.STAGED_BATCH_BYTES // (1 << 20)
+    for i in (0, 7, 19):  # served from the shards, each its own sample
+        e = store.get(f"{i:040x}")
+        assert e is not None and float(e.mean.reshape(-1)[0]) == float(i)

@@ -3,7 +3,7 @@ checksums are fine but whose metadata text is not valid JSON must be reported by
 ``CompactReport.bad`` while the others are packed, as the one-object reader did. The joined scan
 in ``savez._loads_many`` catches only StopIteration, so json's scanner raises its
 JSONDecodeError (or ValueError for an integer over 4300 digits) out of compaction instead.
-Remove the xfail marker with the fix (catch ValueError there too)."""
+Fixed: the joined scan catches ValueError too and leaves the text to ``_loads``."""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from latentds.store.entries import LatentCache, array_digest
 _BAD_TEXTS = [b'{"a": 1,}', b'{"a" 1}', b'{"a": "\\x"}', b'{"a": [1 2]}', b'{"a": 1' + b"0" * 5000 + b"}"]
 
 
-@pytest.mark.xfail(strict=True, reason="R2 review: _loads_many lets json's ValueError out (savez.py)")
 def test_joined_parse_refuses_what_json_loads_refuses() -> None:
     for t in _BAD_TEXTS:
         assert savez._loads(t) is savez._BAD
         assert savez._loads_many([t, b"{}"])[0] is savez._BAD, t
 
 
-@pytest.mark.xfail(strict=True, reason="R2 review: one bad metadata text aborts the whole compaction")
 def test_compaction_reports_a_staging_object_with_invalid_metadata_and_packs_the_rest(tmp_path) -> None:
     store = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
     keys = sorted(os.urandom(20).hex() for _ in range(5))

@@ -42,6 +42,10 @@ __all__ = ["FORMAT_VERSION", "Entry", "Staged", "array_digest", "LatentCache", "
 FORMAT_VERSION = 1
 #: staging objects compaction reads before checking them together (~2 MB of small latents)
 STAGED_BATCH = 256
+#: ... and at most this many bytes of them (one object more when a single one is larger): with
+#: a batch read ahead, memory stays ~2 batches whatever the sample size (256 objects of 8 MB
+#: latents were 4 GB)
+STAGED_BATCH_BYTES = 8 << 20
 #: read the next batch on a thread while this one is checked (compaction on local disk)
 READ_AHEAD = True
 
@@ -247,8 +251,23 @@ class LatentCache:
 
         # the next batch is read on a thread while this one is checked: the reads are system
         # calls, which release the GIL (and the checks' sha256 releases it for the reader)
-        batches = [keys[a:a + STAGED_BATCH] for a in range(0, len(keys), STAGED_BATCH)]
-        for _, batch in fetch_ahead(read, batches, 1 if READ_AHEAD else 0):
+        def batches() -> Iterator[list[str]]:  # lazily, as fetch_ahead asks for the next batch
+            batch: list[str] = []
+            size = 0
+            for key in keys:
+                try:
+                    n = os.stat(f"{root}/{key[:2]}/{key}.npz").st_size
+                except OSError:
+                    n = 0  # gone or unreadable: read() reports it
+                if batch and (len(batch) >= STAGED_BATCH or size + n > STAGED_BATCH_BYTES):
+                    yield batch
+                    batch, size = [], 0
+                batch.append(key)
+                size += n
+            if batch:
+                yield batch
+
+        for _, batch in fetch_ahead(read, batches(), 1 if READ_AHEAD else 0):
             present = [(p, d) for _, p, d in batch if d is not None]
             checked = iter(decode_staged_many([d for _, d in present], [p for p, _ in present]))  # type: ignore[misc]
             for key, _, data in batch:

@@ -213,7 +213,7 @@ def _loads_many(raws: list[bytes]) -> list[Any]:
         if s.startswith("{", pos):
             try:
                 obj, stop = _SCAN(s, pos)
-            except StopIteration:
+            except (StopIteration, ValueError):  # JSONDecodeError, an int over 4,300 digits: _loads says which
                 obj, stop = _BAD, -1
             if stop != end:
                 obj = _BAD

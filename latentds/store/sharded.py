@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import closing
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -353,7 +354,9 @@ class ShardedStore:
                   else fetch_ahead(load, todo, STAGING_READ_AHEAD))
         # shards are packed here a chunk at a time and hashed, named, indexed and written on a
         # background thread meanwhile (store/shardpipe.py: the same bytes as write_shard)
-        with ShardPipeline(self.backend) as pipe:
+        # closing(): on an error the read-ahead stops now, not when a traceback holding this
+        # frame is collected
+        with closing(staged), ShardPipeline(self.backend) as pipe:
             for key, e in staged:
                 if isinstance(e, CacheError):  # corrupt staging object: never packed, reported by name
                     report.bad.append((self.cache.object_path(key), str(e)))

@@ -141,6 +141,9 @@ class ShardPipeline:
 
     def __exit__(self, *exc: Any) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        # futures hold shards' bytes, and a failed one its exception, whose traceback holds
+        # this frame: drop them so nothing waits for the cycle collector
+        self.done, self.cur = [], _Shard()
 
     def add(self, key: str, entry: Any) -> None:
         s = self.cur
