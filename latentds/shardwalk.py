@@ -60,6 +60,8 @@ class ShardWalk:
         off, length, mlen, crc = cols[:, _OFF], cols[:, _LEN], cols[:, _MLEN], cols[:, _CRC]
         # bounds (the truncation check) and a CRC32C to check against (legacy rows: sha256)
         ok = (off >= TAR_HEADER) & (length >= 0) & (off + length <= len(buf)) & (crc >= 0)
+        if not ok.any():  # e.g. a shard shorter than a name: the per-row path raises ShardError
+            return  # (past here some row is in bounds, so len(buf) >= 512 and every name gather is too)
         # tar member names: "<key>.npy\0" right at the start of each row's header block
         names = [k + b".npy\0" for k in keys]
         width = max(map(len, names))

@@ -1,7 +1,7 @@
 """R3 review of df53a6f (ShardWalk): a streamed shard shorter than one tar member name (45 bytes,
 e.g. an emptied or cut object) must raise the per-row path's typed ``ShardError`` ("truncated"),
 as before the commit; ShardWalk's vectorised name gather indexes bytes 0..44 of every row that
-failed the bounds check and raises numpy's ``IndexError`` instead. Remove the xfail with the fix
+failed the bounds check and raised numpy's ``IndexError`` instead. Fixed
 (e.g. ``if not ok.any(): return`` right after the bounds check in ``ShardWalk.__init__``)."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from latentds.errors import ShardError
 from test_shardwalk import _cache, _rewrite
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="R3: ShardWalk gathers name bytes past a tiny shard's end")
 @pytest.mark.parametrize("keep", [0, 44])
 def test_a_shard_shorter_than_a_member_name_raises_shard_error(tmp_path: Path, keep: int) -> None:
     s, m = _cache(tmp_path)
