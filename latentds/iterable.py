@@ -17,6 +17,10 @@ resolved when it is called) with the dataset's targets: a namespace shared with 
 (train and val in one cache), rows superseded by a changed source, and targets stored at encode
 time under an older ``class_to_idx`` are never yielded (issue 11, item 2). A sample of the
 dataset that is not committed yet is an error, not a silently shorter epoch.
+
+With ``batch_size=B`` whole batches are yielded (``DataLoader(ds, batch_size=None)``), exactly
+those ``DataLoader(ds, batch_size=B)`` would collate, built in the worker without a per-sample
+trip through the DataLoader (latentds/stream_batch.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .store import open_store
 from .store import layout
 from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
 from .shardwalk import ShardWalk
+from .stream_batch import ShardItems, check_batch_size, stream_batches
 from .store.sidefile import SideFile, ship, spawning
 from .store.signed import SignedRanges
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
@@ -84,6 +89,11 @@ class LatentIterableDataset(IterableDataset):
             epoch: ``samples`` in dataset order); :meth:`from_dataset` passes it.
         prefetch: shards fetched ahead (on as many threads, per process) while one is decoded;
             0 reads one shard at a time.
+        batch_size: yield whole batches ``(latents[B, ...], targets[B])`` instead of samples;
+            load with ``DataLoader(ds, batch_size=None, num_workers=...)``. Exactly what
+            ``DataLoader(ds, batch_size=B)`` gives per sample (each worker batches its own
+            stream), without the per-sample trip through the DataLoader (latentds/stream_batch.py).
+        drop_last: with ``batch_size``, drop each worker's last, partial batch.
     """
 
     def __init__(self, cache: str, namespace: str, *, storage_options: dict[str, Any] | None = None,
@@ -91,8 +101,9 @@ class LatentIterableDataset(IterableDataset):
                  transform: Callable[[torch.Tensor], Any] | None = None,
                  samples: dict[str, int] | None = None,
                  target_transform: Callable[[int], Any] | None = None, views: int = 1,
-                 prefetch: int = DEFAULT_DEPTH) -> None:
+                 prefetch: int = DEFAULT_DEPTH, batch_size: int | None = None, drop_last: bool = False) -> None:
         super().__init__()
+        self.batch_size, self.drop_last = check_batch_size(batch_size, drop_last)
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views must be a positive int (1: no augmented views), not {views!r}")
         if views > 1 and samples is None:
@@ -336,6 +347,23 @@ class LatentIterableDataset(IterableDataset):
         return self._split(self.shards())
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        count, shards = self._walks()
+        if self.batch_size is not None:  # whole batches (latentds/stream_batch.py)
+            yield from stream_batches(shards, count, self.batch_size, self.drop_last, self.transform,
+                                      self.target_transform)
+            return
+        ttf, tf = self.target_transform, self.transform
+        for walk, order, targets in shards:
+            mean_of = walk.mean
+            for i in order:
+                mean = mean_of(i)
+                target: Any = targets[i] if ttf is None else ttf(targets[i])
+                z = torch.from_numpy(mean.copy())  # a writable tensor of its own (one copy)
+                yield (tf(z) if tf else z), target
+
+    def _walks(self) -> tuple[int, Iterator[ShardItems]]:
+        """This process's samples of the epoch: how many, and per shard (in this worker's order,
+        fetched ahead) its checked walk, the order its rows are served in and their targets."""
         # one generation for the whole epoch: the shard list and the rows come from the same one
         m, by_shard = self._plan()
         samples = self._epoch_samples()
@@ -357,26 +385,25 @@ class LatentIterableDataset(IterableDataset):
             return data if data is not None else backend.get_range(layout.shard(shard), 0, end)
 
         mine = self._split(self._order(sorted(by_shard)))
-        for shard, data in fetch_ahead(fetch, mine, self.prefetch, self.prefetch_start):
-            # named in errors only: made on first use, so a worker reading through signed URLs
-            # never builds the S3 filesystem just to spell a path
-            path = _Lazy(lambda shard=shard: self.store.shard_path(shard))
-            # walk the manifest's rows of this shard (not the tar's members): the shard may also
-            # hold samples that are not this dataset's, or that the manifest no longer names
-            rows = by_shard[shard]
-            # the whole shard's rows checked at once on arrival (names, bounds, .npy headers,
-            # CRC32Cs); a row failing any check is decoded by _decode_row at its own turn, which
-            # raises its typed error there, after the samples before it, as a per-row walk did
-            walk = ShardWalk(m, rows, data, lambda row, path=path, data=data: _decode_row(m, row, data, path))
-            order = rng.permutation(len(rows)).tolist() if self.shuffle else range(len(rows))
-            targets = ([samples[k.decode()] for k in walk.keys] if samples is not None
-                       else walk.cols[:, 4].tolist())
-            mean_of, ttf, tf = walk.mean, self.target_transform, self.transform
-            for i in order:
-                mean = mean_of(i)
-                target: Any = targets[i] if ttf is None else ttf(targets[i])
-                z = torch.from_numpy(mean.copy())  # a writable tensor of its own (one copy)
-                yield (tf(z) if tf else z), target
+
+        def walks() -> Iterator[ShardItems]:
+            for shard, data in fetch_ahead(fetch, mine, self.prefetch, self.prefetch_start):
+                # named in errors only: made on first use, so a worker reading through signed URLs
+                # never builds the S3 filesystem just to spell a path
+                path = _Lazy(lambda shard=shard: self.store.shard_path(shard))
+                # walk the manifest's rows of this shard (not the tar's members): the shard may also
+                # hold samples that are not this dataset's, or that the manifest no longer names
+                rows = by_shard[shard]
+                # the whole shard's rows checked at once on arrival (names, bounds, .npy headers,
+                # CRC32Cs); a row failing any check is decoded by _decode_row at its own turn, which
+                # raises its typed error there, after the samples before it, as a per-row walk did
+                walk = ShardWalk(m, rows, data, lambda row, path=path, data=data: _decode_row(m, row, data, path))
+                order = rng.permutation(len(rows)).tolist() if self.shuffle else range(len(rows))
+                targets = ([samples[k.decode()] for k in walk.keys] if samples is not None
+                           else walk.cols[:, 4].tolist())
+                yield walk, order, targets
+
+        return sum(len(by_shard[s]) for s in mine), walks()
 
 
 def _remove_all(shipped: list[SideFile]) -> None:
