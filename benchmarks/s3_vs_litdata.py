@@ -12,7 +12,8 @@ Methods, interleaved per round (alternating order), medians over rounds:
   ``cat_ranges`` (``batch_sign_urls = False``, the path before);
 * ``LatentDataset`` with ``latentds.sampler.ShardAwareSampler`` (shuffled windows of 4 shards);
 * ``LatentIterableDataset`` streaming (whole shards, shuffled shard order), with its default
-  shard prefetch and without it (``prefetch=0``: one shard at a time);
+  shard prefetch and without it (``prefetch=0``: one shard at a time); ``batched``: the dataset
+  yields whole batches (``batch_size=``, ``DataLoader(batch_size=None)``: latentds/stream_batch.py);
 * LitData ``StreamingDataset(shuffle=True)`` through ``StreamingDataLoader``, a fresh
   ``cache_dir`` each epoch, with its defaults (async chunk prefetch over obstore, told to
   allow the http:// loopback endpoint: ``_litdata_allow_http``).
@@ -223,8 +224,11 @@ def main() -> None:
                 return litdata.StreamingDataLoader(sd, **dl)
 
             def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False,
-                              ship: str = "plan+signed", inline: bool = False, start: int | None = None) -> Any:
+                              ship: str = "plan+signed", inline: bool = False, start: int | None = None,
+                              batched: bool = False) -> Any:
                 kw = {} if prefetch is None else {"prefetch": prefetch}
+                if batched:  # the dataset batches (each worker its own stream), the DataLoader passes them on
+                    kw["batch_size"] = args.batch
                 it = LatentIterableDataset.from_dataset(ours(), shuffle=True, seed=r, **kw)
                 if start is not None:  # GETs started at once (then ramped up to prefetch)
                     it.prefetch_start = start
@@ -236,7 +240,7 @@ def main() -> None:
                 if not it.sign_urls:  # signed when planned: every reader (forked workers too) read them
                     it._signed = None
                 it.ship_beside = not inline  # spawned workers: samples/plan beside the pickle, or inside it
-                return DataLoader(it, **dl)
+                return DataLoader(it, **(dict(dl, batch_size=None) if batched else dl))
 
             methods: dict[str, Any] = {
                 "LitData StreamingDataset (shuffle)": lit_loader,
@@ -253,6 +257,10 @@ def main() -> None:
                 # no S3 at all: the same cache on local disk, the readers' decode/collate ceiling
                 "LatentIterableDataset (shuffle, local disk: no S3)": lambda r: DataLoader(
                     LatentIterableDataset.from_dataset(local, shuffle=True, seed=r), **dl),
+                "LatentIterableDataset (shuffle, batched)": lambda r: stream_loader(r, batched=True),
+                "LatentIterableDataset (shuffle, batched, local disk: no S3)": lambda r: DataLoader(
+                    LatentIterableDataset.from_dataset(local, shuffle=True, seed=r, batch_size=args.batch),
+                    **dict(dl, batch_size=None)),
                 "LatentDataset shuffled, batched (gap 2 MiB)": lambda r: DataLoader(ours(), shuffle=True, **dl),
                 # the batch's ranges through s3fs' cat_ranges, as before the signed URLs (side by side)
                 "LatentDataset shuffled, batched (gap 2 MiB, s3fs reads)": lambda r: DataLoader(
@@ -310,7 +318,9 @@ def main() -> None:
                     "LatentIterableDataset (shuffle, spawn gets plan, no URLs)",
                     "LatentIterableDataset (shuffle, s3fs reads, no URLs)",
                     "LatentIterableDataset (shuffle, local disk: no S3)",
-                    "LatentIterableDataset (shuffle, spawn gets all in its pickle)")}
+                    "LatentIterableDataset (shuffle, spawn gets all in its pickle)",
+                    "LatentIterableDataset (shuffle, batched)",
+                    "LatentIterableDataset (shuffle, batched, local disk: no S3)")}
             methods = {k: v for k, v in methods.items() if not any(x in k for x in args.exclude)}
             res: dict[str, list[dict[str, float]]] = {k: [] for k in methods}
             for r in range(args.rounds):
@@ -352,10 +362,14 @@ def main() -> None:
                 print(f"goal shuffled random access (global shuffle) >= 0.5x LitData streaming: {best}: whole epoch "
                       f"{b_rate / lit:.2f}x, steady {b_steady / lit_steady:.2f}x "
                       f"({'met' if min(b_rate / lit, b_steady / lit_steady) >= 0.5 else 'NOT met'})")
-            st = statistics.median(e["rate"] for e in res["LatentIterableDataset (shuffle)"])
-            st_steady = statistics.median(e["steady"] for e in res["LatentIterableDataset (shuffle)"])
-            print(f"goal streaming >= 1.1x LitData: {st / lit:.2f}x whole epoch ({'met' if st / lit >= 1.1 else 'NOT met'}), "
-                  f"{st_steady / lit_steady:.2f}x steady ({'met' if st_steady / lit_steady >= 1.1 else 'NOT met'})")
+            for k in ("LatentIterableDataset (shuffle)", "LatentIterableDataset (shuffle, batched)"):
+                if k not in res:
+                    continue
+                st = statistics.median(e["rate"] for e in res[k])
+                st_steady = statistics.median(e["steady"] for e in res[k])
+                print(f"goal streaming >= 1.1x LitData, {k}: {st / lit:.2f}x whole epoch "
+                      f"({'met' if st / lit >= 1.1 else 'NOT met'}), {st_steady / lit_steady:.2f}x steady "
+                      f"({'met' if st_steady / lit_steady >= 1.1 else 'NOT met'})")
     finally:
         proxy.stop()
         if mgr is not None:
