@@ -66,8 +66,9 @@ def _lit_item(npy: str, targets: list[int], i: int) -> dict[str, Any]:
 
 def _litdata_allow_http() -> None:
     """LitData fetches chunks through obstore, whose client refuses http:// endpoints unless
-    told (``allow_http``); LitData passes its own client options without it. Its DataLoader
-    workers are spawned and re-import this module, so this runs at import (below)."""
+    told (``allow_http``); LitData passes its own client options without it. Called in
+    ``main`` and, for spawned workers, in LitData's ``worker_init_fn`` (not at import: spawned
+    workers re-import this module, and ours would then import litdata and boto3 too)."""
     try:
         import litdata.streaming.downloader as lit_dl
     except ImportError:
@@ -75,7 +76,8 @@ def _litdata_allow_http() -> None:
     lit_dl._OBSTORE_CLIENT_OPTIONS["allow_http"] = True  # type: ignore[index]
 
 
-_litdata_allow_http()
+def _lit_worker_init(worker_id: int) -> None:
+    _litdata_allow_http()
 
 
 def upload(fs: Any, local: Path, remote: str, skip: tuple[str, ...] = ()) -> int:
@@ -130,18 +132,22 @@ def _server_process() -> Any:
 def epoch(loader: Any, proxy: Any) -> dict[str, float]:
     proxy.reset_counts()
     t0 = time.perf_counter()
-    n, first, n0 = 0, None, 0
+    n, first, n0, mb_first = 0, None, 0, 0.0
     for batch in loader:
         x = batch["latent"] if isinstance(batch, dict) else batch[0]
         n += len(x)
         if first is None:
             first, n0 = time.perf_counter() - t0, n
+            # bytes the server had sent by the first batch: what is left is downloaded in the
+            # steady phase, beside the decode (the test server's CPU is this machine's)
+            mb_first = sum(proxy.stats()["bytes_out"].values()) / 1e6
     dt = time.perf_counter() - t0
     steady = (n - n0) / (dt - first) if first is not None and dt > first else 0.0
     st = proxy.stats()
     return {"rate": n / dt, "steady": steady, "wall": dt, "first": first or dt, "n": n,
             "gets": st["counts"].get("GET", 0), "requests": sum(st["counts"].values()),
-            "mb": sum(st["bytes_out"].values()) / 1e6, "server": st["upstream_s"]}
+            "mb": sum(st["bytes_out"].values()) / 1e6, "server": st["upstream_s"],
+            "mb_steady": sum(st["bytes_out"].values()) / 1e6 - mb_first}
 
 
 def main() -> None:
@@ -175,6 +181,7 @@ def main() -> None:
     from latentds.testing.loopback_s3 import storage_options
 
     torch.set_num_threads(1)
+    _litdata_allow_http()
     import multiprocessing
 
     # litdata.optimize switches the whole process to "spawn" (set_start_method(force=True)); a
@@ -221,6 +228,11 @@ def main() -> None:
             def lit_loader(r: int) -> Any:
                 sd = litdata.StreamingDataset("s3://bench/lit", cache_dir=str(work / f"litcache-{r}-{time.time_ns()}"),
                                               storage_options=lit_opts, shuffle=True, seed=r)
+                return litdata.StreamingDataLoader(sd, worker_init_fn=_lit_worker_init, **dl)
+
+            def lit_local(r: int) -> Any:  # LitData's chunks read from local disk: no S3 server beside it
+                sd = litdata.StreamingDataset(str(work / "lit"), cache_dir=str(work / f"litcache-{r}-{time.time_ns()}"),
+                                              shuffle=True, seed=r)
                 return litdata.StreamingDataLoader(sd, **dl)
 
             def stream_loader(r: int, prefetch: int | None = None, late_plan: bool = False,
@@ -244,6 +256,7 @@ def main() -> None:
 
             methods: dict[str, Any] = {
                 "LitData StreamingDataset (shuffle)": lit_loader,
+                "LitData StreamingDataset (shuffle, local disk: no S3)": lit_local,
                 "LatentIterableDataset (shuffle)": stream_loader,
                 "LatentIterableDataset (shuffle, no prefetch)": lambda r: stream_loader(r, 0),
                 "LatentIterableDataset (shuffle, workers plan)": lambda r: stream_loader(r, late_plan=True),
@@ -311,6 +324,7 @@ def main() -> None:
             if args.stream_only:
                 methods = {k: v for k, v in methods.items() if k in (
                     "LitData StreamingDataset (shuffle)", "LatentIterableDataset (shuffle)",
+                    "LitData StreamingDataset (shuffle, local disk: no S3)",
                     "LatentIterableDataset (shuffle, workers plan)", "LatentIterableDataset (shuffle, prefetch 4)",
                     "LatentIterableDataset (shuffle, prefetch 2)",
                     "LatentIterableDataset (shuffle, prefetch 4 from 2)",
@@ -349,7 +363,7 @@ def main() -> None:
                 print(f"  {k:46s} {med['rate']:6.0f} samples/s ({med['rate'] / lit:4.2f}x LitData; steady "
                       f"{med['steady']:6.0f}, {med['steady'] / lit_steady:4.2f}x)  first batch "
                       f"{med['first']:.2f} s  {med['gets']:5.0f} GETs ({med['requests']:.0f} requests) "
-                      f"{med['mb']:7.1f} MB per epoch  moto busy {share:3.0f} % of the wall time; setup "
+                      f"{med['mb']:7.1f} MB per epoch ({med['mb_steady']:5.1f} after the first batch)  moto busy {share:3.0f} % of the wall time; setup "
                       f"{med['setup']:.2f} s, with setup {med['with_setup']:6.0f} samples/s "
                       f"({med['with_setup'] / lit_ws:4.2f}x)")
             print("  setup = dataset + loader construction (LitData's StreamingDataset reads its index there; "
@@ -370,6 +384,13 @@ def main() -> None:
                 print(f"goal streaming >= 1.1x LitData, {k}: {st / lit:.2f}x whole epoch "
                       f"({'met' if st / lit >= 1.1 else 'NOT met'}), {st_steady / lit_steady:.2f}x steady "
                       f"({'met' if st_steady / lit_steady >= 1.1 else 'NOT met'})")
+            ll = "LitData StreamingDataset (shuffle, local disk: no S3)"
+            for k in ("LatentIterableDataset (shuffle, local disk: no S3)",
+                      "LatentIterableDataset (shuffle, batched, local disk: no S3)"):
+                if k in res and ll in res:  # both readers without the test server: the readers alone
+                    r_w, r_s = (statistics.median(e[f] for e in res[k]) / statistics.median(e[f] for e in res[ll])
+                                for f in ("rate", "steady"))
+                    print(f"no S3 on either side, {k} vs {ll}: {r_w:.2f}x whole epoch, {r_s:.2f}x steady")
     finally:
         proxy.stop()
         if mgr is not None:
