@@ -77,6 +77,10 @@ MISTAKES = [
      "must be >= 1"),
     ("views-zero", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{cache}", "--views", "0"],
      "must be >= 1"),
+    # a cache or export destination that is an existing file (was a NotADirectoryError traceback)
+    ("cache-is-a-file", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{base}/cfg.yaml"],
+     "is a file, not a folder"),
+    ("export-dest-is-a-file", ["export", "{base}/empty", "{base}/cfg.yaml"], "is a file, not a folder"),
 ]
 
 

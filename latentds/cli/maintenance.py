@@ -247,7 +247,8 @@ def add_maintenance(sub: Any) -> None:
                   "  latentds export /data/latents /data/wds                       # webdataset (default)\n"
                   "  latentds export /data/latents /data/lat.zarr --format zarr\n"
                   "  latentds export s3://b/latents s3://b/wds --namespace 3f2a...  # several namespaces: pick one")
-    q.add_argument("dest", help="destination folder or fsspec URL")
-    q.add_argument("--format", choices=["webdataset", "zarr"], default="webdataset")
+    q.add_argument("dest", type=fs_url, help="destination folder or fsspec URL")
+    q.add_argument("--format", choices=["webdataset", "zarr"], default="webdataset",
+                   help="webdataset tar shards + shardlist.json, or one zarr array (default: %(default)s)")
     q.add_argument("--dest-storage-options", type=json_object,
                    help="fsspec options for DEST as JSON (default: --storage-options)")
