@@ -81,6 +81,9 @@ MISTAKES = [
     ("cache-is-a-file", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{base}/cfg.yaml"],
      "is a file, not a folder"),
     ("export-dest-is-a-file", ["export", "{base}/empty", "{base}/cfg.yaml"], "is a file, not a folder"),
+    # a folder that holds no cache (e.g. the source tree): was a plain line and exit 1 (gc: silence, exit 0)
+    *[(f"{cmd}-not-a-cache", [cmd, "{base}/noimages"], "no latentds namespace")
+      for cmd in ("inspect", "compact", "verify", "repair", "gc")],
 ]
 
 
@@ -219,6 +222,20 @@ def test_export_lists_the_namespaces_to_choose_from(trees, tmp_path, capsys) -> 
     err = capsys.readouterr().err
     namespaces = sorted(p.name for p in cache.iterdir() if p.is_dir())
     assert len(namespaces) == 2 and all(ns in err for ns in namespaces), err
+
+
+def test_an_unknown_namespace_lists_the_ones_there(trees, tmp_path, capsys) -> None:
+    """``--namespace`` with a typo: one line naming the namespaces present (was 'no latentds namespaces', exit 1)."""
+    from latentds import LatentDataset
+
+    cache = tmp_path / "cache"
+    ds = LatentDataset(trees["good"], codec="bicubic-f8", cache=cache)
+    ds.fill(progress=False)
+    ns = ds.namespace
+    for cmd in ("verify", "gc", "inspect"):
+        assert main([cmd, str(cache), "--namespace", "deadbeef"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("latentds: error: ") and "'deadbeef'" in err and ns in err, err
 
 
 def test_help_is_fast_and_has_examples() -> None:

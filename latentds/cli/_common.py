@@ -71,14 +71,22 @@ def storage_options_of(args: argparse.Namespace) -> dict | None:
 
 
 def open_stores(args: argparse.Namespace) -> list:
-    """One ShardedStore per namespace under CACHE (or only --namespace)."""
+    """One ShardedStore per namespace under CACHE (or only --namespace); none is a CacheError."""
     from ..store.entries import LatentCache, list_namespaces
     from ..store import ShardedStore
 
     storage = storage_options_of(args)
-    names = list_namespaces(args.cache, storage)
+    found = names = list_namespaces(args.cache, storage)
     if getattr(args, "namespace", None):
         names = [n for n in names if n == args.namespace]
+    if not names:  # pointing a command at the wrong folder is a user's mistake (docs/cli.md): one line, exit 2
+        from ..errors import CacheError
+
+        if found:
+            raise CacheError(f"{args.cache}: no latentds namespace named {args.namespace!r}; the namespaces here are "
+                             f"{', '.join(found)} (`latentds inspect CACHE` shows the codec and preprocessing of each)")
+        raise CacheError(f"{args.cache}: no latentds namespace here; a cache is the folder or URL given to "
+                         "`latentds encode --cache` or LatentDataset(cache=), not the image folder")
     return [ShardedStore(LatentCache(args.cache, ns, storage_options=storage)) for ns in names]
 
 

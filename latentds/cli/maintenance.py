@@ -15,9 +15,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..store.ops import describe
 
     stores = open_stores(args)
-    if not stores:
-        print(f"{args.cache}: no latentds namespaces")
-        return 1
     for store in stores:
         cache = store.cache
         info, d = cache.read_info(), describe(store)
@@ -50,9 +47,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_compact(args: argparse.Namespace) -> int:
     stores = open_stores(args)
-    if not stores:
-        print(f"{args.cache}: no latentds namespaces")
-        return 1
     bad = 0
     for store in stores:
         r = store.compact(shard_bytes=int(args.shard_mb * (1 << 20)), shard_samples=args.shard_samples)
@@ -73,9 +67,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ..store.ops import verify
 
     stores = open_stores(args)
-    if not stores:
-        print(f"{args.cache}: no latentds namespaces")
-        return 1
     bad = 0
     for store in stores:
         r = verify(store, staging=not args.shards_only)
@@ -111,9 +102,6 @@ def _cmd_repair(args: argparse.Namespace) -> int:
     from ..store import repair
 
     stores = open_stores(args)
-    if not stores:
-        print(f"{args.cache}: no latentds namespaces")
-        return 1
     ds = _sources_dataset(args, "repair") if args.sources else None
     left = 0
     for store in stores:
@@ -174,10 +162,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import CacheError
 
     stores = open_stores(args)
-    if len(stores) != 1:
-        if not stores:
-            raise CacheError(f"{args.cache}: no latentds namespace" + (f" named {args.namespace!r}" if args.namespace
-                             else "") + " (`latentds inspect CACHE` lists what is there)")
+    if len(stores) != 1:  # none is open_stores' CacheError
         names = ", ".join(st.cache.namespace for st in stores)
         raise CacheError(f"{args.cache}: {len(stores)} namespaces ({names}); choose one with --namespace NAME "
                          "(`latentds inspect CACHE` shows the codec and preprocessing of each)")
