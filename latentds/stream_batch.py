@@ -19,9 +19,10 @@ per-sample contract is kept as it is: each latent tensor is transformed, then th
 ``default_collate``d.
 
 Errors come where the per-sample stream raises them: a corrupt sample raises its typed error
-(``ShardError`` ...) when its turn comes, and samples of different shapes or dtypes in one batch
-raise ``ConfigError`` (naming both samples) once the batch is complete, where ``default_collate``
-would have failed.
+(``ShardError`` ...) when its turn comes, and samples of different shapes in one batch raise
+``ConfigError`` (naming both samples) once the batch is complete, where ``default_collate``
+would have failed (a batch ``drop_last`` drops is never collated, so it raises nothing). Means
+of one shape but different dtypes are collated by ``default_collate``, as per sample.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def check_batch_size(batch_size: Any, drop_last: Any) -> tuple[int | None, bool]
                           f"DataLoader(ds, batch_size=None)) or None (one sample at a time), not {batch_size!r}")
     if not isinstance(drop_last, bool):
         raise ConfigError(f"drop_last must be True or False, not {drop_last!r}")
+    if drop_last and batch_size is None:  # as DataLoader refuses drop_last without a batch_size
+        raise ConfigError("drop_last=True needs batch_size= (it drops each worker's last, partial batch); "
+                          "without batch_size the dataset yields single samples")
     return batch_size, drop_last
 
 
@@ -62,15 +66,19 @@ def stream_batches(shards: Iterable[ShardItems], count: int, batch_size: int, dr
 
 
 def _fast(shards: Iterable[ShardItems], count: int, batch_size: int, drop_last: bool,
-          ttf: Callable[[Any], Any] | None) -> Iterator[tuple[torch.Tensor, Any]]:
+          ttf: Callable[[Any], Any] | None) -> Iterator[tuple[Any, Any]]:
     shared = get_worker_info() is not None  # a DataLoader worker: the batch goes to shared memory
     left = count  # samples of the stream not yet in a batch: the last batch is allocated to size
     out: torch.Tensor | None = None
-    dst: np.ndarray = np.empty(0)
+    dst: np.ndarray | None = None
     n = j = 0
     first: tuple[bytes, tuple[int, ...], np.dtype] = (b"", (), np.dtype(np.float32))
-    odd: tuple[bytes, tuple[int, ...], np.dtype] | None = None  # a sample the batch's first does not stack with
+    # a batch whose samples differ in shape or dtype: its means (and keys), collated at its end as
+    # default_collate collates them (dtypes promoted or cast; other shapes: ConfigError)
+    odd: list[np.ndarray] | None = None
+    odd_keys: list[bytes] = []
     tg: list[Any] = []
+    ready: list[tuple[Any, Any]] = []
     for walk, order, targets in shards:
         keys, mean_of = walk.keys, walk.mean
         for i in order:
@@ -81,18 +89,22 @@ def _fast(shards: Iterable[ShardItems], count: int, batch_size: int, drop_last: 
                 dst = out.numpy()
                 first = (keys[i], mean.shape, mean.dtype)
             if odd is None and (mean.shape != first[1] or mean.dtype != first[2]):
-                odd = (keys[i], mean.shape, mean.dtype)  # raised once the batch is complete, as collate would
+                odd, odd_keys = list(dst[:j]), [first[0]] * j  # the samples so far, exactly as they came
             if odd is None:
-                dst[j] = mean  # the one copy: from the shard's bytes into the batch
+                dst[j] = mean  # type: ignore[index]  # the one copy: from the shard's bytes into the batch
+            else:
+                odd.append(mean)
+                odd_keys.append(keys[i])
             tg.append(targets[i] if ttf is None else ttf(targets[i]))
             j += 1
             if j == n:
-                if odd is not None:
-                    raise _mixed(first, odd)
                 left -= n
-                if n == batch_size or not drop_last:
-                    yield out, default_collate(tg)  # ints -> int64 tensor, exactly as per sample
-                out, j, tg = None, 0, []
+                if n == batch_size or not drop_last:  # a dropped batch is never collated, as per sample
+                    # the targets as default_collate makes them from the per-sample tuples (a tuple)
+                    ready.append((out if odd is None else _collate_odd(odd, odd_keys), default_collate(tuple(tg))))
+                out, dst, odd, odd_keys, j, tg = None, None, None, [], 0, []
+                if ready:
+                    yield ready.pop()  # nothing of this frame keeps the batch while the consumer holds it
 
 
 def _transformed(shards: Iterable[ShardItems], batch_size: int, drop_last: bool,
@@ -107,10 +119,13 @@ def _transformed(shards: Iterable[ShardItems], batch_size: int, drop_last: bool,
             items.append((tf(z), target))
             keys.append(walk.keys[i])
             if len(items) == batch_size:
-                yield _collate(items, keys)
-                items, keys = [], []
+                ready = [_collate(items, keys)]
+                items, keys = [], []  # not held while the consumer holds the batch
+                yield ready.pop()
     if items and not drop_last:
-        yield _collate(items, keys)
+        ready = [_collate(items, keys)]
+        items, keys = [], []
+        yield ready.pop()
 
 
 def _collate(items: list[tuple[Any, Any]], keys: list[bytes]) -> tuple[Any, Any]:
@@ -121,10 +136,20 @@ def _collate(items: list[tuple[Any, Any]], keys: list[bytes]) -> tuple[Any, Any]
         if all(isinstance(x, torch.Tensor) for x in xs):
             a = xs[0]
             for k, x in zip(keys, xs):
-                if x.shape != a.shape or x.dtype != a.dtype:
+                if x.shape != a.shape:
                     raise _mixed((keys[0], tuple(a.shape), a.dtype), (k, tuple(x.shape), x.dtype)) from exc
         raise
     return latents, targets
+
+
+def _collate_odd(means: list[np.ndarray], keys: list[bytes]) -> Any:
+    """A batch whose means differ in shape or dtype: other shapes are a ConfigError naming the
+    first two that differ; other dtypes are collated by default_collate (promoted in the main
+    process, cast to the first's dtype in a worker), as the per-sample loader collates them."""
+    for k, m in zip(keys, means):
+        if m.shape != means[0].shape:
+            raise _mixed((keys[0], means[0].shape, means[0].dtype), (k, m.shape, m.dtype))
+    return default_collate([torch.from_numpy(np.array(m)) for m in means])
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> torch.Tensor:
@@ -142,6 +167,6 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> torch.Te
 def _mixed(a: tuple[bytes, tuple[int, ...], Any], b: tuple[bytes, tuple[int, ...], Any]) -> ConfigError:
     return ConfigError(
         f"samples {a[0].decode()} ({tuple(a[1])}, {a[2]}) and {b[0].decode()} ({tuple(b[1])}, {b[2]}) fall in one "
-        f"batch but their latents differ in shape or dtype, so they cannot be stacked; use batch_size=None "
+        f"batch but their latents differ in shape, so they cannot be stacked; use batch_size=None "
         f"(one sample at a time) and DataLoader(ds, batch_size=B, collate_fn=...) with a collate_fn that handles "
         f"them (e.g. pads or keeps a list)")

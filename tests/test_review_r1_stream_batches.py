@@ -38,8 +38,6 @@ def _cache(tmp_path: Path, shapes: dict[int, tuple[int, ...]] | None = None,
     return str(tmp_path / "c")
 
 
-@pytest.mark.xfail(strict=True, reason="R1: _fast raises ConfigError for mixed shapes in the last partial batch even "
-                                       "when drop_last=True drops it; the per-sample DataLoader never collates it")
 def test_r1_drop_last_drops_a_partial_batch_of_mixed_shapes_without_error(tmp_path: Path) -> None:
     c = _cache(tmp_path, shapes={N - 1: (2, 5)})  # the odd sample is in the dropped partial batch (20-22)
     per = list(DataLoader(LatentIterableDataset(c, "ns"), batch_size=4, drop_last=True))
@@ -48,8 +46,6 @@ def test_r1_drop_last_drops_a_partial_batch_of_mixed_shapes_without_error(tmp_pa
     assert len(got) == 5 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(per, got))
 
 
-@pytest.mark.xfail(strict=True, reason="R1: _fast raises ConfigError for latents of one shape but different dtypes; "
-                                       "default_collate stacks them (type promotion), so the per-sample loader works")
 def test_r1_mixed_dtypes_of_one_shape_batch_as_the_per_sample_loader(tmp_path: Path) -> None:
     c = _cache(tmp_path, dtypes={5: np.float16})
     per = list(DataLoader(LatentIterableDataset(c, "ns"), batch_size=4))
@@ -58,8 +54,6 @@ def test_r1_mixed_dtypes_of_one_shape_batch_as_the_per_sample_loader(tmp_path: P
     assert len(got) == 6 and all(a[0].dtype == b[0].dtype and torch.equal(a[0], b[0]) for a, b in zip(per, got))
 
 
-@pytest.mark.xfail(strict=True, reason="R1: _fast keeps `dst` (out.numpy(), whose base is the batch tensor) after "
-                                       "yielding, so a worker holds each shared-memory batch until the next one starts")
 def test_r1_a_yielded_batch_is_not_held_by_the_generator(tmp_path: Path) -> None:
     c = _cache(tmp_path)
     it = iter(LatentIterableDataset(c, "ns", batch_size=4))
@@ -70,8 +64,9 @@ def test_r1_a_yielded_batch_is_not_held_by_the_generator(tmp_path: Path) -> None
     assert ref() is None  # the consumer dropped it: nothing else may keep the batch's memory
 
 
-@pytest.mark.xfail(strict=True, reason="R1: _fast collates a list of targets, so string targets come back as a list; "
-                                       "default_collate of per-sample tuples gives a tuple (zip)")
+@pytest.mark.xfail(strict=True, reason="torch's default_convert (DataLoader(batch_size=None)'s collate_fn) turns "
+                                       "every plain tuple into a list; the dataset yields default_collate's tuple "
+                                       "(H1: test_stream_batches.py::test_string_targets_are_default_collates_tuple)")
 def test_r1_string_targets_come_as_the_per_sample_loader_makes_them(tmp_path: Path) -> None:
     c = _cache(tmp_path)
 
@@ -84,8 +79,6 @@ def test_r1_string_targets_come_as_the_per_sample_loader_makes_them(tmp_path: Pa
     assert [t for _, t in got] == [t for _, t in per]
 
 
-@pytest.mark.xfail(strict=True, reason="R1: drop_last=True without batch_size is accepted and silently ignored; "
-                                       "DataLoader refuses the same combination (batch_size=None with drop_last)")
 def test_r1_drop_last_without_batch_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="drop_last"):
         LatentIterableDataset(str(tmp_path / "c"), "ns", drop_last=True)

@@ -223,3 +223,53 @@ def test_worker_batches_are_built_in_shared_memory(tmp_path: Path) -> None:
     # iterated directly (main process): tuples of plain tensors
     x, t = next(iter(ds))
     assert isinstance(x, torch.Tensor) and x.shape == (8, 2, 3, 4) and t.dtype == torch.int64
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mixed_dtypes_of_one_shape_collate_as_per_sample(tmp_path: Path, workers: int) -> None:
+    """default_collate promotes (main process) or casts into the first's dtype (worker): the same."""
+    s = ShardedStore(LatentCache(str(tmp_path / "c"), "ns"))
+    rng = np.random.default_rng(1)
+    for i in range(N):
+        z = rng.standard_normal((2, 3, 4)).astype(np.float16 if i in (0, 6) else np.float32)
+        s.cache.put(_key(i), z, None, {"key": _key(i), "target": i % 3})
+    s.compact(shard_samples=N)
+
+    def make(**kw: Any) -> LatentIterableDataset:
+        return LatentIterableDataset(str(tmp_path / "c"), "ns", **kw)
+
+    a, b = _both(make, 4, workers, False)
+    _same(a, b)
+    # batch 0 starts with a float16 sample: promoted to float32 in the main process, cast to
+    # float16 in a worker (default_collate stacks into a tensor of the first sample's dtype there)
+    assert b[0][0].dtype == (torch.float32 if workers == 0 else torch.float16)
+    assert b[1][0].dtype == torch.float32  # float32 first: float16 sample 6 promoted or cast up alike
+
+
+def test_transformed_batches_are_not_held_by_the_generator(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    _cache(tmp_path)
+    it = iter(LatentIterableDataset(str(tmp_path / "c"), "ns", batch_size=4, transform=lambda z: z * 1))
+    x, _ = next(it)
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None
+
+
+def test_string_targets_are_default_collates_tuple(tmp_path: Path) -> None:
+    """The dataset yields what default_collate makes of the per-sample tuples (strings: a tuple);
+    DataLoader(batch_size=None) then applies torch's default_convert, which lists every tuple."""
+    _cache(tmp_path, shard_samples=N)
+
+    def ttf(t: int) -> str:
+        return f"class{t}"
+
+    per = list(DataLoader(LatentIterableDataset(str(tmp_path / "c"), "ns", target_transform=ttf), batch_size=4))
+    mine = list(LatentIterableDataset(str(tmp_path / "c"), "ns", target_transform=ttf, batch_size=4))
+    assert [t for _, t in mine] == [t for _, t in per] and all(type(t) is tuple for _, t in mine)
+    via = list(DataLoader(LatentIterableDataset(str(tmp_path / "c"), "ns", target_transform=ttf, batch_size=4),
+                          batch_size=None))
+    assert [t for _, t in via] == [list(t) for _, t in per]
