@@ -81,6 +81,8 @@ MISTAKES = [
     ("cache-is-a-file", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{base}/cfg.yaml"],
      "is a file, not a folder"),
     ("export-dest-is-a-file", ["export", "{base}/empty", "{base}/cfg.yaml"], "is a file, not a folder"),
+    ("device-typo", ["encode", "{good}", "--codec", "bicubic-f8", "--cache", "{cache}", "--device", "gpu"],
+     "not a torch device"),
     # a folder that holds no cache (e.g. the source tree): was a plain line and exit 1 (gc: silence, exit 0)
     *[(f"{cmd}-not-a-cache", [cmd, "{base}/noimages"], "no latentds namespace")
       for cmd in ("inspect", "compact", "verify", "repair", "gc")],
@@ -236,6 +238,18 @@ def test_an_unknown_namespace_lists_the_ones_there(trees, tmp_path, capsys) -> N
         assert main([cmd, str(cache), "--namespace", "deadbeef"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("latentds: error: ") and "'deadbeef'" in err and ns in err, err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["in-process", "dask"])
+def test_cuda_without_a_gpu_is_one_line_before_any_work(trees, tmp_path, workers, capsys) -> None:
+    """Was a torch traceback in process, and on Dask every file recorded as a failure in the cache."""
+    cache = tmp_path / "cache"
+    code = _main(["encode", str(trees["good"]), "--codec", "bicubic-f8", "--cache", str(cache), "--device", "cuda",
+                  "--quiet", *workers])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("latentds: error: --device cuda") and "--device cpu" in err, err
+    assert not cache.exists()  # nothing written: no failure records for files that are fine
 
 
 def test_help_is_fast_and_has_examples() -> None:

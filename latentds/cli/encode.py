@@ -36,7 +36,30 @@ def _source_kind(source: str) -> str:
     return "imagefolder" if has_class_dirs else "flat"
 
 
+def _check_device(device: str, remote: bool) -> None:
+    """``--device`` is a torch device this machine has: said at once, not as a torch traceback (in
+    process) or as every file recorded as a failure (Dask) after the job started."""
+    import torch
+
+    from ..errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if remote:  # an existing scheduler's workers may have the GPU this client lacks
+        return
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch {torch.__version__} sees no CUDA device on this machine "
+                          "(torch.cuda.is_available() is False); use --device cpu, or --scheduler ADDRESS "
+                          "for a Dask cluster whose workers have GPUs")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0")
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
+    _check_device(args.device, remote=bool(args.scheduler))
     storage = args.storage_options
     image_size = tuple(args.image_size) if args.image_size else None
     kind = _source_kind(args.source)
