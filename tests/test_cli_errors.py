@@ -252,6 +252,14 @@ def test_cuda_without_a_gpu_is_one_line_before_any_work(trees, tmp_path, workers
     assert not cache.exists()  # nothing written: no failure records for files that are fine
 
 
+def test_output_into_a_closed_pipe_is_no_traceback() -> None:
+    """``latentds codecs | head -1``: the reader leaves early; was a BrokenPipeError traceback."""
+    p = subprocess.Popen(PY + ["codecs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command writes anything: its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err
+
+
 def test_help_is_fast_and_has_examples() -> None:
     import time
 

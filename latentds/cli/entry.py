@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("latentds: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # whoever read our output left early (`latentds inspect CACHE | head`): not an error of ours.
+        # stdout goes to devnull so the interpreter's final flush does not raise again; 141 = 128 +
+        # SIGPIPE, what a shell reports for a command that a pipe stopped.
+        if debug:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ModuleNotFoundError as exc:
         err = missing_extra(exc, f"`latentds {argv[0]}`" if argv else None)
         if debug or not isinstance(err, LatentdsError):
