@@ -236,3 +236,45 @@ def test_foreign_task_generator_is_deterministic_and_an_imagefolder(tmp_path):
     ds = LatentDataset(a, codec="bicubic-f4", cache=tmp_path / "cache", crop_roi=False, image_size=(40, 40))
     assert ds.classes == ["negative", "positive"] and len(ds) == 6
     assert ds[5][0].shape == (1, 10, 10)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--methods", "kl-f8c3"], "unknown codec 'kl-f8c3'"),
+    (["--methods", "s2d-f8c5"], "unknown codec 's2d-f8c5'"),
+    (["--methods", "kl-f8c1=/does/not/exist.safetensors"], "exist.safetensors"),
+    (["--methods", "kl-f8c1="], "empty weights"),
+    (["--backbone", "resnet999"], "'resnet999'"),
+    (["--backbone", "d2s+resnet999"], "'resnet999'"),
+], ids=["unknown-kl", "bad-s2d-c", "missing-weights", "empty-weights", "unknown-backbone", "unknown-d2s-backbone"])
+def test_a_sweep_mistake_is_one_line_before_any_row(tmp_path, capsys, argv, fragment):
+    """Was: the control rows (minutes each) ran first and the bad method or backbone then ended
+    the sweep with a traceback, or (backbone) a timm RuntimeError traceback."""
+    from latentds.cli import main
+
+    work = tmp_path / "work"
+    code = main(["sweep", "--workdir", str(work), "--out", str(tmp_path / "out"), "--n-per-class", "2",
+                 "--epochs", "1", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("latentds: error: ") and len(err.splitlines()) == 1, err
+    assert fragment in err, err
+    assert not work.exists()  # refused before any synthetic data was written
+
+
+def test_a_sweep_on_a_task_with_a_bad_image_names_it(tmp_path, capsys):
+    """--data-root with an unreadable file: one line naming it (was a RuntimeError traceback)."""
+    import numpy as np
+    from PIL import Image
+
+    from latentds.cli import main
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "task" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path / "task" / c / f"{i}.png")
+    (tmp_path / "task" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = main(["sweep", "--data-root", str(tmp_path / "task"), "--workdir", str(tmp_path / "work"),
+                 "--out", str(tmp_path / "out"), "--methods", "bicubic-f8", "--no-controls", "--size", "32", "32",
+                 "--epochs", "1", "--seeds", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("latentds: error: ") and "broken.png" in err, err

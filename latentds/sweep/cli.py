@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from .._argtypes import positive_int
 from .config import FULL, PAPER, REDUCED, SweepConfig
-from .methods import default_methods, unavailable_codecs, with_controls
+from .methods import check_methods, default_methods, unavailable_codecs, with_controls
 from .report import write_outputs
 from .run import SizeBreakdown, run_sweep
 
@@ -78,6 +78,13 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return dataclasses.replace(cfg, **over)
 
 
+def _check_backbone(name: str) -> None:
+    from ..probes import parse_probe
+    from ..train.probe.model import check_backbone_name
+
+    check_backbone_name(parse_probe(name).backbone)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     t0 = time.perf_counter()
@@ -85,6 +92,9 @@ def run_cli(args: argparse.Namespace) -> int:
         methods = with_controls(cfg.methods, baselines=False) if cfg.controls else list(cfg.methods)
     else:
         methods = default_methods()
+    if cfg.methods:  # chosen by hand: each one is built now (the default ones were, to be listed)
+        check_methods(methods)
+    _check_backbone(cfg.backbone)
     # "not run for lack of weights" only means something when the methods were not chosen by hand
     skipped = [] if cfg.methods else unavailable_codecs(methods)
     print(f"methods: {', '.join(methods)}")

@@ -88,10 +88,28 @@ def available_methods(*, include_kl: bool = True) -> list[str]:
 def parse_method(method: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME=WEIGHTS``: a registered codec, optionally with your own weights file
     (e.g. ``kl-f8c1=runs/vae/kl-f8c1/codec-best.safetensors``); NAME labels the row."""
+    from ..errors import ConfigError
+
     name, sep, weights = method.partition("=")
     if sep and not weights:
-        raise ValueError(f"method {method!r}: empty weights path after '='")
+        raise ConfigError(f"method {method!r}: empty weights path after '='; write NAME or NAME=WEIGHTS_FILE")
     return name, (weights or None)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Build every row's codec once before the sweep starts, so an unknown name, a codec without
+    weights or a missing weights file is one error at once, not after hours of earlier rows."""
+    from ..codecs import create_codec
+    from ..errors import CodecError
+
+    for m in methods:
+        name, weights = parse_method(m)
+        if name == FULL:
+            continue
+        try:
+            create_codec(name, **({"weights": weights} if weights else {}))
+        except CodecError as exc:
+            raise CodecError(f"sweep method {m!r}: {exc}") from None
 
 
 def unavailable_codecs(methods: Sequence[str]) -> list[str]:
@@ -101,4 +119,4 @@ def unavailable_codecs(methods: Sequence[str]) -> list[str]:
     return [c for c in list_codecs() if not _weightless(c) and c not in names]
 
 
-__all__ = ["available_methods", "default_methods", "parse_method", "unavailable_codecs", "with_controls"]
+__all__ = ["available_methods", "check_methods", "default_methods", "parse_method", "unavailable_codecs", "with_controls"]

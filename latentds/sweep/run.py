@@ -26,6 +26,15 @@ def _latent_bytes(ds) -> int:
     return total
 
 
+def _failed(method: str, what: str, failures) -> Exception:
+    """A row whose images do not all encode: the first file by name, as a typed one-line error."""
+    from ..errors import ImageReadError
+
+    f = failures[0]
+    return ImageReadError(f"sweep row {method}: {len(failures)} {what} failed to encode, first {f.path}: "
+                          f"{f.error_type}: {f.message}; fix or remove those files (`latentds encode` lists them all)")
+
+
 def _data_root(cfg: SweepConfig) -> Path:
     if cfg.data_root:
         return Path(cfg.data_root)
@@ -162,7 +171,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
         else:
             report = ds.fill(batch_size=16, progress=False)
             if report.failures:
-                raise RuntimeError(f"{method}: {len(report.failures)} images failed to encode: {report.failures[0]}")
+                raise _failed(method, "images", report.failures)
             x = torch.stack([ds[i][0] for i in range(n)]).float()
             f, C = ds.codec.f, ds.codec.latent_channels
             per_image = _latent_bytes(ds) / n * views  # the cache holds K views (of equal size) per image
@@ -170,7 +179,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, breakdown: list | None = None,
                 vds = LatentDataset(root, codec=ds.codec, cache=cache, crop_roi=False, image_size=shape, views=views)
                 report = vds.fill(batch_size=16, progress=False)
                 if report.failures:
-                    raise RuntimeError(f"{method}: {len(report.failures)} views failed to encode: {report.failures[0]}")
+                    raise _failed(method, "views", report.failures)
         results, preds, seen = [], [], ""
         for seed in seeds:
             tr, te = splits[seed]

@@ -49,6 +49,19 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
+def check_backbone_name(name: str) -> None:
+    """``small-cnn`` or a name timm knows (a pretrained tag or an ``hf-hub:`` name passes through
+    to timm); anything else is a ConfigError naming it, not timm's RuntimeError traceback."""
+    if name == SMALL_CNN or ":" in name:
+        return
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"probe backbone {name!r}: neither {SMALL_CNN!r} nor a timm model name; e.g. "
+                          f"'{SMALL_CNN}', 'resnet18', 'hrnet_w18' (timm.list_models() lists them), each "
+                          "optionally behind 'd2s+'")
+
+
 def build_backbone(name: str, in_chans: int, **kwargs) -> nn.Module:
     """A feature extractor returning ``N×num_features``; never downloads weights."""
     if name == SMALL_CNN:
@@ -59,6 +72,7 @@ def build_backbone(name: str, in_chans: int, **kwargs) -> nn.Module:
                           f"use {name[4:]!r} for the plain backbone")
     import timm
 
+    check_backbone_name(name)
     return timm.create_model(name, pretrained=False, in_chans=int(in_chans), num_classes=0, **kwargs)
 
 
@@ -244,5 +258,5 @@ class ProbeModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-__all__ = ["INPUT_FITS", "MODES", "ProbeModel", "ProbeShapeError", "SMALL_CNN", "build_backbone", "fitted_size",
-           "meta_forward", "num_outputs", "required_multiple"]
+__all__ = ["INPUT_FITS", "MODES", "ProbeModel", "ProbeShapeError", "SMALL_CNN", "build_backbone", "check_backbone_name",
+           "fitted_size", "meta_forward", "num_outputs", "required_multiple"]
