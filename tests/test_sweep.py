@@ -278,3 +278,23 @@ def test_a_sweep_on_a_task_with_a_bad_image_names_it(tmp_path, capsys):
                  "--epochs", "1", "--seeds", "0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("latentds: error: ") and "broken.png" in err, err
+
+
+def test_sweep_help_names_every_default_and_refuses_zero_counts(capsys):
+    """Every option that takes a value says its default in --help (--kind, --n-per-class, --size,
+    --mode, --epochs, --batch-size, --lr and --bootstrap said nothing); counts of 0 are refused."""
+    import argparse
+
+    from latentds.cli import main
+    from latentds.sweep import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    silent = [a.option_strings[0] for a in p._actions
+              if a.option_strings and a.nargs != 0 and "default" not in (a.help or "")
+              and a.dest not in ("help", "data_root", "methods", "budget")]  # these say what "none" means
+    assert silent == [], silent
+    for flag in ("--epochs", "--n-per-class", "--batch-size", "--bootstrap"):
+        with pytest.raises(SystemExit) as exc:
+            main(["sweep", flag, "0"])
+        assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err

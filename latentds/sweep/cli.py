@@ -31,10 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "their s2d baselines and the controls")
     p.add_argument("--no-controls", action="store_true",
                    help="with --methods: do not add the lossless s2d controls (rows are then not checked)")
-    p.add_argument("--kind", choices=("calcification", "fracture"), default=None)
+    p.add_argument("--kind", choices=("calcification", "fracture"), default=None,
+                   help=f"synthetic finding (default {d.kind})")
     p.add_argument("--fine", action="store_true", help="the fine synthetic task (1-3 px findings) instead of the graded one")
-    p.add_argument("--n-per-class", type=int, default=None)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--n-per-class", type=positive_int, default=None,
+                   help=f"synthetic images per class (default {d.n_per_class}; --paper {PAPER.n_per_class})")
+    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help=f"image size fed to full size and the codecs (default {d.shape[0]} {d.shape[1]}; "
+                        f"--paper {PAPER.shape[0]} {PAPER.shape[1]})")
     p.add_argument("--backbone", default=None,
                    help="probe: small-cnn, a timm name, or d2s+<either> (learned depth-to-space stem first; "
                         f"default {d.backbone})")
@@ -44,14 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"d2s stem initialisation (default {d.stem_init})")
     p.add_argument("--stem-lr-scale", type=float, default=None,
                    help=f"d2s stem learning rate: --lr x this x 16 / C, at most --lr (default {d.stem_lr_scale:g})")
-    p.add_argument("--mode", choices=("full", "linear"), default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--mode", choices=("full", "linear"), default=None,
+                   help=f"probe: train everything, or a linear head on a frozen backbone (default {d.mode})")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"probe epochs per row and seed (default {d.epochs}; --paper {PAPER.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"probe batch size (default {d.batch_size}; --paper {PAPER.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help=f"probe learning rate, AdamW (default {d.lr:g}; "
+                                                          f"--paper {PAPER.lr:g})")
     p.add_argument("--seed", type=int, default=None, help="synthetic data seed (default 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"probe seeds, one train/test split and initialisation each (default {' '.join(map(str, d.seeds))})")
-    p.add_argument("--bootstrap", type=int, default=None)
+    p.add_argument("--bootstrap", type=positive_int, default=None,
+                   help=f"bootstrap resamples for each AUROC's 95%% CI (default {d.bootstrap})")
     p.add_argument("--views", type=positive_int, default=None,
                    help="codec rows: cache K augmented views per image and train on one per epoch (test on view 0; "
                         "docs/views.md); default 1")
