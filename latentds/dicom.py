@@ -210,11 +210,13 @@ def _decode_pixels(ds: Any, name: str, limit: int | None = None) -> np.ndarray:
     photometric = str(ds.PhotometricInterpretation).strip().upper()
 
     if frames != 1:
-        raise DicomError(f"{name}: {frames} frames; only single-frame images are supported")
+        raise DicomError(f"{name}: {frames} frames; only single-frame images are supported: write one file per "
+                         "frame (e.g. with pydicom), or move it out of the tree")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(
             f"{name}: colour image (PhotometricInterpretation {photometric!r}, SamplesPerPixel "
-            f"{samples}); only grayscale MONOCHROME1/MONOCHROME2 is supported"
+            f"{samples}); only grayscale MONOCHROME1/MONOCHROME2 is supported: convert it to grayscale "
+            "first, or move it out of the tree"
         )
     if bits_alloc == 1:
         raise DicomError(f"{name}: 1-bit pixel data (segmentation / binary mask), not an image")

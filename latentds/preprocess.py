@@ -134,10 +134,13 @@ def _pil_to_unit(im: Any, label: str) -> np.ndarray:
         )
         arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
         if has_alpha and (arr[..., 3] != 255).any():
-            raise ImageReadError(f"{label}: image has transparency (mode {mode})")
+            raise ImageReadError(f"{label}: image has transparency (mode {mode}); latentds encodes opaque grayscale "
+                                 "images only: flatten it onto an opaque background as grayscale, or move it out "
+                                 "of the tree")
         r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
         if not (np.array_equal(r, g) and np.array_equal(r, b)):
-            raise ImageReadError(f"{label}: colour image (mode {mode}); only grayscale supported")
+            raise ImageReadError(f"{label}: colour image (mode {mode}); only grayscale supported: convert it to "
+                                 "grayscale first (e.g. PIL's Image.convert('L')), or move it out of the tree")
         return r.astype(np.float32) / 255.0
     raise ImageReadError(f"{label}: unsupported pixel mode {mode!r}; only 8/16-bit grayscale")
 
@@ -160,7 +163,8 @@ def read_image(
                         f"{label}: declares {w}x{h} = {w * h:,} pixels, over the limit of {limit:,}; refused "
                         "before decoding (raise it with max_pixels= or LATENTDS_MAX_PIXELS if genuine)")
                 if getattr(im, "n_frames", 1) != 1:
-                    raise ImageReadError(f"{label}: {im.n_frames} frames; only single images")
+                    raise ImageReadError(f"{label}: {im.n_frames} frames; only single images: save one file per "
+                                         "frame, or move it out of the tree")
                 im.load()  # decode fully now: a truncated file must raise, not pad
                 img = _pil_to_unit(im, label)
         except LatentdsError:
@@ -181,8 +185,14 @@ def load_image(
     ``max_pixels``: refuse larger images before decoding (see :func:`pixel_limit`)."""
     label = _label(src, name)
     by_name = os.path.splitext(label)[1].lower() in DICOM_EXTENSIONS
-    with _open(src, label, DicomError if by_name else ImageReadError) as fp:
+    error = DicomError if by_name else ImageReadError
+    with _open(src, label, error) as fp:
         # fp is seekable here, so is_dicom can look at the content; the name was judged above.
+        at = fp.tell()
+        if not fp.read(1):  # said plainly, not as "cannot identify image file" / "no DICM marker"
+            raise error(f"{label}: empty file (0 bytes), probably cut short by a copy or download: copy it again, "
+                        "or move it out of the tree")
+        fp.seek(at)
         reader = read_dicom if by_name or is_dicom(fp) else read_image
         return reader(fp, crop_roi=crop_roi, size=size, name=label, max_pixels=max_pixels)
 

@@ -614,3 +614,36 @@ def test_load_image_dispatch(tmp_path: Path) -> None:
         pp.load_image(tmp_path / "x.dcm")
     assert set(pp.DICOM_EXTENSIONS) == {".dcm", ".dicom"}
     assert set(pp.IMAGE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+
+def test_unsupported_images_say_how_to_fix_them(tmp_path: Path) -> None:
+    """A file latentds cannot encode says what to do about it, not only what is wrong (H3 audit:
+    a colour JPEG, an RGBA PNG, a multi-frame or colour DICOM and a zero-byte file, as a user's
+    tree holds them, each said what was wrong and nothing about the way out)."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "colour.jpg")
+    with pytest.raises(ImageReadError, match=r"colour.jpg: colour .*convert it to grayscale"):
+        pp.load_image(tmp_path / "colour.jpg")
+    rgba = np.full((8, 8, 4), 100, np.uint8)
+    rgba[..., 3] = 10
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    with pytest.raises(ImageReadError, match=r"alpha.png: .*transparency.*opaque"):
+        pp.load_image(tmp_path / "alpha.png")
+    frames = np.stack([ramp(), ramp()])
+    ds = make_ds(ramp(), NumberOfFrames=2)
+    ds.PixelData = frames.tobytes()
+    with pytest.raises(DicomError, match=r"multi.dcm: 2 frames.*one file per frame"):
+        pp.load_image(save(ds, tmp_path / "multi.dcm"))
+    ds = make_ds(ramp())
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.Rows, ds.Columns = 4, 4
+    ds.PixelData = np.zeros((4, 4, 3), np.uint8).tobytes()
+    with pytest.raises(DicomError, match=r"rgb.dcm: colour .*convert it to grayscale"):
+        pp.load_image(save(ds, tmp_path / "rgb.dcm"))
+    for name, error in (("empty.png", ImageReadError), ("empty.dcm", DicomError)):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(error, match=rf"{name}: empty file \(0 bytes\).*copy it again"):
+            pp.load_image(tmp_path / name)
