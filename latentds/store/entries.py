@@ -180,6 +180,10 @@ class LatentCache:
 
     def __init__(self, url: str, namespace: str, *, storage_options: dict[str, Any] | None = None) -> None:
         self.root = Location(url, dict(storage_options or {}))
+        local = self.root.url[len("file://"):] if self.root.url.startswith("file://") else self.root.url
+        if "://" not in local and os.path.isfile(local):  # from the URL alone: no filesystem made here
+            raise CacheError(f"{url}: is a file, not a folder; a cache is a folder (created if missing) or an "
+                             "fsspec URL such as s3://bucket/prefix")
         self.namespace = namespace
         self.location = self.root.child(namespace)
         self.backend = Backend(self.location.url, self.location.storage_options)

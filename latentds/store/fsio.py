@@ -76,7 +76,16 @@ class Location:
                 # Source identities do not depend on it: listing and HEAD info give the same
                 # identity (latentds.sample.source.stamp).
                 opts = {**opts, "use_listings_cache": False}
-            fs, _ = fsspec.core.url_to_fs(self.url, **opts)
+            try:
+                fs, _ = fsspec.core.url_to_fs(self.url, **opts)
+            except ValueError as exc:
+                if not str(exc).startswith("Protocol not known"):
+                    raise
+                from ..errors import ConfigError  # a ValueError too, as fsspec's was
+
+                protocol = fsspec.core.split_protocol(self.url)[0]
+                raise ConfigError(f"{self.url}: unknown storage protocol {protocol!r}; use a local folder or an fsspec "
+                                  "URL such as s3://bucket/prefix, gs://..., az://..., memory://...") from None
             if hasattr(fs, "retries") and type(fs).__module__.startswith("s3fs"):
                 # latentds' `call` owns the retry policy (capped backoff, jitter, counted). s3fs'
                 # own loop would nest under it (5 x 6 attempts, uncounted), so it makes one try.
