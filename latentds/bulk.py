@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._ctrl_c import workers_ignore_ctrl_c
 from .preprocess import Preprocess
 from .sample.encode import Failure, ShapeBatches, adopted_entry, make_entry
 from .sample.image import Pipeline
@@ -369,8 +370,9 @@ def encode(source: str | os.PathLike[str], codec: str, cache: str | os.PathLike[
         if scheduler:
             client = own_client = Client(scheduler)
         else:
-            own_cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=threads_per_worker,
-                                       processes=True, dashboard_address=":0")
+            with workers_ignore_ctrl_c():
+                own_cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=threads_per_worker,
+                                           processes=True, dashboard_address=":0")
             client = own_client = Client(own_cluster)
     try:
         if client is not None and todo:

@@ -39,3 +39,39 @@ def test_a_cache_that_is_a_file_names_it(tree: Path, tmp_path: Path) -> None:
     f.write_text("not a cache")
     with pytest.raises(CacheError, match=r"notes.txt.*is a file, not a folder"):
         LatentDataset(tree, codec="bicubic-f8", cache=f)[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_dask_encode_is_one_line_and_resumable(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole foreground process group, Dask's worker processes included: each
+    printed a KeyboardInterrupt / CancelledError / CommClosedError traceback (~80 lines) around
+    'latentds: interrupted'. The client alone handles it now; a re-run finishes the job."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (96, 80), dtype=np.uint8)).save(tmp_path / "src" / c / f"{i:02d}.png")
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "latentds", "encode", str(tmp_path / "src"), "--codec", "kl-f8c4", "--cache",
+            str(cache), "--workers", "1", "--shard-samples", "4", "--torch-threads", "1", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "LATENTDS_DEBUG"}
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True,  # its own group, as a terminal's foreground job
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    while not glob.glob(str(cache / "*" / "bulk" / "*.json")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert p.poll() is None, "finished before it could be interrupted"
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: the group, workers too
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "latentds: interrupted", err
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "0 failed" in done.stdout and "already committed" in done.stdout, done
