@@ -7,6 +7,11 @@ import sys
 
 __all__ = ["build_parser", "main"]
 
+_EPILOG_TOP = """examples:
+  latentds review create study1 --source /data/cxr/test --codec bicubic-f8 --codec kl-f8c4 --n 50
+  latentds review serve study1                      # http://127.0.0.1:8765/ ; answers in study1/answers.sqlite
+  latentds review analyze study1                    # answers.csv, CIs, Wilcoxon, kappa, figure2.png
+"""
 _EPILOG_CREATE = """examples:
   latentds review create study1 --source /data/cxr/test --codec bicubic-f8 --codec kl-f8c4 --n 50
   latentds review create study1 --source s3://bucket/cxr --codec kl-f4c4 --reader alice --reader bob \\
@@ -34,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="latentds review",
                                 description="The expert reader study of the paper (section 3.2): readers rate "
                                             "each codec's reconstruction against the original on three 5-point "
-                                            "Likert items, blinded to the codec. See docs/review.md.")
+                                            "Likert items, blinded to the codec. See docs/review.md.",
+                epilog=_EPILOG_TOP,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
 

@@ -23,6 +23,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from latentds.errors import ConfigError, ImageReadError
+
 from .metrics import bootstrap_auroc
 from .model import INPUT_FITS, MODES, ProbeShapeError
 from .module import Indexed, ProbeModule
@@ -69,10 +71,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class UnknownConfigKey(ConfigError, KeyError):
+    """A config key the probe does not have: a user's ConfigError (one line from the CLI), and the
+    KeyError it always was for callers."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's repr of it
+
+
 def _merge(base: dict, over: Mapping, prefix: str = "") -> None:
     for k, v in over.items():
         if k not in base:
-            raise KeyError(f"unknown config key {prefix + k!r}")
+            raise UnknownConfigKey(f"unknown config key {prefix + k!r}; `latentds train-probe --print-config` "
+                                   "shows every key")
         if isinstance(base[k], dict) and isinstance(v, Mapping) and k not in ("kwargs", "storage_options",
                                                                               "codec_kwargs"):
             _merge(base[k], v, prefix + k + ".")
@@ -81,7 +91,7 @@ def _merge(base: dict, over: Mapping, prefix: str = "") -> None:
                 try:  # PyYAML reads "1e-4" (no dot) as a string
                     v = float(v)
                 except ValueError:
-                    raise ValueError(f"config key {prefix + k!r} must be a number, got {v!r}") from None
+                    raise ConfigError(f"config key {prefix + k!r} must be a number, got {v!r}") from None
             base[k] = v
 
 
@@ -92,12 +102,12 @@ def load_config(paths: Iterable[str | os.PathLike] = (), overrides: Iterable[str
     for p in paths:
         data = yaml.safe_load(Path(p).read_text()) or {}
         if not isinstance(data, Mapping):
-            raise ValueError(f"{p}: a probe config must be a mapping")
+            raise ConfigError(f"{p}: a probe config must be a mapping")
         _merge(cfg, data)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.epochs=10)")
         node: Any = {}
         top = node
         parts = key.split(".")
@@ -107,9 +117,9 @@ def load_config(paths: Iterable[str | os.PathLike] = (), overrides: Iterable[str
         node[parts[-1]] = yaml.safe_load(value)
         _merge(cfg, top)
     if cfg["model"]["mode"] not in MODES:
-        raise ValueError(f"model.mode must be one of {MODES}, got {cfg['model']['mode']!r}")
+        raise ConfigError(f"model.mode must be one of {MODES}, got {cfg['model']['mode']!r}")
     if cfg["model"]["input_fit"] not in INPUT_FITS:
-        raise ValueError(f"model.input_fit must be one of {INPUT_FITS}, got {cfg['model']['input_fit']!r}")
+        raise ConfigError(f"model.input_fit must be one of {INPUT_FITS}, got {cfg['model']['input_fit']!r}")
     return cfg
 
 
@@ -161,7 +171,8 @@ def build_datasets(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset, int, int]:
 
     d = cfg["data"]
     if not d["root"]:
-        raise ValueError("data.root is required")
+        raise ConfigError("data.root is required: the ImageFolder tree to train on, in --config FILE or as "
+                          "data.root=/path (`latentds train-probe --print-config` shows every key)")
     cache = d["cache"] or os.path.join(os.path.dirname(os.path.abspath(str(d["root"]).rstrip("/"))), "latent-cache")
     codec = d["codec"] if d["source"] == "latent" else "bicubic-f4"  # image source: codec unused
 
@@ -172,11 +183,13 @@ def build_datasets(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset, int, int]:
         if d["source"] == "image":
             return ImageSource(ds), 1
         if d["source"] != "latent":
-            raise ValueError(f"data.source must be 'latent' or 'image', got {d['source']!r}")
+            raise ConfigError(f"data.source must be 'latent' or 'image', got {d['source']!r}")
         if d["fill"]:
             report = ds.fill(progress=True)
             if report.failures:
-                raise RuntimeError(f"{len(report.failures)} sources failed to encode, first: {report.failures[0]}")
+                f = report.failures[0]
+                raise ImageReadError(f"{len(report.failures)} sources failed to encode, first {f.path}: {f.error_type}: "
+                                     f"{f.message}; fix or remove those files (`latentds encode` lists them all)")
         return ds, ds.codec.latent_channels
 
     full, in_chans = make(d["root"])

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from latentds.train.vae.config import ConfigError, dump_config, load_config
@@ -23,8 +24,20 @@ from latentds.train.vae.config import ConfigError, dump_config, load_config
 __all__ = ["main"]
 
 
+_EXAMPLES = """examples:
+  latentds train-vae fit -c latentds/train/vae/configs/tiny-cpu.yaml      # seconds on a CPU, SYNTHETIC crops
+  latentds train-vae fit -c latentds/train/vae/configs/f8c4.yaml --set trainer.devices=8 trainer.strategy=ddp
+  latentds train-vae fit -c cfg.yaml --set trainer.resume=last           # continue the run
+  latentds train-vae print-config -c cfg.yaml --set model.f=4            # the merged config, every key
+  latentds train-vae export runs/vae/kl-f8c4/checkpoints/best.ckpt kl-f8c4.safetensors
+
+See docs/train_vae.md. Needs the train extra: pip install 'latentds[train]'.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentds train-vae", description="Train the KL autoencoder (paper §2.1, A.2).")
+    p = argparse.ArgumentParser(prog="latentds train-vae", description="Train the KL autoencoder (paper §2.1, A.2).",
+                                epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd")
     for name in ("fit", "print-config"):
         s = sub.add_parser(name, help="train" if name == "fit" else "print the merged config")
@@ -49,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.cmd == "export":
+            if not Path(args.checkpoint).is_file():
+                raise ConfigError(f"no such checkpoint file: {args.checkpoint!r} (a trainer run writes them under "
+                                  "runs/vae/<name>/checkpoints/, e.g. best.ckpt)")
             from latentds.train.vae.run import export_checkpoint
 
             out = export_checkpoint(args.checkpoint, args.output, name=args.name)
