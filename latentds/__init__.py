@@ -44,8 +44,12 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+#: this module's own helpers: not API, so kept out of ``dir(latentds)`` (tab completion, help)
+_HIDDEN = {"annotations", "Any", "TYPE_CHECKING", "importlib"}
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted((set(globals()) - _HIDDEN) | set(_LAZY))
 
 
 __all__ = [

@@ -52,6 +52,16 @@ def test_import_latentds_is_light() -> None:
     assert _loaded(got["modules"], ("torch", "numpy", "pyarrow", "fsspec") + NOT_IN_A_WORKER) == []
 
 
+def test_dir_lists_the_api_not_the_helpers() -> None:
+    """``dir(latentds)`` (tab completion, ``help``) shows every public name, lazy ones included,
+    and not the typing/importlib helpers ``__init__`` itself uses."""
+    import latentds
+
+    names = dir(latentds)
+    assert set(latentds.__all__) <= set(names)
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib"} & set(names)
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     import latentds
 
