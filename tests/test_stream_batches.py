@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from latentds import LatentDataset, LatentIterableDataset
-from latentds.errors import ConfigError, ShardError
+from latentds.errors import CacheError, ConfigError, ShardError
 from latentds.store import ShardedStore
 from latentds.store.entries import LatentCache
 from latentds.stream_batch import _allocate
@@ -273,3 +273,23 @@ def test_string_targets_are_default_collates_tuple(tmp_path: Path) -> None:
     via = list(DataLoader(LatentIterableDataset(str(tmp_path / "c"), "ns", target_transform=ttf, batch_size=4),
                           batch_size=None))
     assert [t for _, t in via] == [list(t) for _, t in per]
+
+
+def test_nothing_to_stream_says_why(tmp_path: Path) -> None:
+    """H3's audit: a namespace typo or a wrong cache URL is not 'run compact first'."""
+    s, _ = _cache(tmp_path)
+    s.cache.write_info({})  # as LatentDataset and encode describe a namespace
+    with pytest.raises(CacheError) as e:
+        list(LatentIterableDataset(str(tmp_path / "c"), "deadbeef"))
+    assert "no namespace 'deadbeef'" in str(e.value)
+    assert "the namespaces here are ns" in str(e.value) and "compact" not in str(e.value)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CacheError, match="there is no latentds namespace here"):
+        list(LatentIterableDataset(str(tmp_path / "plain"), "ns"))
+    with pytest.raises(CacheError, match="no committed shards; run compact first .there is no cache at"):
+        list(LatentIterableDataset(str(tmp_path / "nowhere"), "ns"))
+    s = ShardedStore(LatentCache(str(tmp_path / "staged"), "ns"))  # a namespace with nothing compacted
+    s.cache.put(_key(0), np.zeros((2, 3, 4), np.float32), None, {"key": _key(0), "target": 0})
+    s.cache.write_info({})
+    with pytest.raises(CacheError, match=r"CURRENT.json: no committed shards; run compact first$"):
+        list(LatentIterableDataset(str(tmp_path / "staged"), "ns"))
