@@ -13,7 +13,8 @@ process called ``iter()`` on the loader (wall clock, shared by all processes):
 * ``unpk``   its pickle loaded (dataset, collate and ``worker_init_fn``: the imports they need);
 * ``init``   ``worker_init_fn`` called;
 * ``get0``/``got0``  its first shard/chunk GET started / finished (ours: ``SignedRanges.get_range``;
-  LitData: ``Downloader.download_chunk_from_index``; wrapped in the worker for this measurement);
+  LitData: ``Downloader.download_chunk_from_index`` and its async prefetch's ``_adownload_chunk_index``;
+  wrapped in the worker for this measurement);
 * ``read0``  its first batch's samples all read (the first call of the collate function);
 * ``recv0``  the main process received its first batch (batches come round-robin: batch i from
   worker i mod 2); ``last`` its last batch collated; ``rate`` its samples/s from its first
@@ -25,9 +26,9 @@ its top; LitData's workers get its ``allow_http`` switch in ``worker_init_fn``),
 2026-11-28 07:10), ``bench`` (what it imports now); several are interleaved. ``--imports N``
 first times, in N fresh interpreters each, what a worker of each side imports and unpickles
 before its first sample, and what its exit costs (``-X importtime`` output saved with
-``--importtime-dir``). Per epoch it also reports CPU seconds (load-independent, unlike the wall
-on a shared machine): the workers' (reaped before the loop ends: their exit included), the main
-process's, and the whole machine's busy time.
+``--importtime-dir``). Per epoch it also reports CPU seconds (far less load-dependent than the
+wall on a shared machine, though not free of it): the workers' (reaped before the loop ends:
+their exit included), the main process's, and the whole machine's busy time.
 
     nice -n 10 python benchmarks/spawn_timeline.py --samples 2000 --rounds 3 --main light litdata --imports 3
 """
@@ -85,8 +86,9 @@ class Probe:
 
     def __call__(self, worker_id: int) -> None:
         r = self.rec
-        r.update(init=time.time(), cpu_init=time.process_time(), worker=worker_id, start=_proc_start(), top=_T_TOP, main=_T_MAIN,
-                 gets=[], batches=[], n=0, modules=[m for m in HEAVY if m in sys.modules], n_modules=len(sys.modules))
+        r.update(init=time.time(), cpu_init=time.process_time(), worker=worker_id, start=_proc_start(),
+                 top=_T_TOP, main=_T_MAIN, gets=[], batches=[], n=0,
+                 modules=[m for m in HEAVY if m in sys.modules], n_modules=len(sys.modules))
         gets = r["gets"]
 
         def timed(fn: Any) -> Any:
@@ -323,7 +325,8 @@ def main() -> None:
                 return LatentIterableDataset.from_dataset(ds, shuffle=True, seed=r)
 
             def lit_ds(r: int) -> Any:
-                return litdata.StreamingDataset("s3://bench/lit", cache_dir=str(work / f"litcache-{r}-{time.time_ns()}"),
+                cache = str(work / f"litcache-{r}-{time.time_ns()}")  # fresh each epoch, as s3_vs_litdata
+                return litdata.StreamingDataset("s3://bench/lit", cache_dir=cache,
                                                 storage_options=lit_opts, shuffle=True, seed=r)
 
             keep = []
@@ -357,8 +360,9 @@ def main() -> None:
                     e = _epoch(loader, str(folder), side, args.workers)
                     res.setdefault((side, m), []).append(e)
                     print(f"round {r}: {side:4s} main {m:5s} {e['rate']:5.0f} samples/s (steady {e['steady']:5.0f}) "
-                          f"first batch {e['first']:.2f} s epoch {e['wall']:.2f} s (tail {e['tail']:.2f} s); CPU s: workers "
-                          f"{e['cpu_workers']:.2f} (after their last batch {e['cpu_exit']:.2f}), main {e['cpu_main']:.2f}, "
+                          f"first batch {e['first']:.2f} s epoch {e['wall']:.2f} s (tail {e['tail']:.2f} s); "
+                          f"CPU s: workers {e['cpu_workers']:.2f} (after their last batch {e['cpu_exit']:.2f}), "
+                          f"main {e['cpu_main']:.2f}, "
                           f"machine busy {e['cpu_busy']:.2f} of {os.cpu_count() * e['wall']:.2f}", flush=True)
                     for w, row in enumerate(e["workers"]):
                         print("    w%d " % w + " ".join(f"{k} {row[k]:.2f}" if k != "rate" else f"rate {row[k]:.0f}"
@@ -367,7 +371,8 @@ def main() -> None:
             print(f"\n{args.samples} latents {tuple(args.shape)} float32, 8 MiB shards/chunks, moto + proxy in their "
                   f"own process, {args.workers} spawned workers, batch {args.batch}, {args.rounds} rounds (medians); "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-            print("  seconds after iter(): " + " ".join(f"{k:>6s}" for k in MARKS[:-2]) + "  CPU s: at init, at last batch")
+            print("  seconds after iter(): " + " ".join(f"{k:>6s}" for k in MARKS[:-2])
+                  + "  CPU s: at init, at last batch")
             for m in mains:
                 lit_rate = statistics.median(e["rate"] for e in res[("lit", m)])
                 lit_steady = statistics.median(e["steady"] for e in res[("lit", m)])
