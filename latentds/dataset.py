@@ -353,7 +353,9 @@ class LatentDataset(DatasetFolder):
             st = m.stats if m is not None else {}
             if not st.get("mean"):
                 raise CacheError(f"{self._sharded.manifests.pointer_path}: normalize=True needs latent statistics; "
-                                 f"none are committed yet; run dataset.compact() or `latentds compact CACHE`")
+                                 f"none are committed yet: encode, then commit, the training set first: "
+                                 f"dataset.fill() then dataset.compact() (or `latentds encode SRC ...` then "
+                                 f"`latentds compact CACHE`)")
             mean = torch.tensor(st["mean"], dtype=torch.float32)
             std = torch.tensor(st["std"], dtype=torch.float32).clamp_min(1e-12)
             self._norm = (mean, std)

@@ -102,3 +102,16 @@ def test_every_help_has_examples(cmd: list[str], capsys: pytest.CaptureFixture) 
     with pytest.raises(SystemExit) as exc:
         main(cmd)
     assert exc.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_normalize_on_a_fresh_cache_says_to_fill_then_compact(tree: Path, tmp_path: Path) -> None:
+    """The README's normalize=True on a first run: compact alone commits nothing from an empty
+    cache, so the message said a step that could not help; it now says fill, then compact."""
+    kw = {"codec": "bicubic-f8", "cache": tmp_path / "cache", "image_size": (64, 48)}
+    ds = LatentDataset(tree, normalize=True, **kw)
+    with pytest.raises(CacheError, match=r"dataset\.fill\(\) then dataset\.compact\(\)"):
+        ds[0]
+    ds.fill(progress=False)
+    ds.compact()
+    x, _ = LatentDataset(tree, normalize=True, **kw)[0]
+    assert x.shape == (1, 8, 6)
