@@ -115,3 +115,17 @@ def test_normalize_on_a_fresh_cache_says_to_fill_then_compact(tree: Path, tmp_pa
     ds.compact()
     x, _ = LatentDataset(tree, normalize=True, **kw)[0]
     assert x.shape == (1, 8, 6)
+
+
+def test_weights_of_another_f_c_say_how_to_load_them_from_the_command_line(tree: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """--codec kl-f8c4 --weights <a kl-f4c4 file>: the fix was given in Python only (create_codec(path))."""
+    from latentds.cli import main
+    from latentds.codecs import create_codec, save_kl_codec
+
+    small = {"block_out_channels": [16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8}
+    path = save_kl_codec(create_codec("kl-f4c4", weights="random", arch=small), tmp_path / "f4c4.safetensors",
+                         name="kl-f4c4")
+    code = main(["encode", str(tree), "--codec", "kl-f8c4", "--weights", str(path), "--cache", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "f=4, C=4" in err and f"--codec {path}" in err, err
