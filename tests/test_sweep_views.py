@@ -75,3 +75,36 @@ def test_sweep_cli_views_option():
     assert config_from_args(build_parser().parse_args(["sweep", "--views", "4"])).views == 4
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sweep", "--views", "0"])
+
+
+def test_probe_training_with_workers_serves_each_epochs_views(tmp_path):
+    """With DataLoader workers a views dataset must not be held by persistent workers: they keep
+    the copy made at epoch 0 and set_epoch (main process) never reaches it."""
+    from torch.utils.data import TensorDataset
+
+    from latentds.testing.synthetic import make_dataset
+    from latentds.train.probe import EpochSubset, fit_probe
+    from latentds.train.probe.epochs import changes_with_epoch
+
+    make_dataset(tmp_path / "src", n_per_class=3, shape=(32, 32))
+    ds = LatentDataset(tmp_path / "src", codec="bicubic-f4", cache=tmp_path / "c", views=3, crop_roi=False,
+                       image_size=(32, 32))
+    log = tmp_path / "served.txt"  # written by the workers (O_APPEND lines), read here
+
+    class Recording(EpochSubset):
+        def __getitem__(self, j):
+            with open(log, "a") as f:
+                f.write(f"{self.dataset.epoch}\n")
+            return super().__getitem__(j)
+
+    train = Recording(ds, range(len(ds)))
+    assert changes_with_epoch(train) and not changes_with_epoch(EpochSubset(
+        LatentDataset(tmp_path / "src", codec="bicubic-f4", cache=tmp_path / "c", crop_roi=False,
+                      image_size=(32, 32)), [0]))
+    x = torch.stack([train[j][0] for j in range(len(train))])
+    log.unlink()
+    fit_probe(train, TensorDataset(x, torch.tensor(ds.targets)), in_chans=1, num_classes=2, backbone="small-cnn",
+              epochs=3, batch_size=3, lr=1e-3, bootstrap=10, accelerator="cpu", precision="32-true", num_workers=2)
+    epochs = [int(s) for s in log.read_text().split()]
+    assert sorted(set(epochs)) == [0, 1, 2]  # persistent workers would read epoch 0 three times
+    assert epochs.count(1) == epochs.count(2) == len(ds)  # (epoch 0 also has the shape probe's read)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["EpochSubset", "set_dataset_epoch"]
+__all__ = ["EpochSubset", "changes_with_epoch", "set_dataset_epoch"]
 
 
 class EpochSubset(Dataset):
@@ -46,5 +46,24 @@ def set_dataset_epoch(dataset: Any, epoch: int) -> bool:
         if callable(fn):
             fn(int(epoch))
             return True
+        dataset = getattr(dataset, "dataset", None)
+    return False
+
+
+def changes_with_epoch(dataset: Any) -> bool:
+    """Whether ``dataset`` serves something else after ``set_epoch`` (a ``LatentDataset`` with
+    ``views > 1``, or any other dataset with a ``set_epoch``; wrappers that only pass it on, such
+    as :class:`EpochSubset`, are looked through). Such a training set must not be loaded by
+    persistent DataLoader workers: ``set_epoch`` runs in the main process, and a persistent
+    worker keeps the copy of the dataset it was started with, so every epoch would silently
+    serve epoch 0's views."""
+    seen: set[int] = set()
+    while dataset is not None and id(dataset) not in seen:
+        seen.add(id(dataset))
+        views = getattr(dataset, "views", None)
+        if isinstance(views, int) and not isinstance(views, bool):
+            return views > 1  # a LatentDataset: only its views change with the epoch
+        if callable(getattr(dataset, "set_epoch", None)) and not isinstance(dataset, EpochSubset):
+            return True  # someone else's epoch-dependent dataset: assume it changes
         dataset = getattr(dataset, "dataset", None)
     return False

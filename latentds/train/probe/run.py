@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from latentds.errors import ConfigError, ImageReadError
 
+from .epochs import changes_with_epoch
 from .metrics import bootstrap_auroc
 from .model import INPUT_FITS, MODES, ProbeShapeError
 from .module import Indexed, ProbeModule
@@ -359,8 +360,12 @@ def fit_probe(train: Dataset, test: Dataset, *, in_chans: int, num_classes: int,
     per_rank = -(-len(train) // max(1, trainer.world_size))  # type: ignore[arg-type]
     drop_last = per_rank > 1 and per_rank % batch_size == 1 and module.model.needs_batch_of_two(shape)
     gen = torch.Generator().manual_seed(seed)
+    # persistent workers spare a worker start per epoch, but keep the dataset copy they started
+    # with: a training set that changes with the epoch (cached views) would serve epoch 0's views
+    # every epoch, so it gets workers made afresh for each epoch (they copy it after set_epoch)
+    persistent = num_workers > 0 and not changes_with_epoch(train)
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, generator=gen,
-                              persistent_workers=num_workers > 0, drop_last=drop_last)
+                              persistent_workers=persistent, drop_last=drop_last)
     val_loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers) if val is not None else None
     trainer.fit(module, train_loader, val_loader)
     if out_dir is not None and trainer.is_global_zero:
