@@ -49,8 +49,8 @@ def _load_weights(
         if (f_file, cfg["latent_channels"]) != (spec.f, spec.latent_channels):
             raise CodecError(
                 f"{where}: the file holds {file_name!r} with f={f_file}, C={cfg['latent_channels']}, but "
-                f"{spec.name!r} needs f={spec.f}, C={spec.latent_channels}; load the file as its own codec: "
-                f"create_codec({str(p)!r}) (command line: --codec {p} without --weights)"
+                f"{spec.name!r} needs f={spec.f}, C={spec.latent_channels}; use create_codec(path) instead "
+                f"(command line: --codec {p} without --weights)"
             )
         return load_model(config, sd, where=where), str(p), [], 0, alpha
     config = merge_arch(spec.config, arch)
