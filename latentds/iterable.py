@@ -34,6 +34,7 @@ import torch
 from google_crc32c import value as _crc32c_value  # takes numpy views without a copy
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .epoch_box import EpochBox
 from .errors import CacheError, ConfigError, LatentdsError, ShardError
 from .sample.views import choose_view, view_key
 from .store import open_store
@@ -130,6 +131,7 @@ class LatentIterableDataset(IterableDataset):
         #: when this dataset is collected; the directory itself goes at exit
         self._shipped: list[SideFile] = []
         weakref.finalize(self, _remove_all, self._shipped)
+        self._box = EpochBox()  # this epoch and its pin, for persistent workers (latentds/epoch_box.py)
         self._pin_early()
 
     def _pin_early(self) -> None:
@@ -144,6 +146,11 @@ class LatentIterableDataset(IterableDataset):
             self._plan()
         except (LatentdsError, OSError):
             self._pin = self._pinned = self._signed = None
+        self._share_epoch()
+
+    def _share_epoch(self) -> None:
+        if get_worker_info() is None:  # the main process only: workers read it
+            self._box.put(self.epoch, self._pin[1] if self._pin is not None and self._pin[0] == self.epoch else None)
 
     @classmethod
     def from_dataset(cls, ds: Any, **kwargs: Any) -> "LatentIterableDataset":
@@ -272,10 +279,14 @@ class LatentIterableDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch``: the newest committed generation is pinned for it now, in the
-        calling process, so DataLoader workers started afterwards all read that one."""
+        calling process, so DataLoader workers started afterwards all read that one (persistent
+        workers too: they take epoch and generation from shared memory when the epoch starts)."""
         self.epoch = int(epoch)
         self._pin = self._pinned = None  # "now": not a pin taken earlier (at construction) for this epoch
-        self._plan()
+        try:
+            self._plan()
+        finally:
+            self._share_epoch()
 
     def _plan(self) -> tuple[Rows, dict[str, list[int]]]:
         """The manifest generation this epoch reads and, per shard, the rows it yields there.
@@ -368,6 +379,11 @@ class LatentIterableDataset(IterableDataset):
         return self._split(self.shards())
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        # a persistent DataLoader worker: the epoch (and its generation) the main process set since
+        news = self._box.news(self.epoch, self._pin) if get_worker_info() is not None else None
+        if news is not None:
+            self.epoch, self._pin = news[0], (news[0], news[1]) if news[1] is not None else None
+            self._pinned = self._signed = None
         count, shards = self._walks()
         if self.batch_size is not None:  # whole batches (latentds/stream_batch.py)
             yield from stream_batches(shards, count, self.batch_size, self.drop_last, self.transform,
