@@ -129,3 +129,28 @@ def test_weights_of_another_f_c_say_how_to_load_them_from_the_command_line(tree:
     code = main(["encode", str(tree), "--codec", "kl-f8c4", "--weights", str(path), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "f=4, C=4" in err and f"--codec {path}" in err, err
+
+
+class _Unchecked:
+    """A user's first codec (H3 audit): encodes and decodes, but checks no input."""
+
+    name, f, latent_channels = "my-avg-f4", 4, 1
+    device = None
+
+    def encode(self, x):
+        import torch
+
+        return torch.nn.functional.avg_pool2d(x, 4, ceil_mode=True)
+
+    def decode(self, z):
+        import torch
+
+        return torch.nn.functional.interpolate(z, scale_factor=4).clamp(0, 1)
+
+
+def test_the_codec_conformance_failure_says_how_to_check_inputs() -> None:
+    """Was only 'a 3-D tensor did not raise CodecError': which helper does it, it did not say."""
+    from latentds.testing.codec_conformance import check_input_errors
+
+    with pytest.raises(AssertionError, match=r"my-avg-f4: a 3-D tensor did not raise CodecError.*check_image_batch"):
+        check_input_errors(_Unchecked())

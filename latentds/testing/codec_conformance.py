@@ -103,7 +103,8 @@ def check_determinism(codec: Codec, rebuild: Callable[[], Codec] | None = None) 
     """Bit-identical encode/decode on repeat (and in a second instance); encode_dist agrees."""
     x = _noise(32, 48)
     z1, z2 = codec.encode(x), codec.encode(x)
-    assert torch.equal(z1, z2), f"{codec.name}: encode is not bit-identical on repeat"
+    assert torch.equal(z1, z2), (f"{codec.name}: encode is not bit-identical on repeat; encode must return the "
+                                 "posterior mean, never a sample (docs/design.md invariant 1)")
     y1, y2 = codec.decode(z1), codec.decode(z1)
     assert torch.equal(y1, y2), f"{codec.name}: decode is not bit-identical on repeat"
     mean, std = codec.encode_dist(x)
@@ -171,7 +172,10 @@ def check_input_errors(codec: Codec) -> None:
         "latents with the wrong C": lambda: codec.decode(torch.zeros(1, codec.latent_channels + 1, 4, 4)),
     }
     for what, fn in bad_inputs.items():
-        assert _raises_codec_error(fn), f"{codec.name}: {what} did not raise CodecError"
+        assert _raises_codec_error(fn), (
+            f"{codec.name}: {what} did not raise CodecError; start encode/encode_dist with "
+            f"x = latentds.codecs.base.check_image_batch(x, self.name) and decode with "
+            f"z = check_latent_batch(z, self.name, self.latent_channels)")
 
 
 @dataclass
