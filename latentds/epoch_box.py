@@ -34,7 +34,11 @@ class EpochBox:
     __slots__ = ("_t",)
 
     def __init__(self) -> None:
-        self._t = torch.zeros(_BYTES, dtype=torch.uint8).share_memory_()
+        self._t = torch.zeros(_BYTES, dtype=torch.uint8)
+        try:
+            self._t.share_memory_()
+        except (RuntimeError, OSError):  # no shared memory here (a sandbox): DataLoader workers would
+            pass  # need it for every batch anyway; a process without workers must not fail for it
 
     def put(self, epoch: int, pointer: dict[str, Any] | None) -> None:
         body = json.dumps(pointer, sort_keys=True).encode() if pointer is not None else b""
