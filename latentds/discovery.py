@@ -15,7 +15,7 @@ from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
 
 from .errors import ConfigError, SourceError
 from .preprocess import DICOM_EXTENSIONS
-from .store.fsio import Location
+from .store.fsio import Location, call
 
 __all__ = ["DEFAULT_EXTENSIONS", "LAYOUT_HINT", "check_nonempty", "find_classes", "is_remote", "make_dataset"]
 
@@ -41,7 +41,9 @@ def find_classes(directory: str | os.PathLike[str], storage_options: dict[str, A
         except FileNotFoundError as exc:  # torchvision's own message first, then how to fix it
             raise SourceError(f"{exc} {_missing(directory)}{LAYOUT_HINT}") from None
     loc = Location(os.fspath(directory), dict(storage_options or {}))
-    entries = loc.fs.ls(loc.path, detail=True) if loc.fs.exists(loc.path) else []
+    # through `call`: missing credentials or a denied listing is a StoreAccessError saying what to fix
+    entries = call(lambda: loc.fs.ls(loc.path, detail=True) if loc.fs.exists(loc.path) else [],
+                   os.fspath(directory), storage_options=loc.storage_options)
     classes = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
     if not classes:
         raise SourceError(f"Couldn't find any class folder in {directory}. {LAYOUT_HINT}")
@@ -84,7 +86,7 @@ def make_dataset(
     for target_class in sorted(class_to_idx):
         class_index = class_to_idx[target_class]
         base = loc.join(target_class)
-        for path in sorted(loc.fs.find(base)):
+        for path in sorted(call(lambda: loc.fs.find(base), base, storage_options=loc.storage_options)):
             url = f"{protocol}://{path}"
             if is_valid_file(url):
                 instances.append((url, class_index))

@@ -154,3 +154,45 @@ def test_the_codec_conformance_failure_says_how_to_check_inputs() -> None:
 
     with pytest.raises(AssertionError, match=r"my-avg-f4: a 3-D tensor did not raise CodecError.*check_image_batch"):
         check_input_errors(_Unchecked())
+
+
+def _upload(tree: Path, s3_env, bucket: str) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_env.options(), skip_instance_cache=True)
+    for p in sorted(tree.rglob("*.png")):
+        fs.put_file(str(p), f"{bucket}/src/{p.relative_to(tree).as_posix()}")
+    return f"s3://{bucket}/src"
+
+
+def test_a_cache_bucket_that_does_not_exist_is_one_line(tree: Path, tmp_path: Path, s3_env,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Was a FileNotFoundError traceback ('The specified bucket does not exist') from the first
+    write, when that write was a failure record rather than a latent."""
+    import json
+
+    from latentds.cli import main
+
+    (tree / "b" / "broken.png").write_bytes(b"")  # its failure record is the first write
+    src = _upload(tree, s3_env, s3_env.new_bucket())
+    code = main(["encode", src, "--codec", "bicubic-f8", "--cache", "s3://no-such-bucket-h3/lat", "--quiet",
+                 "--storage-options", json.dumps(s3_env.options())])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("latentds: error: ") and "no-such-bucket-h3" in err, err
+    assert "does not exist" in err and "Traceback" not in err, err
+
+
+def test_a_bucket_source_without_credentials_is_one_line(tree: Path, s3_env, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Was botocore's NoCredentialsError traceback from the listing of the source."""
+    from latentds.cli import main
+
+    src = _upload(tree, s3_env, s3_env.new_bucket())
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    code = main(["encode", src, "--codec", "bicubic-f8", "--cache", "memory://h3-nocreds", "--quiet",
+                 "--storage-options", '{"client_kwargs": {"endpoint_url": "%s"}}' % s3_env.proxy.endpoint])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("latentds: error: ") and "credentials" in err, err

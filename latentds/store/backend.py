@@ -143,7 +143,13 @@ class Backend:
     def put(self, rel: str, data: bytes) -> None:
         """Readers see nothing or all of ``data`` (temp + rename on disk, one PUT elsewhere)."""
         p, fs = self.path(rel), self.fs
-        self._call(lambda: write_atomic(fs, p, data), p)
+        try:
+            self._call(lambda: write_atomic(fs, p, data), p)
+        except FileNotFoundError as exc:  # a write's miss is the bucket (or root) itself: a user's mistake
+            from ..errors import StoreAccessError
+
+            raise StoreAccessError(f"{p}: cannot write, the bucket or directory does not exist ({exc}); create it "
+                                   "or fix the cache URL") from None
 
     def exists(self, rel: str) -> bool:
         p, fs = self.path(rel), self.fs
