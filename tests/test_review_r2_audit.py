@@ -32,10 +32,6 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.mark.xfail(strict=True, reason="R2 (0c78160): entry.main treats EVERY BrokenPipeError as 'the reader of "
-                   "stdout left': one raised by something else (a pipe/socket to a worker or a store) ends the "
-                   "command silently with exit 141 and no message, a real error swallowed. Re-raise unless stdout "
-                   "itself is the broken pipe (e.g. select.poll(fd 1) reports POLLERR)")
 def test_r2_a_broken_pipe_that_is_not_stdout_is_not_silent(cache: Path) -> None:
     # stdout stays open and read to the end; a command-internal write meets a closed pipe (real EPIPE)
     code = (
@@ -50,9 +46,6 @@ def test_r2_a_broken_pipe_that_is_not_stdout_is_not_silent(cache: Path) -> None:
     assert not (out.returncode == 141 and out.stderr.strip() == ""), (out.returncode, out.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="R2 (9fbc5f0): `latentds sweep --bootstrap 0` (AUROC without a CI, the "
-                   "fast run) worked before and bootstrap_auroc handles n_boot=0 (CI = point, 0 resamples); "
-                   "positive_int now refuses it. Use a non-negative int type for --bootstrap")
 def test_r2_sweep_bootstrap_zero_is_still_accepted() -> None:
     import torch
 
@@ -64,9 +57,6 @@ def test_r2_sweep_bootstrap_zero_is_still_accepted() -> None:
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="R2 (pre-existing since a386191, the line 0da039e edited): cli fs_url takes "
-                   "the protocol of a chained fsspec URL as 'simplecache::file' and refuses it as unknown, though "
-                   "the store reads it (list_namespaces('simplecache::file://...') works). Check each '::' part")
 def test_r2_cli_accepts_a_chained_fsspec_url(cache: Path, capsys: pytest.CaptureFixture) -> None:
     from latentds.cli.entry import main
     from latentds.store.entries import list_namespaces

@@ -294,7 +294,8 @@ def test_sweep_help_names_every_default_and_refuses_zero_counts(capsys):
               if a.option_strings and a.nargs != 0 and "default" not in (a.help or "")
               and a.dest not in ("help", "data_root", "methods", "budget")]  # these say what "none" means
     assert silent == [], silent
-    for flag in ("--epochs", "--n-per-class", "--batch-size", "--bootstrap"):
+    for flag, value, says in (("--epochs", "0", ">= 1"), ("--n-per-class", "0", ">= 1"), ("--batch-size", "0", ">= 1"),
+                              ("--bootstrap", "-1", ">= 0")):  # --bootstrap 0: AUROC without a CI (R2)
         with pytest.raises(SystemExit) as exc:
-            main(["sweep", flag, "0"])
-        assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+            main(["sweep", flag, value])
+        assert exc.value.code == 2 and f"must be {says}" in capsys.readouterr().err

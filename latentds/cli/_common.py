@@ -46,14 +46,16 @@ def json_object(text: str) -> dict:
 def fs_url(text: str) -> str:
     """argparse type of a folder or fsspec URL: an unknown protocol (``s4://``) is a typo, said at once;
     so is a local path that is an existing file (it would fail deep in a write with NotADirectoryError)."""
-    if "://" in text and not text.startswith("file://"):
+    if ("://" in text and not text.startswith("file://")) or "::" in text:
         import fsspec
 
-        protocol = text.split("://", 1)[0]
-        if protocol not in fsspec.available_protocols():
-            raise argparse.ArgumentTypeError(
-                f"unknown storage protocol {protocol!r} in {text!r}; use a local folder or an fsspec URL such as "
-                "s3://bucket/prefix, gs://..., az://..., memory://...")
+        parts = text.split("::")  # a chained URL (simplecache::s3://...): every link's protocol is checked
+        protocols = [p.split("://", 1)[0] for p in parts[:-1]] + [parts[-1].split("://", 1)[0]] * ("://" in parts[-1])
+        for protocol in protocols:
+            if protocol not in fsspec.available_protocols():
+                raise argparse.ArgumentTypeError(
+                    f"unknown storage protocol {protocol!r} in {text!r}; use a local folder or an fsspec URL such "
+                    "as s3://bucket/prefix, gs://..., az://..., memory://...")
     elif Path(text[len("file://"):] if text.startswith("file://") else text).is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder; give a folder (created if missing) "
                                          "or an fsspec URL such as s3://bucket/prefix")

@@ -42,6 +42,19 @@ def _run(argv: list[str]) -> int:
     return int(args.func(args))
 
 
+def _stdout_is_a_closed_pipe() -> bool:
+    """True when fd 1 is a pipe whose reader has gone (poll reports POLLERR on its write end)."""
+    try:
+        import select
+
+        fd = sys.stdout.fileno()  # a replaced stdout (notebook, redirect_stdout) has none: not ours
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no fileno, a closed stdout
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``latentds``; returns the exit code (0 ok, 1 bad data in a job, 2 user error)."""
     from ..errors import LatentdsError, missing_extra
@@ -59,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # whoever read our output left early (`latentds inspect CACHE | head`): not an error of ours.
-        # stdout goes to devnull so the interpreter's final flush does not raise again; 141 = 128 +
-        # SIGPIPE, what a shell reports for a command that a pipe stopped.
-        if debug:
+        # Only when stdout itself is the broken pipe: any other pipe (a helper process, a socket) is
+        # a real error. stdout goes to devnull so the interpreter's final flush does not raise
+        # again; 141 = 128 + SIGPIPE, what a shell reports for a command that a pipe stopped.
+        if debug or not _stdout_is_a_closed_pipe():
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

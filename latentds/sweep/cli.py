@@ -7,7 +7,7 @@ import dataclasses
 import time
 from typing import Any, Sequence
 
-from .._argtypes import positive_int
+from .._argtypes import non_negative_int, positive_int
 from .config import FULL, PAPER, REDUCED, SweepConfig
 from .methods import check_methods, default_methods, unavailable_codecs, with_controls
 from .report import write_outputs
@@ -59,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="synthetic data seed (default 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help=f"probe seeds, one train/test split and initialisation each (default {' '.join(map(str, d.seeds))})")
-    p.add_argument("--bootstrap", type=positive_int, default=None,
-                   help=f"bootstrap resamples for each AUROC's 95%% CI (default {d.bootstrap})")
+    p.add_argument("--bootstrap", type=non_negative_int, default=None,
+                   help=f"bootstrap resamples for each AUROC's 95%% CI; 0: no CI (default {d.bootstrap})")
     p.add_argument("--views", type=positive_int, default=None,
                    help="codec rows: cache K augmented views per image and train on one per epoch (test on view 0; "
                         "docs/views.md); default 1")
