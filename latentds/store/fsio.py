@@ -83,7 +83,7 @@ class Location:
                     raise
                 from ..errors import ConfigError  # a ValueError too, as fsspec's was
 
-                protocol = fsspec.core.split_protocol(self.url)[0]
+                protocol = str(exc).rsplit(":", 1)[-1].strip()  # fsspec names the link it does not know
                 raise ConfigError(f"{self.url}: unknown storage protocol {protocol!r}; use a local folder or an fsspec "
                                   "URL such as s3://bucket/prefix, gs://..., az://..., memory://...") from None
             if hasattr(fs, "retries") and type(fs).__module__.startswith("s3fs"):
