@@ -149,8 +149,11 @@ class LatentIterableDataset(IterableDataset):
         self._share_epoch()
 
     def _share_epoch(self) -> None:
-        if get_worker_info() is None:  # the main process only: workers read it
-            self._box.put(self.epoch, self._pin[1] if self._pin is not None and self._pin[0] == self.epoch else None)
+        if get_worker_info() is None:  # the main process writes it; workers read it
+            self._box.put(self.epoch, self._pin[1] if self._pin is not None and self._pin[0] == self.epoch else None,
+                          name=_Lazy(lambda: str(self.store.manifests.pointer_path)))
+        else:  # an epoch set in the worker itself (a wrapper, worker_init_fn): not undone by the box
+            self._box.seen()
 
     @classmethod
     def from_dataset(cls, ds: Any, **kwargs: Any) -> "LatentIterableDataset":
@@ -184,6 +187,8 @@ class LatentIterableDataset(IterableDataset):
         # target, CRC32C and key, for this epoch's rows only), so a spawned worker's first
         # request is its first shard GET instead of a pointer and a whole-manifest GET.
         self._unship()  # a worker pickling on: its state is whole first
+        if spawning() and get_worker_info() is None:
+            self._box.own()  # workers spawned from here share the box this process writes
         state = self.__dict__.copy()
         state.pop("_shipped", None)
         state["_pinned"] = state["_signed"] = None
@@ -351,6 +356,10 @@ class LatentIterableDataset(IterableDataset):
             return CacheError(plain)
         if ns in names:
             return CacheError(plain)
+        if self.samples is not None:  # the namespace of a dataset's own samples (from_dataset): not a typo
+            return CacheError(f"{root.url}: no committed shards for namespace {ns!r} (the dataset's codec and "
+                              f"preprocessing) yet: fill it, then compact (dataset.fill(); dataset.compact(), "
+                              f"or `latentds encode` with the dataset's options)")
         here = (f"the namespaces here are {', '.join(names)}" if names else
                 "there is no latentds namespace here (a cache is the folder or URL given to LatentDataset(cache=) "
                 "or `latentds encode --cache`, not the image folder)")
@@ -380,7 +389,7 @@ class LatentIterableDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         # a persistent DataLoader worker: the epoch (and its generation) the main process set since
-        news = self._box.news(self.epoch, self._pin) if get_worker_info() is not None else None
+        news = self._box.news() if get_worker_info() is not None else None
         if news is not None:
             self.epoch, self._pin = news[0], (news[0], news[1]) if news[1] is not None else None
             self._pinned = self._signed = None

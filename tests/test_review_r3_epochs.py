@@ -63,9 +63,6 @@ class _Wrap(IterableDataset):
         yield from self.inner
 
 
-@pytest.mark.xfail(strict=True, reason="R3: a worker reverts to the main process's box epoch whenever its own "
-                   "differs, so set_epoch called IN a worker (a wrapper's __iter__, worker_init_fn) or "
-                   "ds.epoch = e is undone; even plain (non-persistent) workers then repeat epoch 0")
 def test_r3_set_epoch_in_a_worker_is_not_undone_by_the_box(tmp_path: Path) -> None:
     _store(tmp_path)
     w = _Wrap(_ds(tmp_path))
@@ -75,8 +72,6 @@ def test_r3_set_epoch_in_a_worker_is_not_undone_by_the_box(tmp_path: Path) -> No
     assert _epoch(w) == _epoch(ref)  # before ed05660: equal; now the workers stream epoch 0
 
 
-@pytest.mark.xfail(strict=True, reason="R3: a copy (copy.deepcopy, pickle.loads) gets a private, unshared box: "
-                   "forked persistent workers of the copy never see set_epoch and repeat epoch 0")
 def test_r3_a_copied_dataset_still_reaches_persistent_workers(tmp_path: Path) -> None:
     _store(tmp_path)
     ds = copy.deepcopy(_ds(tmp_path))
@@ -93,9 +88,6 @@ def _set_epoch_elsewhere(ds: LatentIterableDataset) -> int:
     return ds.epoch
 
 
-@pytest.mark.xfail(strict=True, reason="R3: any process that unpickles the dataset through multiprocessing "
-                   "(Pool, Queue, mp.spawn ranks) gets the SAME box and, not being a DataLoader worker, writes it: "
-                   "its set_epoch changes what this process's workers stream")
 def test_r3_another_process_cannot_set_this_process_epoch(tmp_path: Path) -> None:
     _store(tmp_path)
     ds = _ds(tmp_path)
@@ -106,8 +98,6 @@ def test_r3_another_process_cannot_set_this_process_epoch(tmp_path: Path) -> Non
     assert _epoch(ds) == before  # now: epoch 5's order, though this process never left epoch 0
 
 
-@pytest.mark.xfail(strict=True, reason="R3: a pointer over the 2 KiB box is dropped silently; persistent workers "
-                   "then read CURRENT.json themselves and stream a generation committed after set_epoch")
 def test_r3_a_long_pointer_still_pins_the_generation(tmp_path: Path) -> None:
     s = _store(tmp_path)
     ds = _ds(tmp_path, batch_size=4)
@@ -124,8 +114,6 @@ def test_r3_a_long_pointer_still_pins_the_generation(tmp_path: Path) -> None:
     assert sorted(_epoch(ds, loader=loader)) == list(range(20)) + [99]
 
 
-@pytest.mark.xfail(strict=True, reason="R3: from_dataset of a dataset not filled yet, in a cache holding another "
-                   "codec's namespace, is told its namespace does not exist and to 'use from_dataset', never to fill")
 def test_r3_an_unfilled_dataset_is_told_to_fill_not_that_its_namespace_is_missing(tmp_path: Path) -> None:
     for c in ("a", "b"):
         os.makedirs(tmp_path / "img" / c)
