@@ -57,3 +57,22 @@ def test_r4_a_set_epoch_after_another_process_got_the_dataset_does_not_reach_its
     # the child's DataLoader workers must stream the child's epoch (0), as the child itself does;
     # now they adopt the parent's epoch 5 (the box own() copied at the child's fork)
     assert with_workers == in_process
+
+
+@pytest.mark.xfail(strict=True, reason="R4: copy.copy(ds) shares ds's EpochBox object, so the copy's "
+                   "set_epoch is news to ds's persistent workers")
+def test_r4_a_shallow_copys_set_epoch_does_not_reach_the_originals_workers(tmp_path: Path) -> None:
+    import copy
+
+    _store(tmp_path)
+    ds = _ds(tmp_path)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, persistent_workers=True, multiprocessing_context=FORK)
+    [t for _, t in loader]
+    ds.set_epoch(1)
+    ev = copy.copy(ds)  # e.g. an evaluation view of the same data (its own epoch)
+    ev.set_epoch(0)
+    ref = _ds(tmp_path)
+    ref.set_epoch(1)
+    assert ds.epoch == 1
+    # now: ds's workers stream epoch 0, the copy's epoch (deepcopy/pickle copies are fine)
+    assert [int(t) for _, ts in loader for t in ts] == _order(ref, 0)
