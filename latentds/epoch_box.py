@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CacheError
+from .errors import CacheError, ConfigError
 
 __all__ = ["EpochBox"]
 
@@ -47,6 +47,8 @@ __all__ = ["EpochBox"]
 #: OpenMP threads (a ``Pool`` child) deadlocks, and the box is filled and copied there
 _BYTES = 4096
 _HEAD = struct.Struct("<qqi")
+#: the header after the sequence number: epoch, pointer length
+_TAIL = struct.Struct("<qi")
 #: pointer length value: written without a pointer (workers then read the pointer themselves)
 _NO_POINTER = -1
 #: boxes of this process, so that a fork gives the children boxes this process owns
@@ -83,12 +85,25 @@ class EpochBox:
     def own(self) -> None:
         """Make sure this process owns the box (and that it is shared) before it writes it or
         starts workers: a copy in another process, or one whose tensor is no longer shared,
-        gets a box of its own with the same contents."""
+        gets a box of its own with the same contents, whose last write is not news to this copy
+        (it is the other process's epoch, not this one's: review R4)."""
         if self._owner == os.getpid() and self._t.is_shared():
             return
+        self._t, self._owner = self._copied(), os.getpid()
+        self._seen = self._read()[0]
+
+    def clone(self) -> "EpochBox":
+        """A box of this process with the same contents and the same news seen (``copy.copy`` of a
+        dataset: the copy's ``set_epoch`` must not reach the original's workers)."""
+        box = EpochBox.__new__(EpochBox)
+        box._t, box._owner, box._seen = self._copied(), os.getpid(), self._seen
+        _LIVE.add(box)
+        return box
+
+    def _copied(self) -> torch.Tensor:
         t = _shared(_BYTES)
         t.numpy()[:] = self._t.numpy()
-        self._t, self._owner = t, os.getpid()
+        return t
 
     def put(self, epoch: int, pointer: dict[str, Any] | None, name: object = "the generation pointer") -> None:
         """Write ``epoch`` and the pointer pinned for it (the owning process only)."""
@@ -98,14 +113,23 @@ class EpochBox:
             raise CacheError(f"{name}: {len(body)} bytes, over the {_BYTES - _HEAD.size} a streaming dataset "
                              f"shares with its DataLoader workers; latentds writes ~230, so this pointer was "
                              f"written by something else: restore it (`latentds verify` checks the cache)")
-        buf = self._t.numpy()
-        seq = _HEAD.unpack(buf[:_HEAD.size].tobytes())[0]
-        odd, even = seq + 1 + (seq & 1), seq + 2 + (seq & 1)
-        buf[:8] = list(struct.pack("<q", odd))  # writing: readers retry
-        buf[_HEAD.size:_HEAD.size + len(body)] = list(body)
-        buf[8:_HEAD.size] = list(struct.pack("<qi", int(epoch), len(body) if pointer is not None else _NO_POINTER))
-        buf[:8] = list(struct.pack("<q", even))
-        self._seen = even
+        try:  # everything packed before anything is written: a bad epoch leaves the box as it was
+            head = _TAIL.pack(int(epoch), len(body) if pointer is not None else _NO_POINTER)
+        except struct.error:
+            raise ConfigError(f"epoch must fit in 64 bits, not {epoch!r}") from None
+        buf, seqs = self._t.numpy(), self._t.numpy().view(np.int64)
+        seq = int(seqs[0])
+        odd = seq + 1 + (seq & 1)
+        seqs[0] = odd  # one aligned 8-byte store: a reader never sees half of it; odd: readers retry
+        try:
+            buf[_HEAD.size:_HEAD.size + len(body)] = np.frombuffer(body, np.uint8)
+            buf[8:_HEAD.size] = np.frombuffer(head, np.uint8)
+        except BaseException:  # interrupted mid-write: no pointer (workers read it themselves)
+            buf[8:_HEAD.size] = np.frombuffer(_TAIL.pack(int(epoch), _NO_POINTER), np.uint8)
+            raise
+        finally:
+            seqs[0] = odd + 1
+            self._seen = odd + 1
 
     def seen(self) -> None:
         """This copy set its own epoch (in a worker): what the box holds now is not news to it."""
@@ -122,10 +146,12 @@ class EpochBox:
 
     def _read(self) -> tuple[int, int, dict[str, Any] | None]:
         buf = self._t.numpy()
+        seqs = buf.view(np.int64)
         for attempt in range(10000):
-            seq, epoch, n = _HEAD.unpack(buf[:_HEAD.size].tobytes())
+            seq = int(seqs[0])
+            epoch, n = _TAIL.unpack(buf[8:_HEAD.size].tobytes())
             body = buf[_HEAD.size:_HEAD.size + n].tobytes() if n > 0 else b""
-            if not seq & 1 and _HEAD.unpack(buf[:_HEAD.size].tobytes())[0] == seq:
+            if not seq & 1 and int(seqs[0]) == seq:
                 return seq, epoch, (json.loads(body) if n > 0 else None) if seq else None
             time.sleep(0 if attempt < 100 else 0.001)  # the owner is writing: a few microseconds
         raise CacheError("the epoch shared with DataLoader workers stayed half-written for over 10 s "

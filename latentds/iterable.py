@@ -42,6 +42,7 @@ from .store import layout
 from .store.epochplan import MAX_SHIPPED_ROWS, EpochPlan
 from .shardwalk import ShardWalk
 from .stream_batch import ShardItems, check_batch_size, stream_batches
+from .stream_errors import nothing_committed
 from .store.sidefile import SideFile, ship, spawning
 from .store.signed import SignedRanges
 from .store.prefetch import DEFAULT_DEPTH, fetch_ahead
@@ -216,6 +217,11 @@ class LatentIterableDataset(IterableDataset):
                 self._keep(side)
         return state
 
+    def __copy__(self) -> "LatentIterableDataset":  # copy.copy: as before, but a box of its own (review R4)
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__, _box=self._box.clone())
+        return new
+
     def _keep(self, side: SideFile) -> None:
         shipped = self.__dict__.setdefault("_shipped", [])
         if side in shipped:
@@ -310,7 +316,7 @@ class LatentIterableDataset(IterableDataset):
             m = self.store.manifests.load(ptr) if ptr is not None else None
             self._pin = (self.epoch, ptr) if ptr is not None else None
         if m is None:
-            raise self._nothing_committed()
+            raise nothing_committed(self.store, from_dataset=self.samples is not None)
         samples = self._epoch_samples()
         if samples is None:
             rows = np.arange(len(m), dtype=np.int64)
@@ -340,31 +346,6 @@ class LatentIterableDataset(IterableDataset):
         self._signed = (SignedRanges.sign(self.store.backend, [layout.shard(s) for s in by_shard])
                         if self.sign_urls else None)
         return m, by_shard
-
-    def _nothing_committed(self) -> CacheError:
-        """Why there is no committed generation: nothing compacted yet in this namespace, no cache
-        there (yet), or no such namespace (say a typo: the namespaces that are there are named)."""
-        from .store.entries import list_namespaces
-
-        root, ns = self.store.cache.root, self.store.cache.namespace
-        plain = f"{self.store.manifests.pointer_path}: no committed shards; run compact first"
-        try:
-            names = list_namespaces(root.url, root.storage_options)
-        except CacheError:  # no such location: perhaps not created yet, perhaps a wrong URL
-            return CacheError(f"{plain} (there is no cache at {root.url} yet: check the URL if there should be)")
-        except (LatentdsError, OSError):  # the listing failed: say what is known
-            return CacheError(plain)
-        if ns in names:
-            return CacheError(plain)
-        if self.samples is not None:  # the namespace of a dataset's own samples (from_dataset): not a typo
-            return CacheError(f"{root.url}: no committed shards for namespace {ns!r} (the dataset's codec and "
-                              f"preprocessing) yet: fill it, then compact (dataset.fill(); dataset.compact(), "
-                              f"or `latentds encode` with the dataset's options)")
-        here = (f"the namespaces here are {', '.join(names)}" if names else
-                "there is no latentds namespace here (a cache is the folder or URL given to LatentDataset(cache=) "
-                "or `latentds encode --cache`, not the image folder)")
-        return CacheError(f"{root.url}: no namespace {ns!r}, so no committed shards; {here}; `latentds inspect "
-                          f"{root.url}` describes each, and a LatentDataset's is its .namespace (or use from_dataset)")
 
     def shards(self) -> list[str]:
         return self._order(sorted(self._plan()[1]))
