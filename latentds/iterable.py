@@ -192,6 +192,7 @@ class LatentIterableDataset(IterableDataset):
             self._box.own()  # workers spawned from here share the box this process writes
         state = self.__dict__.copy()
         state.pop("_shipped", None)
+        state.pop("_reuse", None)
         state["_pinned"] = state["_signed"] = None
         pinned, pin = self._pinned, self._pin
         if (self.ship_plan and pinned is not None and pin is not None and pinned[0] == pin[0]
@@ -310,7 +311,11 @@ class LatentIterableDataset(IterableDataset):
         if pinned is not None and pinned[0] == self.epoch:
             return pinned[1], pinned[2]
         if self._pin is not None and self._pin[0] == self.epoch:
-            m = self.store.manifests.load(self._pin[1])  # the parent's pin (a DataLoader worker)
+            # the parent's pin (a DataLoader worker); a persistent worker's loaded generation when
+            # it is the same one (a whole manifest, not a spawned worker's plan of other rows)
+            reuse = self.__dict__.pop("_reuse", None)
+            m = (reuse if reuse is not None and not isinstance(reuse, EpochPlan)
+                 and reuse.generation == self._pin[1].get("generation") else self.store.manifests.load(self._pin[1]))
         else:
             ptr = self.store.manifests.read_pointer()  # refresh first, then take that generation
             m = self.store.manifests.load(ptr) if ptr is not None else None
@@ -373,7 +378,8 @@ class LatentIterableDataset(IterableDataset):
         news = self._box.news() if get_worker_info() is not None else None
         if news is not None:
             self.epoch, self._pin = news[0], (news[0], news[1]) if news[1] is not None else None
-            self._pinned = self._signed = None
+            # the generation this worker loaded is kept for _plan: most epochs pin the same one
+            self._reuse, self._pinned, self._signed = self._pinned[1] if self._pinned else None, None, None
         count, shards = self._walks()
         if self.batch_size is not None:  # whole batches (latentds/stream_batch.py)
             yield from stream_batches(shards, count, self.batch_size, self.drop_last, self.transform,
